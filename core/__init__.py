@@ -1,0 +1,1 @@
+"""What both sides of a federation need: the base model, adapter templates, data, training."""

@@ -1,0 +1,56 @@
+"""Build the frozen, quantized base model and its tokenizer from a verified package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .base_store import BaseStore
+from .errors import IntegrityError
+from .quantize import decode_tensors, quantize_in_memory
+from .tasks import Task, get_task
+
+
+@dataclass
+class Base:
+    base_id: str
+    task: Task
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    quantization: str
+    fp32_bytes: int
+
+
+def load_base(store: BaseStore, base_id: str, num_labels: int) -> Base:
+    """Model with the package's weights loaded, frozen and quantized in memory."""
+    package = store.load(base_id)
+    manifest = package.manifest
+    task = get_task(manifest["task"])
+    config_dict = dict(manifest["config"])
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    model = task.from_config(config, num_labels)
+    state = decode_tensors(package.tensors, manifest["quantization"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {name for name, _ in _tied_names(model)}
+    untouched = [m for m in missing if m.split(".")[0] not in task.head_modules and m not in tied]
+    if unexpected or untouched:
+        raise IntegrityError(f"base {base_id[:12]} does not fit its model: unexpected {unexpected[:3]}, missing {untouched[:3]}")
+    model.tie_weights()
+    quantize_in_memory(model, manifest["quantization"], skip=task.head_modules + ("lm_head",))
+    model.requires_grad_(False)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(store.tokenizer_dir(base_id)))
+    return Base(base_id, task, model, tokenizer, manifest["quantization"], int(manifest["fp32_bytes"]))
+
+
+def _tied_names(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    """State-dict entries that share storage with an earlier entry (tied embeddings)."""
+    seen: set[int] = set()
+    tied = []
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            tied.append((name, tensor))
+        seen.add(tensor.data_ptr())
+    return tied

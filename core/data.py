@@ -1,0 +1,172 @@
+"""Client datasets: the user's CSV/JSONL (or the embedded synthetic set), partitioned.
+
+Partitioning uses flwr-datasets (`NaturalIdPartitioner` by `client_id`,
+`IidPartitioner`, `DirichletPartitioner` over labels). Each client then splits its own
+partition into train/validation/test, so personalization is measured on data the
+client never trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
+from . import synthetic_data
+from .errors import DataError
+
+PARTITIONERS = ("natural", "iid", "dirichlet")
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+MIN_CLIENT_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is cut into clients; sent to every node."""
+
+    source: str = "synthetic"  # "synthetic" or a path to a .csv / .jsonl file
+    partitioner: str = "natural"
+    num_clients: int = 8
+    alpha: float = 0.5
+    seed: int = 0
+    labels: tuple[str, ...] = ()  # empty: the sorted labels found in the data
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "labels": list(self.labels)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DataSpec:
+        values = json.loads(text)
+        return cls(**{**values, "labels": tuple(values["labels"])})
+
+
+@dataclass
+class TextSplit:
+    texts: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class ClientData:
+    client: str
+    train: TextSplit
+    val: TextSplit
+    test: TextSplit
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV or JSONL file with `text`, `label` and optional `client_id`."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .jsonl")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read file ({exc})") from exc
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(raw.splitlines()))
+    else:
+        rows = []
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    for number, row in enumerate(rows, start=1):
+        for column in ("text", "label"):
+            if row.get(column) in (None, ""):
+                raise DataError(f"{path}: row {number} has no {column!r} column value")
+    return [{k: str(v) for k, v in row.items() if k in ("text", "label", "client_id")} for row in rows]
+
+
+def label_names(rows: list[dict[str, str]], declared: tuple[str, ...]) -> list[str]:
+    found = sorted({r["label"] for r in rows})
+    if not declared:
+        return found
+    unknown = [label for label in found if label not in declared]
+    if unknown:
+        raise DataError(f"unknown label(s) {unknown[:5]}; the configured labels are {list(declared)}")
+    return list(declared)
+
+
+@lru_cache(maxsize=4)
+def load_rows(spec: DataSpec) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:
+    """All rows and the label list of a data spec (cached: simulated clients share it)."""
+    if spec.source == "synthetic":
+        rows = synthetic_data.generate(spec.num_clients, spec.seed)
+        declared = spec.labels or tuple(synthetic_data.LABELS)
+    else:
+        rows = read_rows(spec.source)
+        declared = spec.labels
+    return tuple(rows), tuple(label_names(rows, declared))
+
+
+def num_partitions(spec: DataSpec) -> int:
+    rows, _ = load_rows(spec)
+    if spec.partitioner == "natural":
+        return len({r.get("client_id") for r in rows})
+    return spec.num_clients
+
+
+def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partition_id: int) -> tuple[str, list[int]]:
+    if spec.partitioner not in PARTITIONERS:
+        raise DataError(f"unknown partitioner {spec.partitioner!r}; choose one of {PARTITIONERS}")
+    if spec.partitioner == "natural" and any(not r.get("client_id") for r in rows):
+        raise DataError("natural partitioning needs a 'client_id' value on every row")
+    table = Dataset.from_dict({
+        "label": [r["label"] for r in rows],
+        "client_id": [r.get("client_id", "") for r in rows],
+        "index": list(range(len(rows))),
+    })
+    if spec.partitioner == "natural":
+        partitioner = NaturalIdPartitioner(partition_by="client_id")
+    elif spec.partitioner == "iid":
+        partitioner = IidPartitioner(num_partitions=spec.num_clients)
+    else:
+        partitioner = DirichletPartitioner(
+            num_partitions=spec.num_clients, partition_by="label", alpha=spec.alpha,
+            min_partition_size=0, seed=spec.seed,
+        )
+    partitioner.dataset = table
+    total = partitioner.num_partitions
+    if not 0 <= partition_id < total:
+        raise DataError(f"partition {partition_id} does not exist: the data has {total} client partitions")
+    part = partitioner.load_partition(partition_id)
+    name = part["client_id"][0] if spec.partitioner == "natural" and len(part) else f"partition-{partition_id}"
+    return name, sorted(part["index"])
+
+
+def client_data(spec: DataSpec, partition_id: int) -> ClientData:
+    """Train/validation/test splits of one client, deterministic for the spec's seed."""
+    rows, labels = load_rows(spec)
+    name, indices = _partition_indices(spec, rows, partition_id)
+    if len(indices) < MIN_CLIENT_EXAMPLES:
+        raise DataError(
+            f"client {name!r} has {len(indices)} examples; at least {MIN_CLIENT_EXAMPLES} are needed "
+            "for its train/validation/test split"
+        )
+    random.Random(f"{spec.seed}/{name}").shuffle(indices)
+    n_train = int(len(indices) * SPLIT_FRACTIONS[0])
+    n_val = max(1, int(len(indices) * SPLIT_FRACTIONS[1]))
+    cuts = (indices[:n_train], indices[n_train:n_train + n_val], indices[n_train + n_val:])
+    label_index = {label: i for i, label in enumerate(labels)}
+    splits = [
+        TextSplit([rows[i]["text"] for i in part], [label_index[rows[i]["label"]] for i in part]) for part in cuts
+    ]
+    return ClientData(name, *splits)

@@ -1,0 +1,47 @@
+"""Content hashes that identify bases, templates and adapters across machines.
+
+Every identifier is a SHA-256 over a canonical JSON manifest, and the manifest lists
+each tensor by name, dtype, shape and the SHA-256 of its raw bytes. Two parties that
+agree on a hash therefore agree on every byte of every tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """JSON with sorted keys and no whitespace, so equal objects hash equally."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def tensor_entry(array: np.ndarray) -> dict[str, Any]:
+    """Manifest entry of one tensor: dtype, shape and the hash of its C-order bytes."""
+    contiguous = np.ascontiguousarray(array)
+    return {
+        "dtype": contiguous.dtype.str,
+        "shape": list(contiguous.shape),
+        "sha256": sha256_hex(contiguous.tobytes()),
+    }
+
+
+def tensor_manifest(tensors: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    return {name: tensor_entry(tensors[name]) for name in sorted(tensors)}
+
+
+def manifest_id(manifest: Mapping[str, Any]) -> str:
+    return sha256_hex(canonical_json(manifest))
+
+
+def tensors_id(tensors: Mapping[str, np.ndarray]) -> str:
+    """Identifier of a set of tensors, e.g. the global adapter a client started from."""
+    return manifest_id(tensor_manifest(tensors))

@@ -1,0 +1,112 @@
+"""Adapter templates: a PEFT config plus its initial weights, identified by a hash.
+
+Methods:
+- `lora`: PEFT LoRA; clients train and send A and B.
+- `ffa-lora`: FFA-LoRA (Sun et al., ICLR 2024). A stays frozen at the template's random
+  init on every client, so averaging B alone is averaging the products B x A exactly,
+  and the upload halves. PEFT has no switch for this; freezing A is ours.
+- `ia3`: PEFT IA3 scaling vectors.
+For classification the new head (PEFT `modules_to_save`) is trained and sent too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from peft import IA3Config, LoraConfig, PeftModel, get_peft_config, get_peft_model
+
+from .adapter_state import get_adapter_arrays, set_adapter_arrays
+from .errors import ConfigError
+from .hashing import manifest_id, tensor_manifest
+from .tasks import Task
+
+ADAPTER_METHODS = ("lora", "ffa-lora", "ia3")
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    method: str = "ffa-lora"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: PEFT's default for the architecture
+    seed: int = 0
+
+    def peft_config(self, task: Task) -> LoraConfig | IA3Config:
+        if self.method not in ADAPTER_METHODS:
+            raise ConfigError(f"unknown adapter method {self.method!r}; choose one of {ADAPTER_METHODS}")
+        if self.method == "ia3":
+            return IA3Config(task_type=task.peft_task_type, target_modules=self.target_modules)
+        if self.rank < 1:
+            raise ConfigError(f"adapter rank must be at least 1, got {self.rank}")
+        return LoraConfig(
+            task_type=task.peft_task_type,
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+        )
+
+
+@dataclass
+class AdapterTemplate:
+    method: str
+    peft_config: dict[str, Any]
+    labels: list[str]
+    init: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "peft_config": self.peft_config,
+            "labels": self.labels,
+            "tensors": tensor_manifest(self.init),
+        }
+
+    @property
+    def template_id(self) -> str:
+        return manifest_id(self.manifest)
+
+    @property
+    def trainable_names(self) -> list[str]:
+        """Tensors clients train and send; under FFA-LoRA the A matrices stay home."""
+        names = sorted(self.init)
+        if self.method == "ffa-lora":
+            names = [n for n in names if ".lora_A." not in n]
+        return names
+
+    def attach(self, model: torch.nn.Module) -> PeftModel:
+        """Inject this adapter into a frozen base and load the template's initial weights."""
+        peft_model = get_peft_model(model, get_peft_config(dict(self.peft_config)))
+        set_adapter_arrays(peft_model, self.init)
+        freeze_untrained(peft_model, self.method)
+        return peft_model
+
+
+def create_template(model: torch.nn.Module, task: Task, spec: TemplateSpec, labels: list[str]) -> AdapterTemplate:
+    """Inject `spec` into `model` with a fixed seed and record the initial adapter weights."""
+    config = spec.peft_config(task)
+    torch.manual_seed(spec.seed)
+    peft_model = get_peft_model(model, config)
+    init = get_adapter_arrays(peft_model)
+    peft_model.unload()  # give the caller its base back, without adapter layers
+    return AdapterTemplate(method=spec.method, peft_config=_jsonable(config.to_dict()), labels=list(labels), init=init)
+
+
+def freeze_untrained(peft_model: PeftModel, method: str) -> None:
+    if method == "ffa-lora":
+        for name, param in peft_model.named_parameters():
+            if ".lora_A." in name:
+                param.requires_grad_(False)
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    def default(value: Any) -> Any:
+        return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+    return json.loads(json.dumps(config, default=default))
