@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .base_store import BaseStore
+from .node_cache import NodeCache
 from .errors import IntegrityError
 from .quantize import decode_tensors, quantize_in_memory
 from .tasks import Task, get_task
@@ -23,7 +23,7 @@ class Base:
     fp32_bytes: int
 
 
-def load_base(store: BaseStore, base_id: str, num_labels: int) -> Base:
+def load_base(store: NodeCache, base_id: str, num_labels: int) -> Base:
     """Model with the package's weights loaded, frozen and quantized in memory."""
     package = store.load(base_id)
     manifest = package.manifest

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from . import synthetic_data
@@ -24,6 +24,8 @@ from .errors import DataError
 PARTITIONERS = ("natural", "iid", "dirichlet")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 MIN_CLIENT_EXAMPLES = 5
+
+disable_progress_bars()  # partitioning a small table is instant; its bars only clutter the log
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partiti
     return name, sorted(part["index"])
 
 
+@lru_cache(maxsize=256)
 def client_data(spec: DataSpec, partition_id: int) -> ClientData:
     """Train/validation/test splits of one client, deterministic for the spec's seed."""
     rows, labels = load_rows(spec)

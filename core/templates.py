@@ -59,14 +59,17 @@ class AdapterTemplate:
     labels: list[str]
     init: dict[str, np.ndarray] = field(repr=False)
 
+    def description(self) -> dict[str, Any]:
+        """Everything but the tensors: JSON that travels beside them."""
+        return {"method": self.method, "peft_config": self.peft_config, "labels": self.labels}
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], init: dict[str, np.ndarray]) -> AdapterTemplate:
+        return cls(description["method"], description["peft_config"], list(description["labels"]), dict(init))
+
     @property
     def manifest(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "peft_config": self.peft_config,
-            "labels": self.labels,
-            "tensors": tensor_manifest(self.init),
-        }
+        return {**self.description(), "tensors": tensor_manifest(self.init)}
 
     @property
     def template_id(self) -> str:

@@ -1,1 +1,1 @@
-"""fedpeft.server"""
+"""The coordination side: a Flower ServerApp that aggregates adapter deltas."""

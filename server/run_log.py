@@ -1,0 +1,61 @@
+"""Round-by-round record of a run: progress lines on stdout and `metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.app import MetricRecord
+
+from .strategy import RoundTraffic
+
+
+@dataclass
+class RunLog:
+    path: Path
+    rounds: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    _pending: dict[str, Any] = field(default_factory=dict)
+    _started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    def train_done(self, server_round: int, metrics: MetricRecord | None, traffic: RoundTraffic) -> None:
+        self._pending = {
+            "round": server_round,
+            "train_loss": float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
+            "bytes_down": traffic.bytes_down,
+            "bytes_up": traffic.bytes_up,
+            "accepted": traffic.accepted,
+            "rejected": dict(traffic.rejected),
+        }
+
+    def evaluate_done(self, server_round: int, metrics: MetricRecord | None) -> None:
+        row = {
+            **self._pending,
+            "round": server_round,
+            "val_accuracy": float(metrics["eval-acc"]) if metrics else None,
+            "val_loss": float(metrics["eval-loss"]) if metrics else None,
+            "seconds": round(time.monotonic() - self._started, 2),
+        }
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(self.progress_line(row), flush=True)
+
+    def progress_line(self, row: dict[str, Any]) -> str:
+        def fmt(value: float | None, spec: str) -> str:
+            return "n/a" if value is None else format(value, spec)
+
+        rejected = sum(row.get("rejected", {}).values())
+        return (
+            f"[fedpeft] round {row['round']}/{self.rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
+            f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
+            f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
+            f"{f'  rejected {rejected}' if rejected else ''}  ({row['seconds']:.0f} s)"
+        )

@@ -1,0 +1,157 @@
+"""fedpeft ServerApp: ship the base once, run adapter rounds, report personalization."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedpeft.config import FederationConfig
+from fedpeft.core.adapter_state import set_adapter_arrays
+from fedpeft.core.base_model import load_base
+from fedpeft.core.base_package import BasePackage
+from fedpeft.core.errors import FedPeftError
+from fedpeft.core.job import Job
+from fedpeft.core.node_cache import NodeCache, default_cache_root
+from fedpeft.core.records import from_record, install_content, to_record
+from fedpeft.core.tasks import get_task
+from fedpeft.core.templates import AdapterTemplate, create_template
+
+from . import report
+from .run_log import RunLog
+from .strategy import build_strategy
+
+
+@dataclass
+class Distribution:
+    nodes: list[int]
+    base_sent_to: int
+    base_bytes: int
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedPeftError(f"only {len(nodes)} of the {minimum} required nodes connected within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: float) -> list[Message]:
+    messages = [Message(content_for(node), message_type=message_type, dst_node_id=node) for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    for reply in replies:
+        if reply.has_error():
+            log(INFO, "node %d failed %s: %s", reply.metadata.src_node_id, message_type, reply.error.reason)
+    return [r for r in replies if not r.has_error()]
+
+
+def distribute(grid: Grid, nodes: list[int], job: Job, package: BasePackage, template: AdapterTemplate,
+               timeout: float) -> Distribution:
+    """Send the template to every node and the base to nodes that lack it in their cache."""
+    ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
+    status = _ask(grid, nodes, "query.status", lambda _: RecordDict({"config": ids}), timeout)
+    needs = {r.metadata.src_node_id: r.content.config_records["status"] for r in status}
+    lacking_base = {n for n, s in needs.items() if not s["has-base"]}
+    lacking = sorted(n for n, s in needs.items() if not s["has-base"] or not s["has-template"])
+
+    def content(node: int) -> RecordDict:
+        record = install_content(template, package if node in lacking_base else None)
+        record["config"] = ids
+        return record
+
+    installed = _ask(grid, lacking, "query.install", content, timeout)
+    ready = sorted((set(needs) - set(lacking)) | {r.metadata.src_node_id for r in installed})
+    return Distribution(ready, len(lacking_base), package.download_bytes)
+
+
+def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...], out: Path) -> dict:
+    """The whole run; writes adapter/, metrics.jsonl, summary.json and plots into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(config.model.task)
+    folder = config.model.folder()
+    cache = NodeCache(default_cache_root() / "server")
+    package = BasePackage.from_pretrained(folder, task, config.model.quantization)
+    cache.put(package, package.base_id)
+    base = load_base(cache, package.base_id, num_labels=len(labels))
+    template = create_template(base.model, task, config.template_spec(), list(labels))
+    job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
+              config.personalization.epochs, config.personalization.local_only_epochs)
+    fed = config.federation
+    print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
+          f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "
+          f"template {template.template_id[:12]} ({template.method})", flush=True)
+
+    nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
+    dist = distribute(grid, nodes, job, package, template, fed.round_timeout)
+    print(f"[fedpeft] base sent to {dist.base_sent_to} of {len(nodes)} nodes", flush=True)
+
+    run_log = RunLog(out / "metrics.jsonl", fed.rounds)
+    strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, fed.strategy_options)
+    strategy.on_train, strategy.on_evaluate = run_log.train_done, run_log.evaluate_done
+    result = strategy.start(grid, to_record(template.init), fed.rounds, fed.round_timeout,
+                            train_config=job.to_config(), evaluate_config=job.to_config())
+    final = from_record(result.arrays) if len(result.arrays) else dict(template.init)
+
+    print("[fedpeft] personalization: evaluating on every client's test split", flush=True)
+    replies = _ask(grid, dist.nodes, "query.personalize",
+                   lambda _: RecordDict({"arrays": to_record(final), "config": job.to_config()}),
+                   fed.round_timeout)
+    clients = sorted(
+        ({"client": str(r.content.config_records["client"]["name"]),
+          "examples": int(r.content.metric_records["metrics"]["num-examples"]),
+          **{arm: float(r.content.metric_records["metrics"][f"{arm}-acc"]) for arm in report.ARMS}}
+         for r in replies),
+        key=lambda c: c["client"],
+    )
+    stats, table = report.personalization_table(clients)
+    print(table, flush=True)
+
+    peft_model = template.attach(base.model)
+    set_adapter_arrays(peft_model, final)
+    peft_model.peft_config["default"].base_model_name_or_path = str(folder)
+    peft_model.save_pretrained(str(out / "adapter"))
+
+    uploads = [r["bytes_up"] / r["accepted"] for r in run_log.rows if r.get("accepted")]
+    summary = {
+        "rounds": fed.rounds,
+        "clients": len(dist.nodes),
+        "labels": list(labels),
+        "base_id": package.base_id,
+        "template_id": template.template_id,
+        "adapter_method": template.method,
+        "quantization": config.model.quantization,
+        "initial_accuracy": stats["initial"]["weighted_mean"],
+        "global_accuracy": stats["global"]["weighted_mean"],
+        "personalized_accuracy": stats["personalized"]["weighted_mean"],
+        "local_only_accuracy": stats["local_only"]["weighted_mean"],
+        "personalization": stats,
+        "bytes_up_per_client_round": sum(uploads) / len(uploads) if uploads else 0,
+        "base_fp32_bytes": package.fp32_bytes,
+        "base_download_bytes": package.download_bytes,
+        "trainable_params": int(sum(template.init[n].size for n in template.trainable_names)),
+        "total_params": int(sum(p.numel() for p in base.model.parameters())),
+    }
+    report.write_json(out / "summary.json", summary)
+    report.write_json(out / "clients.json", clients)
+    report.plot_curves(run_log.rows, summary["initial_accuracy"], out / "curves.png")
+    report.plot_clients(clients, out / "clients.png")
+    return summary
+
+
+def make_server_app(config: FederationConfig, labels: tuple[str, ...], out: Path) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_federation(grid, config, labels, out)
+
+    return app
