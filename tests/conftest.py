@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny randomly initialised transformers written as real model folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
+from fedpeft.core import synthetic_data
+from fedpeft.core.base_model import Base, load_base
+from fedpeft.core.base_package import BasePackage
+from fedpeft.core.node_cache import NodeCache
+from fedpeft.core.tasks import get_task
+
+
+def _synthetic_vocabulary() -> list[str]:
+    text = " ".join(
+        [*sum(synthetic_data.TOPIC_WORDS.values(), []), *synthetic_data.AMBIGUOUS,
+         *synthetic_data.CLEAR_TEMPLATES, *synthetic_data.NEUTRAL_TEMPLATES,
+         *synthetic_data.OPENERS, *synthetic_data.CLOSERS]
+    )
+    return sorted(set(re.findall(r"[a-z]+|[^\sa-z]", text.lower())))
+
+
+def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with a word-level vocabulary covering the synthetic data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_synthetic_vocabulary()]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_bert_dir) -> BasePackage:
+    return BasePackage.from_pretrained(tiny_bert_dir, get_task("seq-cls"), "int8")
+
+
+@pytest.fixture
+def tiny_base(tmp_path, tiny_package) -> Base:
+    cache = NodeCache(tmp_path / "cache")
+    cache.put(tiny_package, tiny_package.base_id)
+    return load_base(cache, tiny_package.base_id, num_labels=len(synthetic_data.LABELS))
