@@ -15,7 +15,7 @@ from .tasks import Task
 class TrainSettings:
     epochs: int = 1
     batch_size: int = 16
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     max_length: int = 48
     seed: int = 0
 
@@ -57,7 +57,7 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
     model.eval()
     return TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(split))

@@ -20,6 +20,7 @@ def _simulate(args: argparse.Namespace) -> None:
         "federation.fraction": args.fraction,
         "federation.strategy": args.strategy,
         "train.local_epochs": args.local_epochs,
+        "train.learning_rate": args.learning_rate,
         "adapter.method": args.method,
         "model.quantization": args.quantization,
         "model.path": args.model,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int)
     sim.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
     sim.add_argument("--local-epochs", type=int)
+    sim.add_argument("--learning-rate", type=float)
     sim.add_argument("--strategy")
     sim.add_argument("--method", help="adapter method: ffa-lora, lora or ia3")
     sim.add_argument("--quantization", help="base quantization: int8, int4 or none")

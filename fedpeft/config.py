@@ -65,7 +65,7 @@ class FederationSection:
 class TrainSection:
     local_epochs: int = 1
     batch_size: int = 16
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     max_length: int = 48
 
 

@@ -84,6 +84,7 @@ class DeltaStrategyMixin:
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[Message] = []
+        trained: set[str] = set()
         for msg in replies:
             if msg.has_error():
                 accepted.append(msg)  # Flower counts and logs failures itself
@@ -96,11 +97,17 @@ class DeltaStrategyMixin:
                     msg.metadata.src_node_id, rejection)
                 self.traffic.rejected[rejection.reason] = self.traffic.rejected.get(rejection.reason, 0) + 1
                 continue
+            trained.update(delta)
             key = next(iter(msg.content.array_records))
             msg.content[key] = to_record(apply_delta(self.global_arrays, delta))
             self.traffic.accepted += 1
             accepted.append(msg)
         arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None:
+            # Tensors no client trains (FFA-LoRA's A) stay bit-identical, free of the
+            # rounding that averaging identical copies with float weights brings.
+            merged = from_record(arrays)
+            arrays = to_record({n: merged[n] if n in trained else self.global_arrays[n] for n in merged})
         if self.on_train is not None:
             self.on_train(server_round, metrics, self.traffic)
         return arrays, metrics

@@ -1,0 +1,84 @@
+"""A real federation: `fedpeft simulate` in its own process, Flower's engine, tiny BERT."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from peft import PeftModel
+
+from fedpeft.core.base_model import load_base
+from fedpeft.core.base_package import BasePackage
+from fedpeft.core.data import DataSpec, client_data
+from fedpeft.core.node_cache import NodeCache
+from fedpeft.core.tasks import get_task
+from fedpeft.core.training import TrainSettings, evaluate
+
+ROUNDS, CLIENTS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--model", str(tiny_bert_dir),
+           "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--learning-rate", "0.01", "--out", str(out)]
+    env = {**os.environ, "FEDPEFT_CACHE": str(out / "cache")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_outputs_are_written(run):
+    out, stdout = run
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "clients.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["accepted"] == CLIENTS for r in rows)
+    assert f"round {ROUNDS}/{ROUNDS}" in stdout
+    assert "personalized" in stdout
+
+
+def test_summary_has_the_promised_keys_and_budgets(run):
+    summary = json.loads((run[0] / "summary.json").read_text())
+    for key in ("rounds", "clients", "global_accuracy", "personalized_accuracy", "local_only_accuracy",
+                "initial_accuracy", "bytes_up_per_client_round", "base_fp32_bytes", "base_download_bytes",
+                "trainable_params", "total_params"):
+        assert key in summary, key
+    assert summary["rounds"] == ROUNDS and summary["clients"] == CLIENTS
+    assert summary["base_download_bytes"] < 0.4 * summary["base_fp32_bytes"]
+    # float32 payload plus a small serialization header per tensor
+    assert 4 * summary["trainable_params"] < summary["bytes_up_per_client_round"] < 6 * summary["trainable_params"]
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+
+
+def test_saved_adapter_loads_with_peft_and_reproduces_global_accuracy(run, tiny_bert_dir, tmp_path):
+    out, _ = run
+    summary = json.loads((out / "summary.json").read_text())
+    package = BasePackage.from_pretrained(tiny_bert_dir, get_task("seq-cls"), "int8")
+    assert package.base_id == summary["base_id"]
+    cache = NodeCache(tmp_path)
+    cache.put(package, package.base_id)
+    base = load_base(cache, package.base_id, num_labels=len(summary["labels"]))
+    model = PeftModel.from_pretrained(base.model, str(out / "adapter"))
+    spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
+    correct = total = 0
+    for partition in range(CLIENTS):
+        test = client_data(spec, partition).test
+        result = evaluate(model, base.task, base.tokenizer, test, TrainSettings())
+        correct += round(result.accuracy * len(test))
+        total += len(test)
+    assert correct / total == pytest.approx(summary["global_accuracy"], abs=1e-9)
+
+
+def test_bad_data_stops_before_the_federation_starts(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,client_id\nhello,a\n")
+    proc = subprocess.run([sys.executable, "-m", "fedpeft.cli", "simulate", "--data", str(data),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "'label'" in proc.stderr
+    assert not (tmp_path / "o").exists()
