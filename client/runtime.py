@@ -7,7 +7,6 @@ adapter tensors in and out.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +43,5 @@ def session(cache: NodeCache, base_id: str, template_id: str) -> Session:
 
 
 def loaded_sessions() -> int:
-    """How many bases this process holds (tests check that it stays at one)."""
+    """How many bases this process holds."""
     return len(_SESSIONS)
-
-
-def process_id() -> int:
-    return os.getpid()

@@ -95,6 +95,11 @@ def create_template(model: torch.nn.Module, task: Task, spec: TemplateSpec, labe
     """Inject `spec` into `model` with a fixed seed and record the initial adapter weights."""
     config = spec.peft_config(task)
     torch.manual_seed(spec.seed)
+    for name in task.head_modules:  # the new head is part of the template: seed it too
+        if hasattr(model, name):
+            for module in getattr(model, name).modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     peft_model = get_peft_model(model, config)
     init = get_adapter_arrays(peft_model)
     peft_model.unload()  # give the caller its base back, without adapter layers

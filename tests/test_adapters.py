@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fedpeft.core.adapter_state import apply_delta, get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.data import DataSpec, client_data
@@ -70,6 +71,19 @@ def test_template_id_is_reproducible_and_depends_on_the_seed(tiny_base):
     second = create_template(tiny_base.model, tiny_base.task, spec, list(LABELS))
     other = create_template(tiny_base.model, tiny_base.task, TemplateSpec(rank=4, seed=4), list(LABELS))
     assert first.template_id == second.template_id != other.template_id
+
+
+def test_template_id_does_not_depend_on_the_process_that_built_the_base(tiny_base, tiny_package, tmp_path):
+    from fedpeft.core.base_model import load_base
+    from fedpeft.core.node_cache import NodeCache
+
+    cache = NodeCache(tmp_path / "other")
+    cache.put(tiny_package, tiny_package.base_id)
+    torch.manual_seed(12345)  # a different random state when the base is built
+    other = load_base(cache, tiny_package.base_id, num_labels=len(LABELS))
+    spec = TemplateSpec(rank=4, seed=3)
+    assert (create_template(tiny_base.model, tiny_base.task, spec, list(LABELS)).template_id
+            == create_template(other.model, other.task, spec, list(LABELS)).template_id)
 
 
 def test_delta_applied_to_the_global_gives_the_local_adapter(tiny_base):
