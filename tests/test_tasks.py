@@ -1,0 +1,53 @@
+"""The task layer: a causal LM is a second task type on the same base/adapter/delta path."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from fedpeft.client.runtime import Session
+from fedpeft.client.task import local_update
+from fedpeft.core.base_model import load_base
+from fedpeft.core.base_package import BasePackage
+from fedpeft.core.data import DataSpec, client_data
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.job import Job
+from fedpeft.core.node_cache import NodeCache
+from fedpeft.core.tasks import get_task
+from fedpeft.core.templates import TemplateSpec, create_template
+from fedpeft.core.training import TrainSettings
+
+
+@pytest.fixture
+def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
+    """A 2-layer GPT-2 that reuses the tiny BERT's word-level tokenizer files."""
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).is_file():
+            (folder / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    vocab = len((tiny_bert_dir / "vocab.txt").read_text().split())
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4", "none"])
+def test_causal_lm_trains_adapters_over_a_frozen_base(tmp_path, tiny_gpt2_dir, quantization):
+    task = get_task("causal-lm")
+    package = BasePackage.from_pretrained(tiny_gpt2_dir, task, quantization)
+    assert "lm_head.weight" not in package.manifest["tensors"]  # tied to the embeddings: sent once
+    cache = NodeCache(tmp_path / "cache")
+    cache.put(package, package.base_id)
+    base = load_base(cache, package.base_id, num_labels=0)
+    assert base.model.lm_head.weight.data_ptr() == base.model.transformer.wte.weight.data_ptr()
+    template = create_template(base.model, task, TemplateSpec(method="lora", rank=2), [])
+    session = Session(base, template, template.attach(base.model))
+    job = Job(package.base_id, template.template_id, DataSpec(num_clients=2), TrainSettings(max_length=24))
+    delta, result = local_update(session, job, client_data(job.data, 0), dict(template.init), seed=0)
+    assert result.steps > 0 and result.loss > 0
+    assert delta and all(".lora_" in name for name in delta)
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ConfigError, match="seq2seq"):
+        get_task("seq2seq")
