@@ -13,7 +13,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedpeft.core.data import client_data
+from fedpeft.core.data import ClientData, client_data
 from fedpeft.core.job import Job
 from fedpeft.core.records import from_record, package_from_content, template_from_content, to_record
 
@@ -28,6 +28,13 @@ def _partition(context: Context) -> int:
 
 def _cache(context: Context):
     return runtime.node_cache(dict(context.node_config), context.node_id)
+
+
+def _prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
+    """The run's settings, this process's loaded base, and this node's data splits."""
+    job = Job.from_config(msg.content.config_records["config"])
+    session = runtime.session(_cache(context), job.base_id, job.template_id)
+    return job, session, client_data(job.data, _partition(context))
 
 
 @app.query("status")
@@ -55,10 +62,8 @@ def install(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    job = Job.from_config(msg.content.config_records["config"])
+    job, session, data = _prepare(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])
-    session = runtime.session(_cache(context), job.base_id, job.template_id)
-    data = client_data(job.data, _partition(context))
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
     delta, result = task.local_update(session, job, data, from_record(msg.content.array_records["arrays"]), seed)
     metrics = MetricRecord({"num-examples": result.examples, "train-loss": result.loss, "steps": result.steps})
@@ -67,9 +72,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    job = Job.from_config(msg.content.config_records["config"])
-    session = runtime.session(_cache(context), job.base_id, job.template_id)
-    data = client_data(job.data, _partition(context))
+    job, session, data = _prepare(msg, context)
     result = task.evaluate_adapter(session, job, from_record(msg.content.array_records["arrays"]), data.val)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
@@ -77,9 +80,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query("personalize")
 def personalize(msg: Message, context: Context) -> Message:
-    job = Job.from_config(msg.content.config_records["config"])
-    session = runtime.session(_cache(context), job.base_id, job.template_id)
-    data = client_data(job.data, _partition(context))
+    job, session, data = _prepare(msg, context)
     scores = task.personalization(session, job, data, from_record(msg.content.array_records["arrays"]),
                                   seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -48,6 +49,4 @@ def simulate(config: FederationConfig) -> dict:
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FedPeftError(f"the federation did not finish: no {summary_path} (see the log above)")
-    import json
-
     return json.loads(summary_path.read_text())

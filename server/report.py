@@ -40,7 +40,8 @@ def plot_curves(rows: list[dict[str, Any]], initial_accuracy: float, path: Path)
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     ax_acc.plot([0, *rounds], [initial_accuracy, *[r["val_accuracy"] for r in rows]], marker="o")
-    ax_acc.set(title="Global adapter, validation accuracy", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    ax_acc.set(title="Global adapter accuracy (round 0: template, test split;\nthen validation split)",
+               xlabel="round", ylabel="accuracy", ylim=(0, 1))
     ax_loss.plot(rounds, [r["train_loss"] for r in rows], marker="o", color="tab:red")
     ax_loss.set(title="Mean local training loss", xlabel="round", ylabel="loss")
     fig.tight_layout()
