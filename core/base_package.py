@@ -31,6 +31,8 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 
+VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+
 
 @dataclass
 class BasePackage:
@@ -59,7 +61,9 @@ class BasePackage:
         state = backbone_state(model, task)
         tensors = encode_tensors(state, quantization)
         files = {n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()}
-        config = model.config.to_dict()
+        # Where the folder lies and which transformers wrote it say nothing about the
+        # weights: leave them out so every machine derives the same base_id.
+        config = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
         manifest = {
             "format": FORMAT,
             "task": task.name,

@@ -21,6 +21,13 @@ def test_package_is_deterministic_and_leaves_the_head_out(tiny_bert_dir, tiny_pa
     assert tiny_package.download_bytes < 0.4 * tiny_package.fp32_bytes
 
 
+def test_base_id_does_not_depend_on_where_the_folder_lies(tiny_bert_dir, tiny_package, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(tiny_bert_dir, tmp_path / "elsewhere")
+    assert BasePackage.from_pretrained(moved, get_task("seq-cls"), "int8").base_id == tiny_package.base_id
+
+
 def test_quantization_changes_the_base_id(tiny_bert_dir, tiny_package):
     plain = BasePackage.from_pretrained(tiny_bert_dir, get_task("seq-cls"), "none")
     assert plain.base_id != tiny_package.base_id
