@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .node_cache import NodeCache
@@ -33,7 +32,7 @@ def load_base(store: NodeCache, base_id: str, num_labels: int) -> Base:
     model = task.from_config(config, num_labels)
     state = decode_tensors(package.tensors, manifest["quantization"])
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {name for name, _ in _tied_names(model)}
+    tied = set(_tied_names(model))
     untouched = [m for m in missing if m.split(".")[0] not in task.head_modules and m not in tied]
     if unexpected or untouched:
         raise IntegrityError(f"base {base_id[:12]} does not fit its model: unexpected {unexpected[:3]}, missing {untouched[:3]}")
@@ -45,12 +44,12 @@ def load_base(store: NodeCache, base_id: str, num_labels: int) -> Base:
     return Base(base_id, task, model, tokenizer, manifest["quantization"], int(manifest["fp32_bytes"]))
 
 
-def _tied_names(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
-    """State-dict entries that share storage with an earlier entry (tied embeddings)."""
+def _tied_names(model: PreTrainedModel) -> list[str]:
+    """State-dict names that share storage with an earlier entry (tied embeddings)."""
     seen: set[int] = set()
     tied = []
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:
-            tied.append((name, tensor))
+            tied.append(name)
         seen.add(tensor.data_ptr())
     return tied

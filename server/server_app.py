@@ -31,7 +31,6 @@ from .strategy import build_strategy
 class Distribution:
     nodes: list[int]
     base_sent_to: int
-    base_bytes: int
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -70,7 +69,7 @@ def distribute(grid: Grid, nodes: list[int], job: Job, package: BasePackage, tem
 
     installed = _ask(grid, lacking, "query.install", content, timeout)
     ready = sorted((set(needs) - set(lacking)) | {r.metadata.src_node_id for r in installed})
-    return Distribution(ready, len(lacking_base), package.download_bytes)
+    return Distribution(ready, len(lacking_base))
 
 
 def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...], out: Path) -> dict:
