@@ -3,7 +3,7 @@
 Message types:
 - `query.status`: does this node already hold the run's base and template?
 - `query.install`: verify and cache the template and (if sent) the quantized base.
-- `train`: train from the global adapter, reply with the delta and the example count.
+- `train`: train from the global adapter, reply with the delta and its signed envelope.
 - `evaluate`: validation accuracy of the global adapter.
 - `query.personalize`: the personalization report on the node's test split.
 """
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedpeft.core.data import ClientData, client_data
+from fedpeft.core.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
+from fedpeft.core.hashing import tensors_id
 from fedpeft.core.job import Job
 from fedpeft.core.records import from_record, package_from_content, template_from_content, to_record
 
-from . import runtime, task
-
-app = ClientApp()
-
+from . import identity, runtime, task
 
 def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])
@@ -37,7 +37,6 @@ def _prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, Clie
     return job, session, client_data(job.data, _partition(context))
 
 
-@app.query("status")
 def status(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     cache = _cache(context)
@@ -48,7 +47,6 @@ def status(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"status": reply}), reply_to=msg)
 
 
-@app.query("install")
 def install(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     cache = _cache(context)
@@ -60,17 +58,19 @@ def install(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"status": ConfigRecord({"installed": True})}), reply_to=msg)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train, then sign the delta bound to this run, round, base, template and parent."""
     job, session, data = _prepare(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
-    delta, result = task.local_update(session, job, data, from_record(msg.content.array_records["arrays"]), seed)
-    metrics = MetricRecord({"num-examples": result.examples, "train-loss": result.loss, "steps": result.steps})
-    return Message(RecordDict({"arrays": to_record(delta), "metrics": metrics}), reply_to=msg)
+    global_arrays = from_record(msg.content.array_records["arrays"])
+    delta, result = task.local_update(session, job, data, global_arrays, seed)
+    claim = DeltaClaim(job.run_id, server_round, job.base_id, job.template_id, tensors_id(global_arrays),
+                       result.examples, {"train-loss": result.loss, "steps": result.steps})
+    signed = sign_delta(identity.signing_key(dict(context.node_config), _partition(context)), claim, delta)
+    return Message(RecordDict({"arrays": to_record(delta), ENVELOPE_RECORD: envelope_record(signed)}), reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     job, session, data = _prepare(msg, context)
     result = task.evaluate_adapter(session, job, from_record(msg.content.array_records["arrays"]), data.val)
@@ -78,10 +78,23 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-@app.query("personalize")
 def personalize(msg: Message, context: Context) -> Message:
     job, session, data = _prepare(msg, context)
     scores = task.personalization(session, job, data, from_record(msg.content.array_records["arrays"]),
                                   seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})
     return Message(RecordDict({"metrics": metrics, "client": ConfigRecord({"name": data.client})}), reply_to=msg)
+
+
+def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
+    """The fedpeft ClientApp; `mods` wrap every handler (simulations/misbehaving.py uses one)."""
+    client_app = ClientApp(mods=mods or [])
+    client_app.query("status")(status)
+    client_app.query("install")(install)
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    client_app.query("personalize")(personalize)
+    return client_app
+
+
+app = make_client_app()

@@ -24,13 +24,17 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def tensor_sha256(array: np.ndarray) -> bytes:
+    """SHA-256 digest of a tensor's C-order bytes (hashed in place, without a copy)."""
+    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).digest()
+
+
 def tensor_entry(array: np.ndarray) -> dict[str, Any]:
     """Manifest entry of one tensor: dtype, shape and the hash of its C-order bytes."""
-    contiguous = np.ascontiguousarray(array)
     return {
-        "dtype": contiguous.dtype.str,
-        "shape": list(contiguous.shape),
-        "sha256": sha256_hex(contiguous.tobytes()),
+        "dtype": array.dtype.str,
+        "shape": list(array.shape),
+        "sha256": tensor_sha256(array).hex(),
     }
 
 

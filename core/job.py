@@ -23,6 +23,7 @@ class Job:
     train: TrainSettings = field(default_factory=TrainSettings)
     personal_epochs: int = 2
     local_only_epochs: int = 5
+    run_id: str = ""  # nonce the server draws per run; signed deltas are bound to it
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({
@@ -32,6 +33,7 @@ class Job:
             "train": json.dumps(asdict(self.train)),
             "personal-epochs": self.personal_epochs,
             "local-only-epochs": self.local_only_epochs,
+            "run-id": self.run_id,
         })
 
     @classmethod
@@ -43,4 +45,5 @@ class Job:
             train=TrainSettings(**json.loads(str(config["train"]))),
             personal_epochs=int(config["personal-epochs"]),
             local_only_epochs=int(config["local-only-epochs"]),
+            run_id=str(config["run-id"]),
         )

@@ -11,6 +11,8 @@ For classification the new head (PEFT `modules_to_save`) is trained and sent too
 
 from __future__ import annotations
 
+import copy
+
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +87,9 @@ class AdapterTemplate:
 
     def attach(self, model: torch.nn.Module) -> PeftModel:
         """Inject this adapter into a frozen base and load the template's initial weights."""
-        peft_model = get_peft_model(model, get_peft_config(dict(self.peft_config)))
+        # A deep copy: PEFT extends lists such as modules_to_save in place, which would
+        # change this template's id.
+        peft_model = get_peft_model(model, get_peft_config(copy.deepcopy(self.peft_config)))
         set_adapter_arrays(peft_model, self.init)
         freeze_untrained(peft_model, self.method)
         return peft_model

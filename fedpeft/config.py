@@ -76,6 +76,23 @@ class PersonalizationSection:
 
 
 @dataclass(frozen=True)
+class SecuritySection:
+    keyring: str = ""                      # enrolled client keys; a simulation enrolls its own
+    operator_key: str = "keys/operator.key"  # signs published adapters; a simulation creates it if absent
+    max_update_norm: float = 0.0           # L2 bound on a delta; 0 means none
+    max_examples: int = 100_000            # a delta claiming more examples is implausible
+    max_message_bytes: int = 0             # 0: twice the expected delta size plus 64 KiB
+    min_accepted: int = 2                  # fewer accepted deltas leave the global adapter unchanged
+    release_days: float = 30.0             # a published adapter's release expires after this
+
+
+@dataclass(frozen=True)
+class SimulationSection:
+    misbehaving: float = 0.0               # share of simulated clients that send bad deltas
+    behaviours: list[str] = field(default_factory=list)  # empty: all of simulations/misbehaving.py
+
+
+@dataclass(frozen=True)
 class RunSection:
     seed: int = 0
     out: str = "runs/default"
@@ -89,6 +106,8 @@ class FederationConfig:
     federation: FederationSection = field(default_factory=FederationSection)
     train: TrainSection = field(default_factory=TrainSection)
     personalization: PersonalizationSection = field(default_factory=PersonalizationSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
     run: RunSection = field(default_factory=RunSection)
 
     @classmethod
@@ -120,6 +139,13 @@ class FederationConfig:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
         if not 0 < self.federation.fraction <= 1:
             raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
+        if not 0 <= self.simulation.misbehaving < 1:
+            raise ConfigError(f"simulation.misbehaving must be in [0, 1), got {self.simulation.misbehaving}")
+        for key in ("max_update_norm", "max_message_bytes", "min_accepted"):
+            if getattr(self.security, key) < 0:
+                raise ConfigError(f"security.{key} must not be negative, got {getattr(self.security, key)}")
+        if self.security.max_examples < 1 or self.security.release_days <= 0:
+            raise ConfigError("security.max_examples and security.release_days must be positive")
 
     def with_overrides(self, **overrides: Any) -> FederationConfig:
         """Apply CLI overrides given as `section.key=value` pairs (None means not given)."""

@@ -6,11 +6,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from fedpeft.client.identity import KEYS_DIR_ENV, simulated_key_path
 from fedpeft.config import FederationConfig
 from fedpeft.core.data import client_data, load_rows, num_partitions
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.keys import (OPERATOR_PASSPHRASE_ENV, Keyring, load_public_key, new_key_pair, passphrase_from_env,
+                               public_key_path)
 
 
 def simulate(config: FederationConfig) -> dict:
@@ -26,27 +31,80 @@ def simulate(config: FederationConfig) -> dict:
     # Flower and Ray are imported here so that `fedpeft --help` stays fast.
     from flwr.simulation import run_simulation
 
-    from fedpeft.client.client_app import app as client_app
+    from fedpeft.client.client_app import make_client_app
+    from fedpeft.server import report
     from fedpeft.server.server_app import make_server_app
+    from fedpeft.simulations.misbehaving import PLAN_ENV, choose_plan, expected_rejections, misbehaving_mod
 
-    cache_root = tempfile.mkdtemp(prefix="fedpeft-nodes-")
-    previous = os.environ.get("FEDPEFT_CACHE")
-    os.environ["FEDPEFT_CACHE"] = cache_root  # each simulated node caches under node-<id>/
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    plan = choose_plan(nodes, config.simulation.misbehaving, config.run.seed, config.simulation.behaviours,
+                       norm_bound=config.security.max_update_norm)
+    if plan["partitions"]:
+        print(f"[fedpeft] misbehaving clients: {sorted(int(p) for p in plan['partitions'])} "
+              f"rotating through {plan['behaviours']}", flush=True)
+    ensure_operator_key(Path(config.security.operator_key))
+
+    work = Path(tempfile.mkdtemp(prefix="fedpeft-sim-"))
     try:
-        run_simulation(
-            server_app=make_server_app(config, labels, out),
-            client_app=client_app,
-            num_supernodes=nodes,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-        )
+        keyring = enroll_simulated_clients(work / "keys", nodes)
+        config = config.with_overrides(**{"security.keyring": str(keyring)})
+        environment = {
+            "FEDPEFT_CACHE": str(work / "nodes"),  # each simulated node caches under node-<id>/
+            KEYS_DIR_ENV: str(work / "keys"),       # ... and signs with keys/client-<partition>.key
+            PLAN_ENV: json.dumps(plan) if plan["partitions"] else None,
+        }
+        with _environment(environment):
+            run_simulation(
+                server_app=make_server_app(config, labels, out),
+                client_app=make_client_app([misbehaving_mod] if plan["partitions"] else None),
+                num_supernodes=nodes,
+                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+            )
     finally:
-        shutil.rmtree(cache_root, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("FEDPEFT_CACHE", None)
-        else:
-            os.environ["FEDPEFT_CACHE"] = previous
+        shutil.rmtree(work, ignore_errors=True)
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FedPeftError(f"the federation did not finish: no {summary_path} (see the log above)")
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    if plan["partitions"]:
+        summary["misbehaving"] = {"plan": plan, "expected_rejected": expected_rejections(plan, config.federation.rounds)}
+        report.write_json(summary_path, summary)
+    return summary
+
+
+def ensure_operator_key(path: Path) -> None:
+    """A simulation publishes signed releases: create the operator key if there is none."""
+    if not path.exists():
+        kid = new_key_pair(path, passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+        print(f"[fedpeft] created operator key {path} (key id {kid[:12]}); public key {public_key_path(path)}",
+              flush=True)
+
+
+def enroll_simulated_clients(keys_dir: Path, count: int) -> Path:
+    """One key per simulated client, enrolled in a keyring for this run only."""
+    keyring = Keyring(keys_dir / "keyring.json")
+    for partition in range(count):
+        path = simulated_key_path(keys_dir, partition)
+        new_key_pair(path)
+        keyring.enroll(f"client-{partition}", load_public_key(public_key_path(path)))
+    keyring.save()
+    return keyring.path
+
+
+@contextmanager
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set environment variables (None: unset) for the simulation's workers, then restore."""
+    previous = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -33,6 +33,9 @@ class RunLog:
             "bytes_up": traffic.bytes_up,
             "accepted": traffic.accepted,
             "rejected": dict(traffic.rejected),
+            "rejections": list(traffic.rejections),
+            "unchanged": traffic.unchanged,
+            "max_update_norm": round(traffic.max_norm, 6),
         }
 
     def evaluate_done(self, server_round: int, metrics: MetricRecord | None) -> None:
@@ -48,6 +51,13 @@ class RunLog:
             fh.write(json.dumps(row) + "\n")
         print(self.progress_line(row), flush=True)
 
+    def rejected_totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for row in self.rows:
+            for reason, count in row.get("rejected", {}).items():
+                totals[reason] = totals.get(reason, 0) + count
+        return dict(sorted(totals.items()))
+
     def progress_line(self, row: dict[str, Any]) -> str:
         def fmt(value: float | None, spec: str) -> str:
             return "n/a" if value is None else format(value, spec)
@@ -57,5 +67,6 @@ class RunLog:
             f"[fedpeft] round {row['round']}/{self.rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
             f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
             f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
-            f"{f'  rejected {rejected}' if rejected else ''}  ({row['seconds']:.0f} s)"
+            f"{f'  rejected {rejected}' if rejected else ''}"
+            f"{'  global unchanged' if row.get('unchanged') else ''}  ({row['seconds']:.0f} s)"
         )

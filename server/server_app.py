@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from logging import INFO
@@ -15,16 +16,19 @@ from fedpeft.config import FederationConfig
 from fedpeft.core.adapter_state import set_adapter_arrays
 from fedpeft.core.base_model import load_base
 from fedpeft.core.base_package import BasePackage
-from fedpeft.core.errors import FedPeftError
+from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.job import Job
+from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, Keyring, key_id, load_private_key, passphrase_from_env
 from fedpeft.core.node_cache import NodeCache, default_cache_root
 from fedpeft.core.records import from_record, install_content, to_record
+from fedpeft.core.release import sign_release
 from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import AdapterTemplate, create_template
 
 from . import report
 from .run_log import RunLog
-from .strategy import build_strategy
+from .strategy import RunBinding, build_strategy
+from .verify import DeltaVerifier, VerifyPolicy
 
 
 @dataclass
@@ -83,7 +87,14 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     base = load_base(cache, package.base_id, num_labels=len(labels))
     template = create_template(base.model, task, config.template_spec(), list(labels))
     job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
-              config.personalization.epochs, config.personalization.local_only_epochs)
+              config.personalization.epochs, config.personalization.local_only_epochs, run_id=secrets.token_hex(16))
+    sec = config.security
+    if not sec.keyring:
+        raise ConfigError("security.keyring is not set: enroll client keys with `fedpeft keys enroll`")
+    keyring = Keyring.load(Path(sec.keyring))
+    if not keyring.keys:
+        raise ConfigError(f"keyring {sec.keyring} enrolls no client keys; deltas could not be verified")
+    operator_key = load_private_key(Path(sec.operator_key), passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
     fed = config.federation
     print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
           f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "
@@ -94,7 +105,11 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     print(f"[fedpeft] base sent to {dist.base_sent_to} of {len(nodes)} nodes", flush=True)
 
     run_log = RunLog(out / "metrics.jsonl", fed.rounds)
-    strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, fed.strategy_options)
+    binding = RunBinding(job.run_id, job.base_id, job.template_id,
+                         {n: (template.init[n].dtype.str, template.init[n].shape) for n in template.trainable_names})
+    verifier = DeltaVerifier(keyring, VerifyPolicy(sec.max_update_norm, sec.max_examples, sec.max_message_bytes))
+    strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, binding, verifier, sec.min_accepted,
+                              fed.strategy_options)
     strategy.on_train, strategy.on_evaluate = run_log.train_done, run_log.evaluate_done
     result = strategy.start(grid, to_record(template.init), fed.rounds, fed.round_timeout,
                             train_config=job.to_config(), evaluate_config=job.to_config())
@@ -118,6 +133,11 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     set_adapter_arrays(peft_model, final)
     peft_model.peft_config["default"].base_model_name_or_path = str(folder)
     peft_model.save_pretrained(str(out / "adapter"))
+    release = sign_release(out / "adapter", operator_key, version=fed.rounds, base_id=package.base_id,
+                           template_id=template.template_id, parent=None,
+                           metrics={"global_accuracy": stats["global"]["weighted_mean"]}, valid_days=sec.release_days)
+    print(f"[fedpeft] published adapter release v{release.version} ({release.release_id[:12]}), "
+          f"signed by operator key {key_id(operator_key.public_key())[:12]}", flush=True)
 
     uploads = [r["bytes_up"] / r["accepted"] for r in run_log.rows if r.get("accepted")]
     summary = {
@@ -133,6 +153,10 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
         "personalized_accuracy": stats["personalized"]["weighted_mean"],
         "local_only_accuracy": stats["local_only"]["weighted_mean"],
         "personalization": stats,
+        "release_id": release.release_id,
+        "rejected": run_log.rejected_totals(),
+        "rejections": [{"round": r["round"], **x} for r in run_log.rows for x in r.get("rejections", [])],
+        "unchanged_rounds": [r["round"] for r in run_log.rows if r.get("unchanged")],
         "bytes_up_per_client_round": sum(uploads) / len(uploads) if uploads else 0,
         "base_fp32_bytes": package.fp32_bytes,
         "base_download_bytes": package.download_bytes,

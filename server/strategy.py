@@ -1,7 +1,8 @@
 """Flower strategies that take adapter deltas instead of full weights.
 
-Clients send `delta = local - global` over the tensors they train. Before Flower's own
-aggregation runs, each delta is checked and turned back into `global + delta`, so every
+Clients send `delta = local - global` over the tensors they train, with a signed
+envelope. Before Flower's own aggregation runs, each reply is verified (server/verify.py)
+and its delta turned back into `global + delta`, so every
 Flower message strategy (FedAvg, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum...)
 aggregates it unchanged: for FedAvg the result is `global + weighted mean(delta)`, for
 the server optimizers the pseudo-gradient is the mean delta.
@@ -9,12 +10,11 @@ the server optimizers the pseudo-gradient is the mean delta.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, FedYogi, Krum
 from flwr.supercore import log
@@ -23,6 +23,8 @@ from fedpeft.core.adapter_state import apply_delta
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.hashing import tensors_id
 from fedpeft.core.records import from_record, record_bytes, to_record
+
+from .verify import DeltaVerifier, RejectedDelta, RoundExpectation
 
 STRATEGIES = {
     "fedavg": FedAvg,
@@ -40,19 +42,35 @@ class RoundTraffic:
     bytes_up: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    rejections: list[dict] = field(default_factory=list)  # {"client", "reason", "detail"}
+    unchanged: bool = False  # too few accepted deltas: the global adapter stayed as it was
+    max_norm: float = 0.0    # largest L2 norm among accepted deltas
+
+    def reject(self, client: str, rejection: RejectedDelta) -> None:
+        self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
+        self.rejections.append({"client": client, "reason": rejection.reason, "detail": rejection.detail})
 
 
-class RejectedDelta(Exception):
-    """A reply that must not reach the average; the message names the reason."""
+@dataclass(frozen=True)
+class RunBinding:
+    """What every delta of this run is bound to, besides its round and parent."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+    run_id: str
+    base_id: str
+    template_id: str
+    tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # trained tensor -> (dtype, shape)
 
 
 class DeltaStrategyMixin:
-    """Put before a Flower strategy class in the bases: `class S(DeltaStrategyMixin, FedAvg)`."""
+    """Put before a Flower strategy class in the bases: `class S(DeltaStrategyMixin, FedAvg)`.
 
+    Set `binding` and `verifier` before `start()`; `min_accepted` deltas are needed for
+    a round to change the global adapter.
+    """
+
+    binding: RunBinding
+    verifier: DeltaVerifier
+    min_accepted: int = 1
     on_train: Callable[[int, MetricRecord | None, RoundTraffic], None] | None = None
     on_evaluate: Callable[[int, MetricRecord | None], None] | None = None
 
@@ -60,53 +78,52 @@ class DeltaStrategyMixin:
                         grid: Grid) -> Iterable[Message]:
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic()
-        config["parent-id"] = tensors_id(self.global_arrays)
+        b = self.binding
+        self.expectation = RoundExpectation(b.run_id, server_round, b.base_id, b.template_id,
+                                            tensors_id(self.global_arrays), b.tensors)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.traffic.bytes_down = len(messages) * record_bytes(arrays)
         return messages
 
-    def check_delta(self, server_round: int, msg: Message) -> dict[str, np.ndarray]:
-        """The reply's delta if it may be aggregated; raises RejectedDelta otherwise."""
-        records = msg.content.array_records
-        if len(records) != 1:
-            raise RejectedDelta("malformed", f"expected one ArrayRecord, got {len(records)}")
-        delta = from_record(next(iter(records.values())))
-        for name, value in delta.items():
-            expected = self.global_arrays.get(name)
-            if expected is None:
-                raise RejectedDelta("unexpected-tensor", name)
-            if value.shape != expected.shape or value.dtype != expected.dtype:
-                raise RejectedDelta("bad-shape", f"{name}: {value.dtype}{value.shape}, expected {expected.dtype}{expected.shape}")
-            if not np.all(np.isfinite(value)):
-                raise RejectedDelta("non-finite", name)
-        return delta
-
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[Message] = []
-        trained: set[str] = set()
+        signers: set[str] = set()
         for msg in replies:
             if msg.has_error():
                 accepted.append(msg)  # Flower counts and logs failures itself
                 continue
             self.traffic.bytes_up += sum(record_bytes(r) for r in msg.content.array_records.values())
             try:
-                delta = self.check_delta(server_round, msg)
+                delta = self.verifier.verify(msg.content, self.expectation)
+                if delta.key_id in signers:
+                    raise RejectedDelta("duplicate", "a second delta signed by the same key this round", delta.client)
             except RejectedDelta as rejection:
-                log(WARNING, "round %d: rejected delta from node %d (%s)", server_round,
-                    msg.metadata.src_node_id, rejection)
-                self.traffic.rejected[rejection.reason] = self.traffic.rejected.get(rejection.reason, 0) + 1
+                client = rejection.client or f"node {msg.metadata.src_node_id}"
+                log(WARNING, "round %d: rejected delta from %s (%s)", server_round, client, rejection)
+                self.traffic.reject(client, rejection)
                 continue
-            trained.update(delta)
-            key = next(iter(msg.content.array_records))
-            msg.content[key] = to_record(apply_delta(self.global_arrays, delta))
+            signers.add(delta.key_id)
+            self.traffic.max_norm = max(self.traffic.max_norm, delta.norm)
+            # Flower aggregates `global + delta`, weighted by the signed example count.
+            msg.content = RecordDict({
+                "arrays": to_record(apply_delta(self.global_arrays, delta.arrays)),
+                "metrics": MetricRecord({**delta.metrics, "num-examples": delta.num_examples}),
+            })
             self.traffic.accepted += 1
             accepted.append(msg)
-        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if self.traffic.accepted < self.min_accepted:
+            log(WARNING, "round %d: %d of the %d deltas needed were accepted; the global adapter is unchanged",
+                server_round, self.traffic.accepted, self.min_accepted)
+            self.traffic.unchanged = True
+            arrays, metrics = None, None
+        else:
+            arrays, metrics = super().aggregate_train(server_round, accepted)
         if arrays is not None:
             # Tensors no client trains (FFA-LoRA's A) stay bit-identical, free of the
             # rounding that averaging identical copies with float weights brings.
             merged = from_record(arrays)
+            trained = self.binding.tensors
             arrays = to_record({n: merged[n] if n in trained else self.global_arrays[n] for n in merged})
         if self.on_train is not None:
             self.on_train(server_round, metrics, self.traffic)
@@ -119,13 +136,16 @@ class DeltaStrategyMixin:
         return metrics
 
 
-def build_strategy(name: str, fraction: float, min_clients: int, options: dict | None = None):
-    """A delta-taking version of the named Flower strategy."""
+def build_strategy(name: str, fraction: float, min_clients: int, binding: RunBinding, verifier: DeltaVerifier,
+                   min_accepted: int = 1, options: dict | None = None):
+    """A delta-taking, delta-verifying version of the named Flower strategy."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     flower_cls = STRATEGIES[name]
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {})
-    return cls(
+    strategy = cls(
         fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )
+    strategy.binding, strategy.verifier, strategy.min_accepted = binding, verifier, min_accepted
+    return strategy

@@ -1,0 +1,188 @@
+"""Checks on a client's reply before its delta may reach the average.
+
+Every check on the untrusted reply is explicit and, when it fails, names its reason
+(`REASONS`). The order matters: the cheapest checks that need no trust come first, the
+signature is checked over the header bytes exactly as they arrived and only then are
+those bytes parsed, and tensor contents are read only once the signed manifest says
+which tensors to expect. Flower does not check update contents; this module is ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import RecordDict
+from google.protobuf.message import DecodeError
+
+from fedpeft.core.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION
+from fedpeft.core.hashing import tensor_sha256
+from fedpeft.core.keys import Keyring, verify_signature
+from fedpeft.protos import delta_pb2
+
+REASONS = (
+    "too-large", "malformed", "no-signature", "unknown-key", "bad-signature", "wrong-run", "wrong-round",
+    "wrong-base", "wrong-template", "wrong-parent", "bad-example-count", "unexpected-tensor",
+    "missing-tensor", "bad-dtype", "bad-shape", "tensor-hash-mismatch", "non-finite", "norm-too-large",
+    "duplicate",
+)
+
+
+class RejectedDelta(Exception):
+    """A reply that must not reach the average; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str, client: str | None = None) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.client = reason, detail, client
+
+
+@dataclass(frozen=True)
+class RoundExpectation:
+    """What an honest delta of this round must state and contain."""
+
+    run_id: str
+    server_round: int
+    base_id: str
+    template_id: str
+    parent_id: str
+    tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
+
+
+@dataclass(frozen=True)
+class VerifyPolicy:
+    max_update_norm: float = 0.0     # L2 norm over the whole delta; 0 means no bound
+    max_examples: int = 1_000_000
+    max_message_bytes: int = 0       # 0: twice the expected delta size plus 64 KiB
+
+
+@dataclass(frozen=True)
+class VerifiedDelta:
+    key_id: str
+    client: str
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+    norm: float  # L2 norm of the whole delta, logged per round to help choose a bound
+
+
+def expected_bytes(expect: RoundExpectation) -> int:
+    return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for dtype, shape in expect.tensors.values())
+
+
+class DeltaVerifier:
+    def __init__(self, keyring: Keyring, policy: VerifyPolicy = VerifyPolicy()) -> None:
+        self.keyring = keyring
+        self.policy = policy
+
+    def message_limit(self, expect: RoundExpectation) -> int:
+        return self.policy.max_message_bytes or 2 * expected_bytes(expect) + 64 * 1024
+
+    def verify(self, content: RecordDict, expect: RoundExpectation) -> VerifiedDelta:
+        """The verified delta; raises RejectedDelta naming the first check that fails."""
+        size = sum(len(a.data) for r in content.array_records.values() for a in r.values())
+        size += sum(len(v) for r in content.config_records.values() for v in r.values() if isinstance(v, bytes))
+        limit = self.message_limit(expect)
+        if size > limit:
+            raise RejectedDelta("too-large", f"{size} bytes, limit {limit}")
+
+        envelope = content.config_records.get(ENVELOPE_RECORD)
+        signed_bytes = envelope.get(ENVELOPE_KEY) if envelope is not None else None
+        if not isinstance(signed_bytes, bytes):
+            raise RejectedDelta("no-signature", "the reply carries no signed envelope")
+        signed = delta_pb2.SignedDelta()
+        try:
+            signed.ParseFromString(signed_bytes)
+        except DecodeError as exc:
+            raise RejectedDelta("malformed", f"envelope does not parse: {exc}") from exc
+        if not signed.signature:
+            raise RejectedDelta("no-signature", "the envelope carries no signature")
+
+        enrolled = self.keyring.get(signed.key_id)
+        if enrolled is None:
+            raise RejectedDelta("unknown-key", f"key {signed.key_id[:16]!r} is not enrolled")
+        if not verify_signature(enrolled.public_key, signed.signature, signed.header):
+            raise RejectedDelta("bad-signature", "signature does not match the header bytes", enrolled.name)
+
+        # Only now, with the bytes proven to come from `enrolled`, are they parsed.
+        header = delta_pb2.DeltaHeader()
+        try:
+            header.ParseFromString(signed.header)
+        except DecodeError as exc:
+            raise RejectedDelta("malformed", f"signed header does not parse: {exc}", enrolled.name) from exc
+        client = enrolled.name
+        if header.format_version != FORMAT_VERSION:
+            raise RejectedDelta("malformed", f"header format {header.format_version}, expected {FORMAT_VERSION}", client)
+        if header.key_id != signed.key_id:
+            raise RejectedDelta("bad-signature", f"header names key {header.key_id[:12]}, signed by {signed.key_id[:12]}", client)
+
+        self._check_binding(header, expect, client)
+        if not 1 <= header.num_examples <= self.policy.max_examples:
+            raise RejectedDelta("bad-example-count", f"{header.num_examples}, allowed 1..{self.policy.max_examples}", client)
+        manifest = self._check_manifest(header, expect, client)
+        arrays, norm = self._check_tensors(content, manifest, client)
+        return VerifiedDelta(signed.key_id, client, arrays, int(header.num_examples), dict(header.metrics), norm)
+
+    @staticmethod
+    def _check_binding(header: delta_pb2.DeltaHeader, expect: RoundExpectation, client: str) -> None:
+        bindings = (
+            ("wrong-run", header.run_id, expect.run_id),
+            ("wrong-round", header.server_round, expect.server_round),
+            ("wrong-base", header.base_id, expect.base_id),
+            ("wrong-template", header.template_id, expect.template_id),
+            ("wrong-parent", header.parent_id, expect.parent_id),
+        )
+        for reason, stated, expected in bindings:
+            if stated != expected:
+                raise RejectedDelta(reason, f"delta states {str(stated)[:16]!r}, this round is {str(expected)[:16]!r}", client)
+
+    @staticmethod
+    def _check_manifest(header: delta_pb2.DeltaHeader, expect: RoundExpectation,
+                        client: str) -> dict[str, delta_pb2.TensorEntry]:
+        manifest = {t.name: t for t in header.tensors}
+        if len(manifest) != len(header.tensors):
+            raise RejectedDelta("malformed", "the manifest lists a tensor twice", client)
+        unexpected = sorted(set(manifest) - set(expect.tensors))
+        if unexpected:
+            raise RejectedDelta("unexpected-tensor", f"{unexpected[:3]} (of {len(unexpected)})", client)
+        missing = sorted(set(expect.tensors) - set(manifest))
+        if missing:
+            raise RejectedDelta("missing-tensor", f"{missing[:3]} (of {len(missing)})", client)
+        for name, entry in manifest.items():
+            dtype, shape = expect.tensors[name]
+            if entry.dtype != dtype:
+                raise RejectedDelta("bad-dtype", f"{name}: {entry.dtype}, expected {dtype}", client)
+            if tuple(entry.shape) != tuple(shape):
+                raise RejectedDelta("bad-shape", f"{name}: {tuple(entry.shape)}, expected {tuple(shape)}", client)
+        return manifest
+
+    def _check_tensors(self, content: RecordDict, manifest: Mapping[str, delta_pb2.TensorEntry],
+                       client: str) -> tuple[dict[str, np.ndarray], float]:
+        records = list(content.array_records.values())
+        if len(records) != 1:
+            raise RejectedDelta("malformed", f"expected one ArrayRecord, got {len(records)}", client)
+        record = records[0]
+        if set(record) != set(manifest):
+            extra = sorted(set(record) ^ set(manifest))
+            raise RejectedDelta("tensor-hash-mismatch", f"tensors sent differ from the signed manifest: {extra[:3]}", client)
+        arrays: dict[str, np.ndarray] = {}
+        squares = 0.0
+        for name, entry in manifest.items():
+            try:
+                array = record[name].numpy()
+            except ValueError as exc:
+                raise RejectedDelta("malformed", f"{name} does not decode: {exc}", client) from exc
+            if array.dtype.str != entry.dtype or tuple(array.shape) != tuple(entry.shape):
+                raise RejectedDelta("tensor-hash-mismatch",
+                                    f"{name}: sent {array.dtype.str}{array.shape}, signed {entry.dtype}{tuple(entry.shape)}", client)
+            if tensor_sha256(array) != entry.sha256:
+                raise RejectedDelta("tensor-hash-mismatch", f"{name}: bytes differ from the signed SHA-256", client)
+            if not np.isfinite(array).all():
+                raise RejectedDelta("non-finite", name, client)
+            squares += float(np.dot(array.reshape(-1), array.reshape(-1)))
+            arrays[name] = array
+        norm = squares ** 0.5
+        if self.policy.max_update_norm and norm > self.policy.max_update_norm:
+            raise RejectedDelta("norm-too-large", f"L2 norm {norm:.4g} > bound {self.policy.max_update_norm:.4g}", client)
+        return arrays, norm

@@ -1,0 +1,145 @@
+"""Misbehaving clients for simulations: a Flower client mod that spoils train replies.
+
+`fedpeft simulate` with `[simulation] misbehaving = 0.2` picks that share of clients
+(seeded) and wraps the ClientApp in `misbehaving_mod`. Each bad client first trains
+honestly, then turns its reply into one kind of bad delta, so the server's rejection
+path runs inside a real federation. The kinds rotate over (round, bad client) slots, so
+a few bad clients over a few rounds send every kind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedpeft.client import identity
+from fedpeft.core.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.hashing import tensor_sha256
+from fedpeft.core.keys import key_id
+from fedpeft.core.records import from_record, to_record
+from fedpeft.protos import delta_pb2
+
+PLAN_ENV = "FEDPEFT_MISBEHAVING"
+
+# Each kind of bad delta and the reason the server must reject it with.
+EXPECTED_REASON = {
+    "unsigned": "no-signature",        # the signed envelope is dropped
+    "unknown-key": "unknown-key",      # signed by a key the server never enrolled
+    "tamper": "tensor-hash-mismatch",  # a tensor changed after signing
+    "switch-base": "wrong-base",       # honestly signed, but claims another base
+    "nan": "non-finite",               # a NaN, signed as if it were a real update
+    "scale": "norm-too-large",         # the update blown up 1000x and signed (needs a norm bound)
+    "replay": "wrong-round",           # last round's signed reply sent again
+}
+BEHAVIOURS = tuple(EXPECTED_REASON)
+
+
+def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str] | None = None,
+                norm_bound: float = 0.0) -> dict:
+    """Which partitions misbehave (seeded) and the kinds they rotate through.
+
+    "scale" is only a bad delta when the server bounds update norms: without a bound it
+    is left out of the default kinds and refused when asked for.
+    """
+    kinds = list(behaviours or (k for k in BEHAVIOURS if norm_bound or k != "scale"))
+    unknown = sorted(set(kinds) - set(BEHAVIOURS))
+    if unknown:
+        raise ConfigError(f"unknown misbehaviour(s) {unknown}; known: {list(BEHAVIOURS)}")
+    if "scale" in kinds and not norm_bound:
+        raise ConfigError("misbehaviour 'scale' needs a norm bound: set security.max_update_norm")
+    count = min(num_clients - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
+    bad = sorted(random.Random(seed).sample(range(num_clients), count))
+    return {"partitions": {str(p): i for i, p in enumerate(bad)}, "behaviours": kinds}
+
+
+def behaviour(plan: dict, partition: int, server_round: int) -> str | None:
+    index = plan["partitions"].get(str(partition))
+    if index is None:
+        return None
+    slot = (server_round - 1) * len(plan["partitions"]) + index
+    return plan["behaviours"][slot % len(plan["behaviours"])]
+
+
+def expected_rejections(plan: dict, rounds: int) -> dict[str, int]:
+    """Reason -> count the server should report when every client trains every round."""
+    counts: dict[str, int] = {}
+    for server_round in range(1, rounds + 1):
+        for partition in plan["partitions"]:
+            reason = EXPECTED_REASON[behaviour(plan, int(partition), server_round)]
+            counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _header(content: RecordDict) -> delta_pb2.DeltaHeader:
+    signed = delta_pb2.SignedDelta.FromString(bytes(content.config_records[ENVELOPE_RECORD][ENVELOPE_KEY]))
+    return delta_pb2.DeltaHeader.FromString(signed.header)
+
+
+def _resign(content: RecordDict, key: Ed25519PrivateKey, header: delta_pb2.DeltaHeader,
+            arrays: dict[str, np.ndarray] | None = None) -> RecordDict:
+    """The reply re-signed (by `key`) over an altered header and, if given, altered tensors."""
+    if arrays is not None:
+        for entry in header.tensors:
+            entry.sha256 = tensor_sha256(arrays[entry.name])
+    record = to_record(arrays) if arrays is not None else content.array_records["arrays"]
+    return RecordDict({"arrays": record, ENVELOPE_RECORD: envelope_record(seal(key, header))})
+
+
+def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: RecordDict | None) -> RecordDict:
+    """An honest signed train reply turned into a bad delta of the given kind."""
+    header = _header(content)
+    arrays = from_record(content.array_records["arrays"])
+    first = sorted(arrays)[0]
+    if kind == "unsigned":
+        return RecordDict({"arrays": content.array_records["arrays"]})
+    if kind == "unknown-key":
+        stranger = Ed25519PrivateKey.generate()
+        header.key_id = key_id(stranger.public_key())
+        return _resign(content, stranger, header)
+    if kind == "tamper":
+        arrays[first] = arrays[first] + np.float32(0.01)
+        return RecordDict({"arrays": to_record(arrays), ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
+    if kind == "switch-base":
+        header.base_id = "f" * 64
+        return _resign(content, key, header)
+    if kind == "nan":
+        arrays[first] = arrays[first].copy()
+        arrays[first].reshape(-1)[0] = np.nan
+        return _resign(content, key, header, arrays)
+    if kind == "scale":
+        return _resign(content, key, header, {n: a * np.float32(1000) for n, a in arrays.items()})
+    if kind == "replay":
+        if previous is not None:
+            return previous
+        header.server_round -= 1  # nothing recorded yet: a stale reply signed for the round before
+        return _resign(content, key, header)
+    raise ConfigError(f"unknown misbehaviour {kind!r}")
+
+
+def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type != "train" or reply.has_error() or PLAN_ENV not in os.environ:
+        return reply
+    partition = int(context.node_config["partition-id"])
+    server_round = int(msg.content.config_records["config"]["server-round"])
+    kind = behaviour(json.loads(os.environ[PLAN_ENV]), partition, server_round)
+    if kind is None:
+        return reply
+    previous = None
+    if "replay-arrays" in context.state.array_records:
+        previous = RecordDict({"arrays": context.state.array_records["replay-arrays"],
+                               ENVELOPE_RECORD: context.state.config_records["replay-envelope"]})
+    honest = reply.content
+    context.state["replay-arrays"] = honest.array_records["arrays"]
+    context.state["replay-envelope"] = ConfigRecord(dict(honest.config_records[ENVELOPE_RECORD]))
+    key = identity.signing_key(dict(context.node_config), partition)
+    return Message(spoil(honest, kind, key, previous), reply_to=msg)
