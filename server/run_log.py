@@ -31,6 +31,7 @@ class RunLog:
             "train_loss": float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
             "bytes_down": traffic.bytes_down,
             "bytes_up": traffic.bytes_up,
+            "replies": traffic.replies,
             "accepted": traffic.accepted,
             "rejected": dict(traffic.rejected),
             "rejections": list(traffic.rejections),

@@ -139,7 +139,7 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     print(f"[fedpeft] published adapter release v{release.version} ({release.release_id[:12]}), "
           f"signed by operator key {key_id(operator_key.public_key())[:12]}", flush=True)
 
-    uploads = [r["bytes_up"] / r["accepted"] for r in run_log.rows if r.get("accepted")]
+    uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
     summary = {
         "rounds": fed.rounds,
         "clients": len(dist.nodes),

@@ -24,7 +24,7 @@ from fedpeft.core.errors import ConfigError
 from fedpeft.core.hashing import tensors_id
 from fedpeft.core.records import from_record, record_bytes, to_record
 
-from .verify import DeltaVerifier, RejectedDelta, RoundExpectation
+from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, content_bytes
 
 STRATEGIES = {
     "fedavg": FedAvg,
@@ -40,6 +40,7 @@ STRATEGIES = {
 class RoundTraffic:
     bytes_down: int = 0
     bytes_up: int = 0
+    replies: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     rejections: list[dict] = field(default_factory=list)  # {"client", "reason", "detail"}
@@ -93,7 +94,8 @@ class DeltaStrategyMixin:
             if msg.has_error():
                 accepted.append(msg)  # Flower counts and logs failures itself
                 continue
-            self.traffic.bytes_up += sum(record_bytes(r) for r in msg.content.array_records.values())
+            self.traffic.replies += 1
+            self.traffic.bytes_up += content_bytes(msg.content)
             try:
                 delta = self.verifier.verify(msg.content, self.expectation)
                 if delta.key_id in signers:

@@ -67,6 +67,12 @@ class VerifiedDelta:
     norm: float  # L2 norm of the whole delta, logged per round to help choose a bound
 
 
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a reply's tensors and byte-valued config entries (the envelope among them)."""
+    size = sum(len(a.data) for r in content.array_records.values() for a in r.values())
+    return size + sum(len(v) for r in content.config_records.values() for v in r.values() if isinstance(v, bytes))
+
+
 def expected_bytes(expect: RoundExpectation) -> int:
     return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for dtype, shape in expect.tensors.values())
 
@@ -81,8 +87,7 @@ class DeltaVerifier:
 
     def verify(self, content: RecordDict, expect: RoundExpectation) -> VerifiedDelta:
         """The verified delta; raises RejectedDelta naming the first check that fails."""
-        size = sum(len(a.data) for r in content.array_records.values() for a in r.values())
-        size += sum(len(v) for r in content.config_records.values() for v in r.values() if isinstance(v, bytes))
+        size = content_bytes(content)
         limit = self.message_limit(expect)
         if size > limit:
             raise RejectedDelta("too-large", f"{size} bytes, limit {limit}")

@@ -11,22 +11,36 @@ from peft import PeftModel
 from fedpeft.core.base_model import load_base
 from fedpeft.core.base_package import BasePackage
 from fedpeft.core.data import DataSpec, client_data
+from fedpeft.core.keys import load_public_key
 from fedpeft.core.node_cache import NodeCache
+from fedpeft.core.release import verify_release
 from fedpeft.core.tasks import get_task
 from fedpeft.core.training import TrainSettings, evaluate
 
-ROUNDS, CLIENTS = 2, 3
+ROUNDS, CLIENTS, BAD = 3, 4, 1
+# One of the four clients misbehaves: it tampers in round 1, replays its round-1 reply in
+# round 2 (state kept by Flower across rounds) and sends a NaN in round 3.
+CONFIG = """
+[simulation]
+misbehaving = 0.25
+behaviours = ["tamper", "replay", "nan"]
+
+[security]
+operator_key = "keys/operator.key"
+max_update_norm = 1000.0
+"""
 
 
 @pytest.fixture(scope="module")
 def run(tiny_bert_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--model", str(tiny_bert_dir),
-           "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--learning-rate", "0.01", "--out", str(out)]
+    (out / "run.toml").write_text(CONFIG)
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
+           "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--learning-rate", "0.01", "--out", "result"]
     env = {**os.environ, "FEDPEFT_CACHE": str(out / "cache")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+    return out / "result", proc.stdout
 
 
 def test_outputs_are_written(run):
@@ -37,7 +51,8 @@ def test_outputs_are_written(run):
     assert (out / "clients.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
-    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["accepted"] == CLIENTS for r in rows)
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["accepted"] == CLIENTS - BAD for r in rows)
+    assert [r["rejected"] for r in rows] == [{"tensor-hash-mismatch": 1}, {"wrong-round": 1}, {"non-finite": 1}]
     assert f"round {ROUNDS}/{ROUNDS}" in stdout
     assert "personalized" in stdout
 
@@ -50,9 +65,30 @@ def test_summary_has_the_promised_keys_and_budgets(run):
         assert key in summary, key
     assert summary["rounds"] == ROUNDS and summary["clients"] == CLIENTS
     assert summary["base_download_bytes"] < 0.4 * summary["base_fp32_bytes"]
-    # float32 payload plus a small serialization header per tensor
-    assert 4 * summary["trainable_params"] < summary["bytes_up_per_client_round"] < 6 * summary["trainable_params"]
+    # float32 payload, plus per tensor a serialization header and a signed manifest entry
+    assert 4 * summary["trainable_params"] < summary["bytes_up_per_client_round"] < 8 * summary["trainable_params"]
     assert 0 < summary["trainable_params"] < summary["total_params"]
+
+
+def test_every_bad_delta_is_rejected_and_counted_in_the_summary(run):
+    summary = json.loads((run[0] / "summary.json").read_text())
+    assert summary["rejected"] == summary["misbehaving"]["expected_rejected"]
+    assert summary["rejected"] == {"non-finite": 1, "tensor-hash-mismatch": 1, "wrong-round": 1}
+    bad_client = f"client-{next(iter(summary['misbehaving']['plan']['partitions']))}"
+    assert {r["client"] for r in summary["rejections"]} == {bad_client}
+    assert summary["unchanged_rounds"] == []
+
+
+def test_published_adapter_is_a_verified_release(run):
+    out, _ = run
+    key = out.parent / "keys" / "operator.pub"
+    ok = subprocess.run([sys.executable, "-m", "fedpeft.cli", "verify", str(out / "adapter"), "--key", str(key)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    release = verify_release(out / "adapter", load_public_key(key), base_id=summary["base_id"])
+    assert release.release_id == summary["release_id"]
+    assert release.version == ROUNDS and release.manifest["template_id"] == summary["template_id"]
 
 
 def test_saved_adapter_loads_with_peft_and_reproduces_global_accuracy(run, tiny_bert_dir, tmp_path):

@@ -1,19 +1,33 @@
-"""The server's delta aggregation, fed real Flower messages."""
+"""The server's verification and aggregation of signed deltas, fed real Flower messages."""
+
+from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
-from flwr.app import Message, MetricRecord, RecordDict
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedpeft.core.envelope import ENVELOPE_RECORD, DeltaClaim, build_header, envelope_record, seal, sign_delta
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.hashing import tensors_id
+from fedpeft.core.keys import Keyring, key_id
 from fedpeft.core.records import from_record, to_record
-from fedpeft.server.strategy import RoundTraffic, build_strategy
+from fedpeft.protos import delta_pb2
+from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy
+from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
+from fedpeft.simulations import misbehaving
 
 GLOBAL = {
     "a": np.arange(6, dtype=np.float32).reshape(2, 3),
     "b": np.ones(4, dtype=np.float32),
     "frozen": np.full(3, 7.0, dtype=np.float32),
 }
+TRAINED = ("a", "b")
+RUN, ROUND, BASE, TEMPLATE = "run-1", 3, "b" * 64, "t" * 64
+KEYS = [Ed25519PrivateKey.generate() for _ in range(4)]
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +38,41 @@ def _flower_run():
     TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
-def _reply(delta: dict[str, np.ndarray], examples: int) -> Message:
-    content = RecordDict({"arrays": to_record(delta), "metrics": MetricRecord({"num-examples": examples, "train-loss": 1.0})})
+def _keyring() -> Keyring:
+    keyring = Keyring()
+    for i, key in enumerate(KEYS):
+        keyring.enroll(f"client-{i}", key.public_key())
+    return keyring
+
+
+def _claim(examples: int = 10, **changes) -> DeltaClaim:
+    claim = DeltaClaim(RUN, ROUND, BASE, TEMPLATE, tensors_id(GLOBAL), examples, {"train-loss": 1.0})
+    return dataclasses.replace(claim, **changes)
+
+
+def _content(delta: dict[str, np.ndarray], signed: bytes | None) -> RecordDict:
+    content = RecordDict({"arrays": to_record(delta)})
+    if signed is not None:
+        content[ENVELOPE_RECORD] = envelope_record(signed)
+    return content
+
+
+def _reply(content: RecordDict) -> Message:
     return Message(content, dst_node_id=0, message_type="train")
 
 
-def _strategy(name: str = "fedavg", **options):
-    strategy = build_strategy(name, 1.0, 1, options)
+def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey = KEYS[0], **claim_changes) -> RecordDict:
+    return _content(delta, sign_delta(key, _claim(**claim_changes), delta))
+
+
+def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
+              min_accepted: int = 1, **options):
+    binding = RunBinding(RUN, BASE, TEMPLATE, {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED})
+    strategy = build_strategy(name, 1.0, 1, binding, DeltaVerifier(_keyring(), policy), min_accepted, options)
+    # What configure_train sets up for a round, without a Grid to send through.
     strategy.global_arrays = {k: v.copy() for k, v in GLOBAL.items()}
     strategy.traffic = RoundTraffic()
+    strategy.expectation = RoundExpectation(RUN, ROUND, BASE, TEMPLATE, tensors_id(GLOBAL), binding.tensors)
     return strategy
 
 
@@ -42,21 +82,32 @@ def _deltas(seed: int, count: int) -> list[dict[str, np.ndarray]]:
             for _ in range(count)]
 
 
-def test_fedavg_of_deltas_is_the_example_weighted_mean():
+def test_fedavg_of_signed_deltas_is_the_example_weighted_mean():
     deltas, weights = _deltas(0, 3), [10, 30, 60]
-    arrays, metrics = _strategy().aggregate_train(1, [_reply(d, w) for d, w in zip(deltas, weights)])
+    replies = [_reply(_signed(d, KEYS[i], num_examples=w)) for i, (d, w) in enumerate(zip(deltas, weights))]
+    arrays, metrics = _strategy().aggregate_train(ROUND, replies)
     result = from_record(arrays)
     total = sum(weights)
-    for name in ("a", "b"):
+    for name in TRAINED:
         expected = GLOBAL[name] + sum(w / total * d[name] for d, w in zip(deltas, weights))
         np.testing.assert_allclose(result[name], expected, rtol=1e-6)
     np.testing.assert_array_equal(result["frozen"], GLOBAL["frozen"])
     assert metrics["train-loss"] == pytest.approx(1.0)
 
 
+def test_weights_come_from_the_signed_count_not_an_unsigned_metric():
+    deltas = _deltas(4, 2)
+    contents = [_signed(deltas[0], KEYS[0], num_examples=1), _signed(deltas[1], KEYS[1], num_examples=1)]
+    contents[0]["metrics"] = MetricRecord({"num-examples": 1_000_000})  # unsigned claim: ignored
+    strategy = _strategy()
+    arrays, _ = strategy.aggregate_train(ROUND, [_reply(c) for c in contents])
+    expected = GLOBAL["a"] + (deltas[0]["a"] + deltas[1]["a"]) / 2
+    np.testing.assert_allclose(from_record(arrays)["a"], expected, rtol=1e-6)
+
+
 def test_fedmedian_takes_the_coordinate_wise_median_delta():
-    deltas = _deltas(1, 5)
-    arrays, _ = _strategy("fedmedian").aggregate_train(1, [_reply(d, 1) for d in deltas])
+    deltas = _deltas(1, 4)
+    arrays, _ = _strategy("fedmedian").aggregate_train(ROUND, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
     expected = GLOBAL["a"] + np.median(np.stack([d["a"] for d in deltas]), axis=0)
     np.testing.assert_allclose(from_record(arrays)["a"], expected, rtol=1e-6)
 
@@ -65,28 +116,185 @@ def test_fedadam_moves_the_global_along_the_mean_delta():
     deltas = _deltas(2, 2)
     strategy = _strategy("fedadam", eta=0.1)
     strategy.current_arrays = {k: v.copy() for k, v in GLOBAL.items()}
-    arrays, _ = strategy.aggregate_train(1, [_reply(d, 1) for d in deltas])
+    arrays, _ = strategy.aggregate_train(ROUND, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
     step = from_record(arrays)["a"] - GLOBAL["a"]
     mean = (deltas[0]["a"] + deltas[1]["a"]) / 2
     assert np.all(np.sign(step) == np.sign(mean))
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ({"a": np.zeros((3, 2), np.float32)}, "bad-shape"),
-    ({"a": np.zeros((2, 3), np.float64)}, "bad-shape"),
-    ({"zzz": np.zeros(2, np.float32)}, "unexpected-tensor"),
-    ({"a": np.full((2, 3), np.nan, np.float32)}, "non-finite"),
-])
-def test_bad_deltas_are_rejected_and_the_rest_aggregated(bad, reason):
+def _bad(kind: str) -> RecordDict:
+    """One bad reply of each kind, signed (or not) by KEYS[3]."""
+    delta = _deltas(9, 1)[0]
+    key = KEYS[3]
+    if kind == "no-envelope":
+        return _content(delta, None)
+    if kind == "no-signature-in-envelope":
+        header = build_header(_claim(), key_id(key.public_key()), delta).SerializeToString()
+        return _content(delta, delta_pb2.SignedDelta(header=header, key_id=key_id(key.public_key())).SerializeToString())
+    if kind == "garbage-envelope":
+        return _content(delta, b"\xff\x00 not protobuf")
+    if kind == "unknown-key":
+        return _signed(delta, Ed25519PrivateKey.generate())
+    if kind == "header-edited-after-signing":
+        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), delta))
+        header = delta_pb2.DeltaHeader.FromString(signed.header)
+        header.num_examples = 10_000  # re-serialized: the signature no longer covers it
+        signed.header = header.SerializeToString()
+        return _content(delta, signed.SerializeToString())
+    if kind == "signed-by-another-enrolled-key":
+        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), delta))
+        signed.signature = KEYS[0].sign(signed.header)
+        return _content(delta, signed.SerializeToString())
+    if kind == "header-names-another-key":
+        header = build_header(_claim(), key_id(KEYS[0].public_key()), delta)
+        header_bytes = header.SerializeToString()
+        signed = delta_pb2.SignedDelta(header=header_bytes, key_id=key_id(key.public_key()), signature=key.sign(header_bytes))
+        return _content(delta, signed.SerializeToString())
+    if kind == "tensor-changed-after-signing":
+        content = _signed(delta, key)
+        content["arrays"] = to_record({**delta, "a": delta["a"] + 1e-3})
+        return content
+    if kind == "tensor-reshaped-after-signing":
+        content = _signed(delta, key)
+        content["arrays"] = to_record({**delta, "a": delta["a"].reshape(3, 2)})
+        return content
+    if kind == "tensor-dropped-after-signing":
+        content = _signed(delta, key)
+        content["arrays"] = to_record({"a": delta["a"]})
+        return content
+    if kind in ("wrong-run", "wrong-round", "wrong-base", "wrong-template", "wrong-parent"):
+        field = {"wrong-run": "run_id", "wrong-round": "server_round", "wrong-base": "base_id",
+                 "wrong-template": "template_id", "wrong-parent": "parent_id"}[kind]
+        value = ROUND - 1 if field == "server_round" else "x" * 64
+        return _signed(delta, key, **{field: value})
+    if kind == "unexpected-tensor":
+        return _signed({**delta, "frozen": np.zeros(3, np.float32)}, key)
+    if kind == "missing-tensor":
+        return _signed({"a": delta["a"]}, key)
+    if kind == "bad-dtype":
+        return _signed({**delta, "a": delta["a"].astype(np.float64)}, key)
+    if kind == "bad-shape":
+        return _signed({**delta, "a": delta["a"].reshape(3, 2)}, key)
+    if kind == "non-finite":
+        return _signed({**delta, "b": np.array([0, np.inf, 0, 0], np.float32)}, key)
+    if kind == "norm-too-large":
+        return _signed({n: v * 1000 for n, v in delta.items()}, key)
+    if kind == "zero-examples":
+        return _signed(delta, key, num_examples=0)
+    if kind == "implausible-examples":
+        return _signed(delta, key, num_examples=10**9)
+    if kind == "too-large":
+        content = _signed(delta, key)
+        content["padding"] = ConfigRecord({"blob": b"\0" * 200_000})
+        return content
+    if kind == "two-array-records":
+        content = _signed(delta, key)
+        content["more"] = to_record({"a": delta["a"]})
+        return content
+    raise AssertionError(kind)
+
+
+BAD_KINDS = {
+    "no-envelope": "no-signature",
+    "no-signature-in-envelope": "no-signature",
+    "garbage-envelope": "malformed",
+    "unknown-key": "unknown-key",
+    "header-edited-after-signing": "bad-signature",
+    "signed-by-another-enrolled-key": "bad-signature",
+    "header-names-another-key": "bad-signature",
+    "tensor-changed-after-signing": "tensor-hash-mismatch",
+    "tensor-reshaped-after-signing": "tensor-hash-mismatch",
+    "tensor-dropped-after-signing": "tensor-hash-mismatch",
+    "wrong-run": "wrong-run",
+    "wrong-round": "wrong-round",
+    "wrong-base": "wrong-base",
+    "wrong-template": "wrong-template",
+    "wrong-parent": "wrong-parent",
+    "unexpected-tensor": "unexpected-tensor",
+    "missing-tensor": "missing-tensor",
+    "bad-dtype": "bad-dtype",
+    "bad-shape": "bad-shape",
+    "non-finite": "non-finite",
+    "norm-too-large": "norm-too-large",
+    "zero-examples": "bad-example-count",
+    "implausible-examples": "bad-example-count",
+    "too-large": "too-large",
+    "two-array-records": "malformed",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_KINDS))
+def test_each_bad_delta_is_rejected_with_its_reason_and_the_honest_ones_aggregated(kind):
     good = _deltas(3, 2)
-    strategy = _strategy()
-    arrays, _ = strategy.aggregate_train(1, [_reply(good[0], 1), _reply(bad, 50), _reply(good[1], 1)])
-    assert strategy.traffic.rejected == {reason: 1}
+    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0, max_examples=1000, max_message_bytes=100_000))
+    replies = [_reply(_signed(good[0], KEYS[0])), _reply(_bad(kind)), _reply(_signed(good[1], KEYS[1]))]
+    arrays, _ = strategy.aggregate_train(ROUND, replies)
+    assert strategy.traffic.rejected == {BAD_KINDS[kind]: 1}
     assert strategy.traffic.accepted == 2
+    assert len(strategy.traffic.rejections) == 1 and strategy.traffic.rejections[0]["reason"] == BAD_KINDS[kind]
     expected = GLOBAL["a"] + (good[0]["a"] + good[1]["a"]) / 2
     np.testing.assert_allclose(from_record(arrays)["a"], expected, rtol=1e-6)
 
 
+def test_a_second_delta_from_the_same_key_in_a_round_is_a_duplicate():
+    deltas = _deltas(5, 3)
+    strategy = _strategy()
+    replies = [_reply(_signed(deltas[0], KEYS[0])), _reply(_signed(deltas[1], KEYS[0])),
+               _reply(_signed(deltas[2], KEYS[1]))]
+    arrays, _ = strategy.aggregate_train(ROUND, replies)
+    assert strategy.traffic.rejected == {"duplicate": 1}
+    assert strategy.traffic.rejections[0]["client"] == "client-0"
+    expected = GLOBAL["a"] + (deltas[0]["a"] + deltas[2]["a"]) / 2
+    np.testing.assert_allclose(from_record(arrays)["a"], expected, rtol=1e-6)
+
+
+def test_too_few_accepted_deltas_leave_the_global_adapter_unchanged():
+    good = _deltas(6, 1)[0]
+    strategy = _strategy(min_accepted=2)
+    arrays, metrics = strategy.aggregate_train(ROUND, [_reply(_signed(good, KEYS[0])), _reply(_bad("wrong-round"))])
+    assert arrays is None and metrics is None  # Flower keeps the current global arrays
+    assert strategy.traffic.unchanged and strategy.traffic.accepted == 1
+    assert strategy.traffic.rejected == {"wrong-round": 1}
+
+
+def test_the_envelope_signs_the_bytes_that_travel():
+    """The signature covers the serialized header exactly as sent; parsing and
+    re-serializing is not what gets verified."""
+    delta = _deltas(7, 1)[0]
+    header = build_header(_claim(), key_id(KEYS[0].public_key()), delta)
+    signed = delta_pb2.SignedDelta.FromString(seal(KEYS[0], header))
+    KEYS[0].public_key().verify(signed.signature, signed.header)
+    assert delta_pb2.DeltaHeader.FromString(signed.header) == header
+
+
+@pytest.mark.parametrize("kind", misbehaving.BEHAVIOURS)
+def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind):
+    """simulations/misbehaving.py's bad clients are caught for the reason they claim."""
+    honest = _deltas(8, 2)
+    previous = _signed(honest[1], KEYS[2], server_round=ROUND - 1)
+    spoiled = misbehaving.spoil(_signed(honest[1], KEYS[2]), kind, KEYS[2], previous)
+    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0))
+    strategy.aggregate_train(ROUND, [_reply(_signed(honest[0], KEYS[0])), _reply(spoiled)])
+    assert strategy.traffic.rejected == {misbehaving.EXPECTED_REASON[kind]: 1}
+    assert strategy.traffic.accepted == 1
+
+
+def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
+    plan = misbehaving.choose_plan(10, 0.2, seed=0, norm_bound=1.0)
+    assert len(plan["partitions"]) == 2
+    seen = {misbehaving.behaviour(plan, int(p), r) for p in plan["partitions"] for r in range(1, 5)}
+    assert seen == set(misbehaving.BEHAVIOURS)
+    honest = next(p for p in range(10) if str(p) not in plan["partitions"])
+    assert misbehaving.behaviour(plan, honest, 1) is None
+    assert sum(misbehaving.expected_rejections(plan, 4).values()) == 8
+    assert "scale" not in misbehaving.choose_plan(10, 0.2, seed=0)["behaviours"]
+    with pytest.raises(ConfigError, match="norm bound"):
+        misbehaving.choose_plan(10, 0.2, seed=0, behaviours=["scale"])
+    with pytest.raises(ConfigError, match="gossip"):
+        misbehaving.choose_plan(10, 0.2, seed=0, behaviours=["gossip"])
+
+
 def test_unknown_strategy_is_named():
+    binding = RunBinding(RUN, BASE, TEMPLATE, {})
     with pytest.raises(ConfigError, match="fedsgd"):
-        build_strategy("fedsgd", 1.0, 1)
+        build_strategy("fedsgd", 1.0, 1, binding, DeltaVerifier(Keyring()))
