@@ -26,7 +26,7 @@ def canonical_json(obj: Any) -> bytes:
 
 def tensor_sha256(array: np.ndarray) -> bytes:
     """SHA-256 digest of a tensor's C-order bytes (hashed in place, without a copy)."""
-    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).digest()
+    return hashlib.sha256(array if array.flags.c_contiguous else np.ascontiguousarray(array)).digest()
 
 
 def tensor_entry(array: np.ndarray) -> dict[str, Any]:

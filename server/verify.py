@@ -9,6 +9,7 @@ which tensors to expect. Flower does not check update contents; this module is o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from google.protobuf.message import DecodeError
 from fedpeft.core.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION
 from fedpeft.core.hashing import tensor_sha256
 from fedpeft.core.keys import Keyring, verify_signature
+from fedpeft.core.records import decode_array
 from fedpeft.protos import delta_pb2
 
 REASONS = (
@@ -81,14 +83,20 @@ class DeltaVerifier:
     def __init__(self, keyring: Keyring, policy: VerifyPolicy = VerifyPolicy()) -> None:
         self.keyring = keyring
         self.policy = policy
+        self._limits: dict[int, int] = {}  # message limit of the current expectation
 
     def message_limit(self, expect: RoundExpectation) -> int:
         return self.policy.max_message_bytes or 2 * expected_bytes(expect) + 64 * 1024
 
-    def verify(self, content: RecordDict, expect: RoundExpectation) -> VerifiedDelta:
-        """The verified delta; raises RejectedDelta naming the first check that fails."""
-        size = content_bytes(content)
-        limit = self.message_limit(expect)
+    def verify(self, content: RecordDict, expect: RoundExpectation, size: int | None = None) -> VerifiedDelta:
+        """The verified delta; raises RejectedDelta naming the first check that fails.
+
+        `size` is `content_bytes(content)` when the caller has already counted it.
+        """
+        size = content_bytes(content) if size is None else size
+        limit = self._limits.get(id(expect))
+        if limit is None:
+            self._limits = {id(expect): (limit := self.message_limit(expect))}
         if size > limit:
             raise RejectedDelta("too-large", f"{size} bytes, limit {limit}")
 
@@ -175,7 +183,7 @@ class DeltaVerifier:
         squares = 0.0
         for name, entry in manifest.items():
             try:
-                array = record[name].numpy()
+                array = decode_array(record[name])
             except ValueError as exc:
                 raise RejectedDelta("malformed", f"{name} does not decode: {exc}", client) from exc
             if array.dtype.str != entry.dtype or tuple(array.shape) != tuple(entry.shape):
@@ -183,9 +191,13 @@ class DeltaVerifier:
                                     f"{name}: sent {array.dtype.str}{array.shape}, signed {entry.dtype}{tuple(entry.shape)}", client)
             if tensor_sha256(array) != entry.sha256:
                 raise RejectedDelta("tensor-hash-mismatch", f"{name}: bytes differ from the signed SHA-256", client)
-            if not np.isfinite(array).all():
+            flat = array.reshape(-1)
+            tensor_squares = float(np.dot(flat, flat))
+            # A sum of squares is finite only if every value is; when it is not, the
+            # exact test tells a NaN or infinity from a finite overflow.
+            if not math.isfinite(tensor_squares) and not np.isfinite(array).all():
                 raise RejectedDelta("non-finite", name, client)
-            squares += float(np.dot(array.reshape(-1), array.reshape(-1)))
+            squares += tensor_squares
             arrays[name] = array
         norm = squares ** 0.5
         if self.policy.max_update_norm and norm > self.policy.max_update_norm:
