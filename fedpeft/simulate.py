@@ -90,21 +90,21 @@ def enroll_simulated_clients(keys_dir: Path, count: int) -> Path:
     return keyring.path
 
 
+def _set_environment(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def _environment(values: dict[str, str | None]) -> Iterator[None]:
     """Set environment variables (None: unset) for the simulation's workers, then restore."""
     previous = {name: os.environ.get(name) for name in values}
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    _set_environment(values)
     try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(previous)

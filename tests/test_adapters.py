@@ -73,6 +73,14 @@ def test_template_id_is_reproducible_and_depends_on_the_seed(tiny_base):
     assert first.template_id == second.template_id != other.template_id
 
 
+def test_attaching_a_template_leaves_its_id_unchanged(tiny_base):
+    """PEFT extends config lists in place; the template's own config must not change."""
+    template = create_template(tiny_base.model, tiny_base.task, TemplateSpec(method="lora", rank=4), list(LABELS))
+    before = template.template_id
+    template.attach(tiny_base.model)
+    assert template.template_id == before
+
+
 def test_template_id_does_not_depend_on_the_process_that_built_the_base(tiny_base, tiny_package, tmp_path):
     from fedpeft.core.base_model import load_base
     from fedpeft.core.node_cache import NodeCache

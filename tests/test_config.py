@@ -30,6 +30,15 @@ def test_out_of_range_values_are_named():
         load_config(None).with_overrides(**{"federation.fraction": 1.5})
     with pytest.raises(ConfigError, match="federation.rounds"):
         load_config(None).with_overrides(**{"federation.rounds": 0})
+    with pytest.raises(ConfigError, match="simulation.misbehaving"):
+        load_config(None).with_overrides(**{"simulation.misbehaving": 1.0})
+    with pytest.raises(ConfigError, match="security.max_update_norm"):
+        load_config(None).with_overrides(**{"security.max_update_norm": -1.0})
+
+
+def test_default_bounds_update_norms_and_needs_two_accepted_deltas():
+    security = load_config(None).security
+    assert security.max_update_norm > 0 and security.min_accepted == 2
 
 
 def test_invalid_toml_and_missing_model_are_named(tmp_path):
