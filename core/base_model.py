@@ -22,8 +22,12 @@ class Base:
     fp32_bytes: int
 
 
-def load_base(store: NodeCache, base_id: str, num_labels: int) -> Base:
-    """Model with the package's weights loaded, frozen and quantized in memory."""
+def load_base(store: NodeCache, base_id: str, num_labels: int, in_memory_quantization: bool = True) -> Base:
+    """Model with the package's weights loaded, frozen and quantized in memory.
+
+    Without in-memory quantization the weights stay float32, holding exactly the values
+    the transported (quantized) base decodes to: what the export stage builds on.
+    """
     package = store.load(base_id)
     manifest = package.manifest
     task = get_task(manifest["task"])
@@ -37,7 +41,8 @@ def load_base(store: NodeCache, base_id: str, num_labels: int) -> Base:
     if unexpected or untouched:
         raise IntegrityError(f"base {base_id[:12]} does not fit its model: unexpected {unexpected[:3]}, missing {untouched[:3]}")
     model.tie_weights()
-    quantize_in_memory(model, manifest["quantization"], skip=task.head_modules + ("lm_head",))
+    if in_memory_quantization:
+        quantize_in_memory(model, manifest["quantization"], skip=task.head_modules + ("lm_head",))
     model.requires_grad_(False)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(store.tokenizer_dir(base_id)))
