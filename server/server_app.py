@@ -134,7 +134,7 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     peft_model.peft_config["default"].base_model_name_or_path = str(folder)
     peft_model.save_pretrained(str(out / "adapter"))
     release = sign_release(out / "adapter", operator_key, version=fed.rounds, base_id=package.base_id,
-                           template_id=template.template_id, parent=None,
+                           template_id=template.template_id, labels=list(labels), parent=None,
                            metrics={"global_accuracy": stats["global"]["weighted_mean"]}, valid_days=sec.release_days)
     print(f"[fedpeft] published adapter release v{release.version} ({release.release_id[:12]}), "
           f"signed by operator key {key_id(operator_key.public_key())[:12]}", flush=True)

@@ -12,7 +12,8 @@ import pytest
 from peft import PeftModel
 
 from fedpeft.core.keys import load_private_key, load_public_key, new_key_pair
-from fedpeft.core.release import ReleaseError, sign_release, verify_release
+from fedpeft.core.release import sign_release, verify_release
+from fedpeft.core.signed_files import ManifestError
 from fedpeft.core.synthetic_data import LABELS
 from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import TemplateSpec, create_template
@@ -28,7 +29,7 @@ def release(tmp_path, tiny_base):
     folder = tmp_path / "adapter"
     template.attach(tiny_base.model).save_pretrained(str(folder))
     signed = sign_release(folder, load_private_key(tmp_path / "operator.key"), version=3, base_id="b" * 64,
-                          template_id=template.template_id, parent=None, metrics={"global_accuracy": 0.5},
+                          template_id=template.template_id, labels=list(LABELS), parent=None, metrics={"global_accuracy": 0.5},
                           valid_days=30, now=NOW)
     return folder, signed
 
@@ -66,7 +67,7 @@ def _rewrite_manifest(folder, **changes):
 def test_damaged_releases_fail_with_their_reason(release, tmp_path, damage, reason):
     folder, _ = release
     damage(folder, tmp_path)
-    with pytest.raises(ReleaseError) as failure:
+    with pytest.raises(ManifestError) as failure:
         _verify(folder, tmp_path)
     assert failure.value.reason == reason
 
@@ -74,9 +75,9 @@ def test_damaged_releases_fail_with_their_reason(release, tmp_path, damage, reas
 def test_expired_or_foreign_base_releases_are_refused(release, tmp_path):
     folder, _ = release
     key = load_public_key(tmp_path / "operator.pub")
-    with pytest.raises(ReleaseError, match="expired"):
+    with pytest.raises(ManifestError, match="expired"):
         verify_release(folder, key, now=NOW + timedelta(days=31))
-    with pytest.raises(ReleaseError, match="wrong-base"):
+    with pytest.raises(ManifestError, match="wrong-base"):
         verify_release(folder, key, base_id="c" * 64, now=NOW)
 
 

@@ -1,0 +1,99 @@
+"""Signed manifests of folders: `<name>.json` lists files by hash, `<name>.sig` signs it.
+
+Used for published adapter releases (core/release.py) and ONNX exports (export/).
+The signature covers the exact bytes of the manifest file and is checked before those
+bytes are parsed; every failure is a ManifestError whose `reason` names the check.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import IntegrityError
+from .hashing import canonical_json, sha256_hex
+from .keys import key_id, verify_signature
+
+
+class ManifestError(IntegrityError):
+    """A signed folder that must not be used; `reason` says which check failed."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def validity(days: float, now: datetime | None = None) -> dict[str, str]:
+    now = now or datetime.now(UTC)
+    return {"created": timestamp(now), "expires": timestamp(now + timedelta(days=days))}
+
+
+def file_entries(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for name in sorted(names):
+        data = read_file(folder, name)
+        entries[name] = {"sha256": sha256_hex(data), "size": len(data)}
+    return entries
+
+
+def read_file(folder: Path, name: str) -> bytes:
+    try:
+        return (Path(folder) / name).read_bytes()
+    except OSError as exc:
+        raise ManifestError("missing-file", f"{name}: {exc.strerror}") from exc
+
+
+def write_signed(folder: Path, name: str, manifest: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    """Write `<name>.json` and its signature `<name>.sig`; returns the manifest's id
+    (the SHA-256 of its bytes)."""
+    payload = canonical_json(manifest)
+    signature = {"key_id": key_id(key.public_key()), "signature": key.sign(payload).hex()}
+    (Path(folder) / f"{name}.json").write_bytes(payload)
+    (Path(folder) / f"{name}.sig").write_text(json.dumps(signature, indent=1) + "\n")
+    return sha256_hex(payload)
+
+
+def read_signed(folder: Path, name: str, public_key: Ed25519PublicKey, manifest_type: str,
+                now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+    """(id, manifest) of a signed manifest whose signature, type, expiry and file hashes
+    all check out."""
+    payload = read_file(folder, f"{name}.json")
+    try:
+        signature = json.loads(read_file(folder, f"{name}.sig"))
+        signer, sig = str(signature["key_id"]), bytes.fromhex(signature["signature"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError("malformed", f"{name}.sig is not a signature record: {exc}") from exc
+    expected_signer = key_id(public_key)
+    if signer != expected_signer:
+        raise ManifestError("wrong-key", f"signed by key {signer[:12]}, expected {expected_signer[:12]}")
+    if not verify_signature(public_key, sig, payload):
+        raise ManifestError("bad-signature", f"{name}.sig does not match the bytes of {name}.json")
+
+    try:  # only now, signed by the expected key, are the bytes parsed
+        manifest = json.loads(payload)
+        if manifest["type"] != manifest_type:
+            raise ValueError(f"type {manifest['type']!r}, expected {manifest_type!r}")
+        expires = datetime.fromisoformat(manifest["expires"])
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise ValueError("files must be an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError("malformed", f"{name}.json: {exc}") from exc
+    if (now or datetime.now(UTC)) >= expires:
+        raise ManifestError("expired", f"{name}.json expired at {manifest['expires']}")
+    for file_name, entry in files.items():
+        if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+            raise ManifestError("malformed", f"{name}.json lists a file outside the folder: {file_name!r}")
+        data = read_file(folder, file_name)
+        if len(data) != entry.get("size") or sha256_hex(data) != entry.get("sha256"):
+            raise ManifestError("file-mismatch", f"{file_name} differs from the signed hash")
+    return sha256_hex(payload), manifest
