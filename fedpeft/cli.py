@@ -78,6 +78,49 @@ def _verify(args: argparse.Namespace) -> None:
           f"created {m['created']}, expires {m['expires']}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from fedpeft.config import load_config
+    from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, load_private_key, load_public_key, passphrase_from_env
+    from fedpeft.export.exporter import ExportRequest, export, export_adapter_only
+
+    config = load_config(args.config).with_overrides(**{
+        "model.path": args.model, "model.quantization": args.quantization, "data.source": args.data,
+    })
+    operator = Path(args.operator_key or config.security.operator_key)
+    request = ExportRequest(
+        adapter=Path(args.adapter), out=Path(args.out), model_folder=config.model.folder(), task=config.model.task,
+        quantization=config.model.quantization,
+        release_key=load_public_key(Path(args.key)) if args.key else None, accept_unsigned=args.accept_unsigned,
+        data=config.data_spec(), max_length=args.max_length,
+    )
+    operator_key = load_private_key(operator, passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+    if args.onto:
+        if not args.key:
+            raise ConfigError("--onto needs --key: the operator key that signed the export")
+        manifest = export_adapter_only(request, Path(args.onto), load_public_key(Path(args.key)), operator_key)
+        print(f"[fedpeft] adapter for export {args.onto} written to {args.out} "
+              f"({manifest['files']['adapter.onnx_adapter']['size'] / 1e3:.0f} KB), signed adapter.json")
+        return
+    manifest = export(request, operator_key)
+    p = manifest["parity"]
+    print(f"[fedpeft] export written to {args.out}: fp32 max abs diff {p['fp32_max_abs']:.2g}, adapter-input graph "
+          f"{p['adapter_max_abs']:.2g}, int8 agreement {p['int8_agreement']:.3f}"
+          + (f", accuracy torch {p['torch_accuracy']:.3f} / int8 {p['int8_accuracy']:.3f}" if p["torch_accuracy"] is not None else "")
+          + f" on {p['examples']} held-out examples; signed export.json")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from fedpeft.core.keys import load_public_key
+    from fedpeft.export.predict import Predictor
+
+    if args.key is None and not args.no_verify:
+        raise ConfigError("give the operator's public key (--key) or pass --no-verify")
+    predictor = Predictor(Path(args.folder), load_public_key(Path(args.key)) if args.key else None, args.model,
+                          Path(args.adapter) if args.adapter else None)
+    for text, prediction in zip(args.texts, predictor.predict(args.texts)):
+        print(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key", required=True, help="the operator's public key (.pub)")
     verify.add_argument("--base-id", help="also require the release to be made for this base")
     verify.set_defaults(run=_verify)
+
+    exp = commands.add_parser("export", help="ONNX models of a base with an adapter, signed, for ONNX Runtime")
+    exp.add_argument("adapter", help="adapter folder (PEFT format, with release.json/.sig)")
+    exp.add_argument("--out", required=True, help="export folder to create")
+    exp.add_argument("--key", help="operator public key that signed the adapter's release")
+    exp.add_argument("--accept-unsigned", action="store_true", help="export an adapter without a release")
+    exp.add_argument("--operator-key", help="private key that signs the export (default: security.operator_key)")
+    exp.add_argument("--config", help="TOML file naming the base model and the held-out data")
+    exp.add_argument("--model", help="transformers model folder of the base (default: bundled MiniLM)")
+    exp.add_argument("--quantization", help="how the base was quantized for transport (identifies the base)")
+    exp.add_argument("--data", help="data for the parity check (default: the config's)")
+    exp.add_argument("--max-length", type=int, default=128, help="tokenizer truncation on devices")
+    exp.add_argument("--onto", metavar="EXPORT", help="write only an .onnx_adapter for this existing export folder")
+    exp.set_defaults(run=_export)
+
+    pred = commands.add_parser("predict", help="classify texts with an export folder (ONNX Runtime, no torch)")
+    pred.add_argument("folder", help="export folder")
+    pred.add_argument("texts", nargs="+")
+    pred.add_argument("--key", help="operator public key that signed the export")
+    pred.add_argument("--no-verify", action="store_true", help="skip the signature check")
+    pred.add_argument("--model", default="int8", choices=["fp32", "int8", "base"])
+    pred.add_argument("--adapter", help="a folder from `fedpeft export --onto` to apply to the base model")
+    pred.set_defaults(run=_predict)
     return parser
 
 
@@ -130,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except FedPeftError as exc:
         print(f"fedpeft: error: {exc}", file=sys.stderr)
-        return 1 if args.command == "verify" else 2
+        return 1 if args.command in ("verify", "predict") else 2
     return 0
 
 

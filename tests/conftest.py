@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
 from fedpeft.core import synthetic_data
@@ -56,3 +56,17 @@ def tiny_base(tmp_path, tiny_package) -> Base:
     cache = NodeCache(tmp_path / "cache")
     cache.put(tiny_package, tiny_package.base_id)
     return load_base(cache, tiny_package.base_id, num_labels=len(synthetic_data.LABELS))
+
+
+@pytest.fixture
+def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
+    """A 2-layer GPT-2 that reuses the tiny BERT's word-level tokenizer files."""
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).is_file():
+            (folder / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    vocab = len((tiny_bert_dir / "vocab.txt").read_text().split())
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
+    return folder

@@ -1,8 +1,6 @@
 """The task layer: a causal LM is a second task type on the same base/adapter/delta path."""
 
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
@@ -15,20 +13,6 @@ from fedpeft.core.node_cache import NodeCache
 from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import TemplateSpec, create_template
 from fedpeft.core.training import TrainSettings
-
-
-@pytest.fixture
-def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
-    """A 2-layer GPT-2 that reuses the tiny BERT's word-level tokenizer files."""
-    folder = tmp_path / "gpt2"
-    folder.mkdir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_bert_dir / name).is_file():
-            (folder / name).write_bytes((tiny_bert_dir / name).read_bytes())
-    vocab = len((tiny_bert_dir / "vocab.txt").read_text().split())
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4", "none"])

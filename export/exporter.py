@@ -1,0 +1,240 @@
+"""`fedpeft export`: a verified adapter + its base -> a signed folder for ONNX Runtime.
+
+The folder holds a merged fp32 model, its int8 dynamic quantization
+(onnxruntime.quantization), a base graph with the adapter tensors as inputs plus the
+adapter as an `.onnx_adapter` file (swap adapters without downloading the base again),
+`.ort` conversions for ONNX Runtime Mobile, the tokenizer, and `export.json` (labels,
+input/output names, opset, parity figures, file hashes) signed by the operator.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from peft import PeftModel
+from safetensors.numpy import load_file
+
+from fedpeft.core.adapter_state import get_adapter_arrays
+from fedpeft.core.base_model import load_base
+from fedpeft.core.base_package import BasePackage
+from fedpeft.core.data import DataSpec, client_data, num_partitions
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.node_cache import NodeCache
+from fedpeft.core.release import ADAPTER_FILES, Release, verify_release
+from fedpeft.core.signed_files import ManifestError, file_entries, validity, write_signed
+from fedpeft.core.tasks import get_task
+
+from . import parity
+from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, expose_as_inputs, export_onnx, quiet_logger
+from .ort_adapter import adapter_input_names, write_onnx_adapter
+from .predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
+ADAPTER_FILE = "adapter.onnx_adapter"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    adapter: Path
+    out: Path
+    model_folder: Path
+    task: str = "seq-cls"
+    quantization: str = "int8"
+    release_key: Ed25519PublicKey | None = None  # None: only with accept_unsigned
+    accept_unsigned: bool = False
+    data: DataSpec = field(default_factory=DataSpec)
+    max_length: int = 128
+    parity_examples: int = 256
+    limits: parity.ParityLimits = field(default_factory=parity.ParityLimits)
+    valid_days: float = 30.0
+
+
+def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
+    """The adapter's verified release, or None for an unsigned adapter the caller accepts."""
+    for name in ADAPTER_FILES:
+        if not (request.adapter / name).is_file():
+            raise ConfigError(f"{request.adapter} is not a PEFT adapter folder: {name} is missing")
+    if not (request.adapter / "release.json").exists():
+        if not request.accept_unsigned:
+            raise ConfigError(f"{request.adapter} is unsigned (no release.json); pass --accept-unsigned to export it")
+        return None
+    if request.release_key is None:
+        raise ConfigError(f"{request.adapter} is a signed release: give the operator's public key to check it")
+    return verify_release(request.adapter, request.release_key, base_id=base_id)
+
+
+def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=print) -> dict[str, Any]:
+    """Build, check and sign the export folder; returns its manifest."""
+    if request.out.exists():
+        raise ConfigError(f"{request.out} already exists; choose another output folder or remove it")
+    task = get_task(request.task)
+    package = BasePackage.from_pretrained(request.model_folder, task, request.quantization)
+    release = check_adapter(request, package.base_id)
+    labels = release.labels if release else list(request.data.labels)
+    progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
+             f"for base {package.base_id[:12]}")
+
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=request.out.parent if request.out.parent.exists() else None))
+    try:
+        with tempfile.TemporaryDirectory() as cache_dir:
+            cache = NodeCache(Path(cache_dir))
+            cache.put(package, package.base_id)
+            base = load_base(cache, package.base_id, num_labels=len(labels), in_memory_quantization=False)
+            model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
+            manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging,
+                              progress)
+        manifest.update({
+            "base_id": package.base_id, "quantization": request.quantization, "task": request.task,
+            "release_id": release.release_id if release else None,
+            "template_id": release.template_id if release else None,
+            "adapter_version": release.version if release else None,
+            **validity(request.valid_days),
+        })
+        files = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
+        manifest["files"] = file_entries(staging, files)
+        write_signed(staging, EXPORT_NAME, manifest, operator_key)
+        request.out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(request.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def export_adapter_only(request: ExportRequest, export_folder: Path, export_key: Ed25519PublicKey,
+                        operator_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Another adapter of the same template as an `.onnx_adapter` for an existing export,
+    so devices that hold the base graph download only the adapter (a few hundred KB)."""
+    if request.out.exists():
+        raise ConfigError(f"{request.out} already exists; choose another output folder or remove it")
+    base_export = open_export(export_folder, export_key)
+    release = check_adapter(request, str(base_export["base_id"]))
+    if release is not None and base_export.get("template_id") not in (None, release.template_id):
+        raise ManifestError("wrong-template", f"adapter template {release.template_id[:12]} does not fit the export's "
+                            f"{str(base_export['template_id'])[:12]}")
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=request.out.parent if request.out.parent.exists() else None))
+    try:
+        arrays = load_file(str(request.adapter / "adapter_model.safetensors"))
+        write_onnx_adapter(arrays, base_export["adapter_inputs"], staging / ADAPTER_FILE, release.version if release else 0)
+        manifest = {
+            "type": ADAPTER_EXPORT_TYPE, "base_id": base_export["base_id"], "template_id": base_export.get("template_id"),
+            "release_id": release.release_id if release else None, "adapter_version": release.version if release else None,
+            "adapter": ADAPTER_FILE, "files": file_entries(staging, [ADAPTER_FILE]), **validity(request.valid_days),
+        }
+        write_signed(staging, ADAPTER_EXPORT_NAME, manifest, operator_key)
+        request.out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(request.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str], adapter_version: int,
+           out: Path, progress) -> dict[str, Any]:
+    texts, truth = _held_out(request, labels)
+    batches = [_encode(tokenizer, texts[i:i + 32], request.max_length) for i in range(0, len(texts), 32)]
+    sample = {k: torch.from_numpy(v) for k, v in batches[0].items()}
+    max_positions = int(getattr(model.config, "max_position_embeddings", request.max_length))
+
+    progress("[fedpeft] export 1/5: base graph with adapter inputs + .onnx_adapter")
+    names = adapter_input_names(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, sample, Path(tmp) / "unmerged.onnx", max_positions)
+        expose_as_inputs(Path(tmp) / "unmerged.onnx", names.values(), out / MODEL_FILES["base"])
+    write_onnx_adapter(get_adapter_arrays(model), names, out / ADAPTER_FILE, adapter_version)
+    with torch.no_grad():
+        reference = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
+
+    progress("[fedpeft] export 2/5: merged fp32 model")
+    merged = model.merge_and_unload()
+    export_onnx(merged, sample, out / MODEL_FILES["fp32"], max_positions)
+
+    progress("[fedpeft] export 3/5: int8 dynamic quantization")
+    quantize_int8(out / MODEL_FILES["fp32"], out / MODEL_FILES["int8"])
+
+    progress("[fedpeft] export 4/5: parity on held-out inputs")
+    sessions = {k: _session(out / f) for k, f in MODEL_FILES.items()}
+    adapter = ort.LoraAdapter()
+    adapter.Load(str(out / ADAPTER_FILE))
+    with_adapter = ort.RunOptions()
+    with_adapter.add_active_adapter(adapter)
+    lookup = {id(b): r for b, r in zip(batches, reference)}
+    result = parity.measure(
+        batches, truth,
+        torch_logits=lambda b: lookup[id(b)],
+        fp32=lambda b: sessions["fp32"].run(None, b)[0],
+        int8=lambda b: sessions["int8"].run(None, b)[0],
+        adapter=lambda b: sessions["base"].run(None, b, with_adapter)[0],
+    )
+    result.check(request.limits)
+
+    progress("[fedpeft] export 5/5: ONNX Runtime Mobile (.ort) conversion, tokenizer")
+    ort_files = _convert_to_ort(out)
+    tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    return {
+        "type": EXPORT_TYPE, "labels": labels, "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
+        "opset": OPSET, "max_length": request.max_length, "pad_token_id": tokenizer.pad_token_id,
+        "models": {**MODEL_FILES, "ort": ort_files}, "adapter": ADAPTER_FILE,
+        "adapter_inputs": names, "tokenizer": TOKENIZER_DIR, "parity": result.to_dict(),
+    }
+
+
+def quantize_int8(fp32: Path, out: Path) -> None:
+    """int8 weights, dynamic activations (onnxruntime.quantization).
+
+    Pre-processing (shape inference + graph optimization) lets the quantizer reach the
+    embedding Gathers too (92 -> 23 MB for MiniLM); per-channel scales with the 7-bit
+    reduced range kept int8 predictions at 99.6% agreement with fp32 on the default data,
+    per-tensor scales at 98.4%.
+    """
+    with tempfile.TemporaryDirectory() as tmp, quiet_logger(""):
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+
+
+def _held_out(request: ExportRequest, labels: list[str]) -> tuple[list[str], list[int] | None]:
+    """Test-split texts of every client of the data spec, never seen in training."""
+    spec = DataSpec(request.data.source, request.data.partitioner, request.data.num_clients, request.data.alpha,
+                    request.data.seed, tuple(labels))
+    texts, truth = [], []
+    for partition in range(num_partitions(spec)):
+        test = client_data(spec, partition).test
+        texts += test.texts
+        truth += test.labels
+    order = np.random.default_rng(0).permutation(len(texts))[:request.parity_examples]
+    return [texts[i] for i in order], ([truth[i] for i in order] if labels else None)
+
+
+def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the base graph's initializer-inputs warning is expected
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _convert_to_ort(folder: Path) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (MODEL_FILES["int8"], MODEL_FILES["base"]):
+            shutil.copy(folder / name, Path(tmp) / name)
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", tmp,
+                               "--output_dir", str(folder), "--optimization_style", "Fixed"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"ONNX Runtime Mobile conversion failed: {proc.stderr[-2000:]}")
+    return {"int8": MODEL_FILES["int8"].replace(".onnx", ".ort"), "base": MODEL_FILES["base"].replace(".onnx", ".ort")}

@@ -1,0 +1,85 @@
+"""Parity of exported ONNX models with the PyTorch model they came from.
+
+Checked at export time on held-out inputs and written into the signed export manifest,
+so a device knows what it is getting: fp32 closeness, int8 agreement and accuracy, and
+whether the swappable-adapter graph matches the merged one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedpeft.core.errors import IntegrityError
+
+Logits = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ParityLimits:
+    fp32_max_abs: float = 1e-4
+    int8_min_agreement: float = 0.99
+    int8_max_accuracy_drop: float = 0.01
+    adapter_max_abs: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Parity:
+    examples: int
+    fp32_max_abs: float          # ORT fp32 vs PyTorch, logits
+    adapter_max_abs: float       # ORT base + .onnx_adapter vs ORT merged fp32, logits
+    int8_agreement: float        # share of predictions int8 ORT and PyTorch agree on
+    torch_accuracy: float | None  # None where examples carry no labels (causal LM)
+    int8_accuracy: float | None
+
+    def check(self, limits: ParityLimits) -> None:
+        """Raise IntegrityError naming every limit this export misses."""
+        failures = []
+        if not self.fp32_max_abs <= limits.fp32_max_abs:
+            failures.append(f"fp32 max abs diff {self.fp32_max_abs:.3g} > {limits.fp32_max_abs:.3g}")
+        if not self.adapter_max_abs <= limits.adapter_max_abs:
+            failures.append(f"adapter-input graph differs from the merged one by {self.adapter_max_abs:.3g}")
+        if self.int8_agreement < limits.int8_min_agreement:
+            failures.append(f"int8 agrees with PyTorch on {self.int8_agreement:.3f} < {limits.int8_min_agreement}")
+        if self.torch_accuracy is not None and self.int8_accuracy is not None:
+            drop = self.torch_accuracy - self.int8_accuracy
+            if drop > limits.int8_max_accuracy_drop:
+                failures.append(f"int8 accuracy drops {drop:.3f} > {limits.int8_max_accuracy_drop}")
+        if failures:
+            raise IntegrityError("export parity failed: " + "; ".join(failures))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predictions(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Class per row (classification) or next token per real position (causal LM)."""
+    if logits.ndim == 2:
+        return logits.argmax(-1)
+    return logits.argmax(-1)[mask.astype(bool)]
+
+
+def measure(batches: list[dict[str, np.ndarray]], labels: list[int] | None, torch_logits: Logits,
+            fp32: Logits, int8: Logits, adapter: Logits) -> Parity:
+    fp32_diff = adapter_diff = 0.0
+    agree = total = 0
+    torch_pred, int8_pred = [], []
+    for batch in batches:
+        reference, merged = torch_logits(batch), fp32(batch)
+        fp32_diff = max(fp32_diff, float(np.abs(merged - reference).max()))
+        adapter_diff = max(adapter_diff, float(np.abs(adapter(batch) - merged).max()))
+        ref_pred, q_pred = predictions(reference, batch["attention_mask"]), predictions(int8(batch), batch["attention_mask"])
+        agree += int((ref_pred == q_pred).sum())
+        total += ref_pred.size
+        torch_pred.append(ref_pred)
+        int8_pred.append(q_pred)
+    if not total:
+        raise IntegrityError("no held-out inputs to check parity on")
+    accuracy = None, None
+    if labels is not None:
+        truth = np.asarray(labels)
+        accuracy = (float((np.concatenate(torch_pred) == truth).mean()),
+                    float((np.concatenate(int8_pred) == truth).mean()))
+    return Parity(sum(len(b["input_ids"]) for b in batches), fp32_diff, adapter_diff, agree / total, *accuracy)
