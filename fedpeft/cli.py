@@ -82,6 +82,7 @@ def _export(args: argparse.Namespace) -> None:
     from fedpeft.config import load_config
     from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, load_private_key, load_public_key, passphrase_from_env
     from fedpeft.export.exporter import ExportRequest, export, export_adapter_only
+    from fedpeft.export.parity import ParityLimits
 
     config = load_config(args.config).with_overrides(**{
         "model.path": args.model, "model.quantization": args.quantization, "data.source": args.data,
@@ -92,6 +93,9 @@ def _export(args: argparse.Namespace) -> None:
         quantization=config.model.quantization,
         release_key=load_public_key(Path(args.key)) if args.key else None, accept_unsigned=args.accept_unsigned,
         data=config.data_spec(), max_length=args.max_length,
+        limits=ParityLimits(**{k: v for k, v in {"int8_min_agreement": args.min_int8_agreement,
+                                                  "int8_max_accuracy_drop": args.max_int8_accuracy_drop}.items()
+                               if v is not None}),
     )
     operator_key = load_private_key(operator, passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
     if args.onto:
@@ -176,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--quantization", help="how the base was quantized for transport (identifies the base)")
     exp.add_argument("--data", help="data for the parity check (default: the config's)")
     exp.add_argument("--max-length", type=int, default=128, help="tokenizer truncation on devices")
+    exp.add_argument("--min-int8-agreement", type=float,
+                     help="refuse the export if int8 and PyTorch predictions agree less often (default 0.97)")
+    exp.add_argument("--max-int8-accuracy-drop", type=float, help="default 0.01")
     exp.add_argument("--onto", metavar="EXPORT", help="write only an .onnx_adapter for this existing export folder")
     exp.set_defaults(run=_export)
 
