@@ -1,8 +1,8 @@
 """Device-side costs of an export, side by side in one process on 2 threads.
 
 Latency at batch 1 for 16 and 128 tokens: PyTorch eager (the fp32 model with the
-adapter merged) vs ONNX Runtime fp32 vs int8 vs the base graph with an .onnx_adapter
-applied; file sizes; and the cost of switching adapters: loading an .onnx_adapter onto
+adapter merged) vs ONNX Runtime fp32 vs int8 (the exported blockwise scheme, and the
+per-tensor one beside it) vs the base graph with an .onnx_adapter applied; file sizes; and the cost of switching adapters: loading an .onnx_adapter onto
 a running session vs loading a second merged model.
 
     .venv/bin/python bench/export_latency.py [--adapter runs/default/adapter --key keys/operator.pub] [--repeats 50]
@@ -38,6 +38,7 @@ from fedpeft.core.synthetic_data import LABELS
 from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import TemplateSpec, create_template
 from fedpeft.export.exporter import ExportRequest, export
+from fedpeft.export.int8 import quantize_int8
 from fedpeft.export.parity import ParityLimits
 from fedpeft.export.ort_adapter import write_onnx_adapter
 from fedpeft.export.predict import open_export
@@ -109,14 +110,16 @@ def main() -> None:
         torch_model = PeftModel.from_pretrained(base.model, str(adapter_dir)).merge_and_unload().eval()
 
         fp32, int8, base_graph = session(folder / models["fp32"]), session(folder / models["int8"]), session(folder / models["base"])
+        quantize_int8(folder / models["fp32"], work / "per-tensor.onnx", "per-tensor")
+        per_tensor = session(work / "per-tensor.onnx")
         adapter = ort.LoraAdapter()
         adapter.Load(str(folder / manifest["adapter"]))
         with_adapter = ort.RunOptions()
         with_adapter.add_active_adapter(adapter)
 
         print(f"batch 1, {THREADS} threads, median of {args.repeats} (ms)")
-        print(f"{'tokens':>6} {'torch eager':>12} {'ORT fp32':>9} {'ORT int8':>9} {'ORT base+adapter':>17} "
-              f"{'fp32 speed-up':>14} {'int8 speed-up':>14}")
+        print(f"{'tokens':>6} {'torch eager':>12} {'ORT fp32':>9} {'int8 blockwise':>15} {'int8 per-tensor':>16} "
+              f"{'ORT base+adapter':>17}   speed-ups over torch: fp32 / blockwise / per-tensor")
         rng = np.random.default_rng(0)
         for tokens in (16, 128):
             ids = rng.integers(1000, 20000, size=(1, tokens)).astype(np.int64)
@@ -130,11 +133,14 @@ def main() -> None:
             t = median_ms(eager, args.repeats)
             f = median_ms(lambda: fp32.run(None, feed), args.repeats)
             q = median_ms(lambda: int8.run(None, feed), args.repeats)
+            pt = median_ms(lambda: per_tensor.run(None, feed), args.repeats)
             b = median_ms(lambda: base_graph.run(None, feed, with_adapter), args.repeats)
-            print(f"{tokens:>6} {t:12.2f} {f:9.2f} {q:9.2f} {b:17.2f} {t / f:13.2f}x {t / q:13.2f}x")
+            print(f"{tokens:>6} {t:12.2f} {f:9.2f} {q:15.2f} {pt:16.2f} {b:17.2f}   "
+                  f"{t / f:.2f}x / {t / q:.2f}x / {t / pt:.2f}x")
 
         print("\nfile sizes (MB):", ", ".join(f"{name} {(folder / path).stat().st_size / 1e6:.1f}" for name, path in
-                                          [("fp32", models["fp32"]), ("int8", models["int8"]), ("base", models["base"]),
+                                          [("fp32", models["fp32"]), ("int8 blockwise", models["int8"]),
+                                           ("int8 per-tensor", "../per-tensor.onnx"), ("base", models["base"]),
                                            ("int8 .ort", models["ort"]["int8"]), (".onnx_adapter", manifest["adapter"])]))
 
         # Switching adapters: a second adapter arrives.

@@ -20,12 +20,7 @@ Logits = Callable[[dict[str, np.ndarray]], np.ndarray]
 @dataclass(frozen=True)
 class ParityLimits:
     fp32_max_abs: float = 1e-4
-    # Dynamic int8 (per-channel weights, per-tensor dynamic activations) agreed with
-    # fp32 on 97.7% of the default data's held-out texts with a trained MiniLM adapter,
-    # at unchanged accuracy: the flips sit on near-ties, which this data's ambiguous
-    # words make common. No variant of onnxruntime.quantization tried here (per-tensor,
-    # reduced range, excluding any single MatMul, static QDQ) reached 99%; see README.
-    int8_min_agreement: float = 0.97
+    int8_min_agreement: float = 0.99
     int8_max_accuracy_drop: float = 0.01
     adapter_max_abs: float = 1e-4
 
@@ -47,7 +42,8 @@ class Parity:
         if not self.adapter_max_abs <= limits.adapter_max_abs:
             failures.append(f"adapter-input graph differs from the merged one by {self.adapter_max_abs:.3g}")
         if self.int8_agreement < limits.int8_min_agreement:
-            failures.append(f"int8 agrees with PyTorch on {self.int8_agreement:.3f} < {limits.int8_min_agreement}")
+            failures.append(f"int8 agrees with PyTorch on {self.int8_agreement:.3f} < {limits.int8_min_agreement} "
+                            "(the blockwise int8 scheme agrees more often; or lower --min-int8-agreement)")
         if self.torch_accuracy is not None and self.int8_accuracy is not None:
             drop = self.torch_accuracy - self.int8_accuracy
             if drop > limits.int8_max_accuracy_drop:

@@ -92,7 +92,7 @@ def _export(args: argparse.Namespace) -> None:
         adapter=Path(args.adapter), out=Path(args.out), model_folder=config.model.folder(), task=config.model.task,
         quantization=config.model.quantization,
         release_key=load_public_key(Path(args.key)) if args.key else None, accept_unsigned=args.accept_unsigned,
-        data=config.data_spec(), max_length=args.max_length,
+        data=config.data_spec(), max_length=args.max_length, int8_scheme=args.int8_scheme,
         limits=ParityLimits(**{k: v for k, v in {"int8_min_agreement": args.min_int8_agreement,
                                                   "int8_max_accuracy_drop": args.max_int8_accuracy_drop}.items()
                                if v is not None}),
@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="data for the parity check (default: the config's)")
     exp.add_argument("--max-length", type=int, default=128, help="tokenizer truncation on devices")
     exp.add_argument("--min-int8-agreement", type=float,
-                     help="refuse the export if int8 and PyTorch predictions agree less often (default 0.97)")
+                     help="refuse the export if int8 and PyTorch predictions agree less often (default 0.99)")
     exp.add_argument("--max-int8-accuracy-drop", type=float, help="default 0.01")
+    exp.add_argument("--int8-scheme", choices=["blockwise", "per-tensor"], default="blockwise",
+                     help="how finely activations are quantized (export/int8.py)")
     exp.add_argument("--onto", metavar="EXPORT", help="write only an .onnx_adapter for this existing export folder")
     exp.set_defaults(run=_export)
 

@@ -212,3 +212,21 @@ def test_causal_lm_exports_without_kv_cache(tmp_path, tiny_gpt2_dir):
     assert manifest["parity"]["fp32_max_abs"] <= 1e-4 and manifest["parity"]["torch_accuracy"] is None
     logits = Predictor(tmp_path / "out", key.public_key(), "fp32").logits(["the cat", "my python code is slow"])
     assert logits.ndim == 3 and logits.shape[0] == 2
+
+
+@pytest.mark.parametrize("scheme", ["blockwise", "per-tensor"])
+def test_int8_schemes_shrink_the_model_and_stay_close(setup, tmp_path, scheme):
+    import onnxruntime as ort
+
+    from fedpeft.export.int8 import quantize_int8
+
+    fp32 = setup["out"] / "model.onnx"
+    quantize_int8(fp32, tmp_path / "q.onnx", scheme)
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * fp32.stat().st_size
+    ids = np.random.default_rng(0).integers(5, 60, size=(4, 12)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    reference = ort.InferenceSession(str(fp32)).run(None, feed)[0]
+    quantized = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feed)[0]
+    assert np.abs(quantized - reference).max() < 0.1 * np.abs(reference).max()
+    with pytest.raises(ConfigError, match="int4"):
+        quantize_int8(fp32, tmp_path / "x.onnx", "int4")
