@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from safetensors.numpy import load_file
 from fedpeft.core.adapter_state import get_adapter_arrays
 from fedpeft.core.base_model import load_base
 from fedpeft.core.base_package import BasePackage
-from fedpeft.core.data import DataSpec, client_data, num_partitions
+from fedpeft.core.data import DataSpec, client_data, load_rows, num_partitions
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.node_cache import NodeCache
 from fedpeft.core.release import ADAPTER_FILES, Release, verify_release
@@ -76,6 +78,21 @@ def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
     return verify_release(request.adapter, request.release_key, base_id=base_id)
 
 
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A scratch folder beside `out`, renamed to `out` only if the block succeeds: a failed
+    export leaves nothing behind, and an existing folder is never touched."""
+    if out.exists():
+        raise ConfigError(f"{out} already exists; choose another output folder or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=print) -> dict[str, Any]:
     """Build, check and sign the export folder; returns its manifest."""
     if request.out.exists():
@@ -83,12 +100,14 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
     task = get_task(request.task)
     package = BasePackage.from_pretrained(request.model_folder, task, request.quantization)
     release = check_adapter(request, package.base_id)
-    labels = release.labels if release else list(request.data.labels)
+    if release is not None:
+        labels = release.labels
+    else:  # an unsigned adapter: classes as the data names them
+        labels = list(load_rows(request.data)[1]) if task.peft_task_type == "SEQ_CLS" else []
     progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
              f"for base {package.base_id[:12]}")
 
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=request.out.parent if request.out.parent.exists() else None))
-    try:
+    with staged(request.out) as staging:
         with tempfile.TemporaryDirectory() as cache_dir:
             cache = NodeCache(Path(cache_dir))
             cache.put(package, package.base_id)
@@ -106,10 +125,6 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
         files = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
         manifest["files"] = file_entries(staging, files)
         write_signed(staging, EXPORT_NAME, manifest, operator_key)
-        request.out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(request.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
@@ -117,15 +132,12 @@ def export_adapter_only(request: ExportRequest, export_folder: Path, export_key:
                         operator_key: Ed25519PrivateKey) -> dict[str, Any]:
     """Another adapter of the same template as an `.onnx_adapter` for an existing export,
     so devices that hold the base graph download only the adapter (a few hundred KB)."""
-    if request.out.exists():
-        raise ConfigError(f"{request.out} already exists; choose another output folder or remove it")
     base_export = open_export(export_folder, export_key)
     release = check_adapter(request, str(base_export["base_id"]))
     if release is not None and base_export.get("template_id") not in (None, release.template_id):
         raise ManifestError("wrong-template", f"adapter template {release.template_id[:12]} does not fit the export's "
                             f"{str(base_export['template_id'])[:12]}")
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=request.out.parent if request.out.parent.exists() else None))
-    try:
+    with staged(request.out) as staging:
         arrays = load_file(str(request.adapter / "adapter_model.safetensors"))
         write_onnx_adapter(arrays, base_export["adapter_inputs"], staging / ADAPTER_FILE, release.version if release else 0)
         manifest = {
@@ -134,10 +146,6 @@ def export_adapter_only(request: ExportRequest, export_folder: Path, export_key:
             "adapter": ADAPTER_FILE, "files": file_entries(staging, [ADAPTER_FILE]), **validity(request.valid_days),
         }
         write_signed(staging, ADAPTER_EXPORT_NAME, manifest, operator_key)
-        request.out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(request.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

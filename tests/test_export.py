@@ -230,3 +230,17 @@ def test_int8_schemes_shrink_the_model_and_stay_close(setup, tmp_path, scheme):
     assert np.abs(quantized - reference).max() < 0.1 * np.abs(reference).max()
     with pytest.raises(ConfigError, match="int4"):
         quantize_int8(fp32, tmp_path / "x.onnx", "int4")
+
+
+def test_an_accepted_unsigned_adapter_exports_with_the_datas_labels(setup, tmp_path):
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(setup["first"], unsigned)
+    (unsigned / "release.json").unlink()
+    (unsigned / "release.sig").unlink()
+    out = tmp_path / "nested" / "folders" / "out"
+    request = ExportRequest(**{**setup["request"].__dict__, "adapter": unsigned, "out": out, "release_key": None,
+                               "accept_unsigned": True})
+    manifest = export(request, setup["key"], progress=lambda _: None)
+    assert manifest["release_id"] is None and manifest["labels"] == list(LABELS)
+    assert Predictor(out, setup["key"].public_key()).labels == list(LABELS)
+    assert [p.name for p in out.parent.iterdir()] == ["out"]  # no staging folder left behind
