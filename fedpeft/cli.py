@@ -20,7 +20,7 @@ def _simulate(args: argparse.Namespace) -> None:
         "federation.rounds": args.rounds,
         "federation.fraction": args.fraction,
         "federation.strategy": args.strategy,
-        "train.local_epochs": args.local_epochs,
+        "train.epochs": args.local_epochs,
         "train.learning_rate": args.learning_rate,
         "adapter.method": args.method,
         "model.quantization": args.quantization,

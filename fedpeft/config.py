@@ -14,6 +14,7 @@ from fedpeft.core.templates import TemplateSpec
 from fedpeft.core.training import TrainSettings
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
+SEEDED_SECTIONS = ("adapter", "train")  # their dataclasses carry a seed; [run] seed sets it
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,6 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class AdapterSection:
-    method: str = "ffa-lora"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class DataSection:
     source: str = "synthetic"
     partitioner: str = "natural"
@@ -59,14 +51,6 @@ class FederationSection:
     strategy: str = "fedavg"
     round_timeout: float = 600.0
     strategy_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    local_epochs: int = 1
-    batch_size: int = 16
-    learning_rate: float = 1e-2
-    max_length: int = 48
 
 
 @dataclass(frozen=True)
@@ -101,10 +85,10 @@ class RunSection:
 @dataclass(frozen=True)
 class FederationConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    adapter: AdapterSection = field(default_factory=AdapterSection)
+    adapter: TemplateSpec = field(default_factory=TemplateSpec)  # [adapter] is the template spec itself
     data: DataSection = field(default_factory=DataSection)
     federation: FederationSection = field(default_factory=FederationSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    train: TrainSettings = field(default_factory=TrainSettings)  # [train] likewise
     personalization: PersonalizationSection = field(default_factory=PersonalizationSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
@@ -119,9 +103,12 @@ class FederationConfig:
                 raise ConfigError(f"{origin}: unknown section [{name}]; known: {sorted(sections)}")
             section_cls = sections[name].default_factory
             known = {f.name for f in fields(section_cls)}
+            if name in SEEDED_SECTIONS:
+                known.discard("seed")  # one seed for the whole run: [run] seed
             unknown = sorted(set(body) - known)
             if unknown:
-                raise ConfigError(f"{origin}: unknown key(s) {unknown} in [{name}]; known: {sorted(known)}")
+                raise ConfigError(f"{origin}: unknown key(s) {unknown} in [{name}]; known: {sorted(known)}"
+                                  + (" (the seed is set in [run])" if "seed" in unknown else ""))
             built[name] = section_cls(**body)
         config = cls(**built)
         config.check()
@@ -131,7 +118,7 @@ class FederationConfig:
         positive = {
             "federation.rounds": self.federation.rounds,
             "data.clients": self.data.clients,
-            "train.local_epochs": self.train.local_epochs,
+            "train.epochs": self.train.epochs,
             "train.batch_size": self.train.batch_size,
         }
         for key, value in positive.items():
@@ -165,12 +152,10 @@ class FederationConfig:
         )
 
     def template_spec(self) -> TemplateSpec:
-        a = self.adapter
-        return TemplateSpec(a.method, a.rank, a.alpha, a.dropout, list(a.target_modules) or None, self.run.seed)
+        return replace(self.adapter, seed=self.run.seed)
 
     def train_settings(self) -> TrainSettings:
-        t = self.train
-        return TrainSettings(t.local_epochs, t.batch_size, t.learning_rate, t.max_length, self.run.seed)
+        return replace(self.train, seed=self.run.seed)
 
 
 def load_config(path: str | Path | None) -> FederationConfig:

@@ -23,6 +23,16 @@ def test_unknown_keys_and_sections_are_named(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"\[serve\]"):
         FederationConfig.from_dict({"serve": {}})
+    with pytest.raises(ConfigError, match=r"seed is set in \[run\]"):
+        FederationConfig.from_dict({"adapter": {"seed": 3}})
+
+
+def test_adapter_and_train_sections_are_the_library_specs_seeded_by_run():
+    config = FederationConfig.from_dict({"adapter": {"method": "lora", "rank": 4}, "train": {"epochs": 2},
+                                         "run": {"seed": 7}})
+    spec, settings = config.template_spec(), config.train_settings()
+    assert (spec.method, spec.rank, spec.seed) == ("lora", 4, 7)
+    assert (settings.epochs, settings.seed) == (2, 7)
 
 
 def test_out_of_range_values_are_named():
