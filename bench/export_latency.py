@@ -41,7 +41,7 @@ from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.int8 import quantize_int8
 from fedpeft.export.parity import ParityLimits
 from fedpeft.export.ort_adapter import write_onnx_adapter
-from fedpeft.export.predict import open_export
+from fedpeft.export.predict import open_export, open_session
 
 THREADS = 2
 
@@ -73,13 +73,6 @@ def build_export(work: Path, adapter: Path, release_key: Path) -> tuple[Path, Pa
     return work / "export", work / "operator.pub", adapter
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def median_ms(run, repeats: int) -> float:
     run()  # warm-up
     times = []
@@ -109,9 +102,9 @@ def main() -> None:
         base = load_base(cache, package.base_id, len(manifest["labels"]), in_memory_quantization=False)
         torch_model = PeftModel.from_pretrained(base.model, str(adapter_dir)).merge_and_unload().eval()
 
-        fp32, int8, base_graph = session(folder / models["fp32"]), session(folder / models["int8"]), session(folder / models["base"])
+        fp32, int8, base_graph = open_session(folder / models["fp32"], THREADS), open_session(folder / models["int8"], THREADS), open_session(folder / models["base"], THREADS)
         quantize_int8(folder / models["fp32"], work / "per-tensor.onnx", "per-tensor")
-        per_tensor = session(work / "per-tensor.onnx")
+        per_tensor = open_session(work / "per-tensor.onnx", THREADS)
         adapter = ort.LoraAdapter()
         adapter.Load(str(folder / manifest["adapter"]))
         with_adapter = ort.RunOptions()
@@ -160,7 +153,7 @@ def main() -> None:
             base_graph.run(None, feed, options)
 
         def load_merged() -> None:
-            session(second_model).run(None, feed)
+            open_session(second_model, THREADS).run(None, feed)
 
         swap = median_ms(swap_adapter, 10)
         merged = median_ms(load_merged, 5)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from . import parity
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, expose_as_inputs, export_onnx
 from .ort_adapter import adapter_input_names, write_onnx_adapter
-from .predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export
+from .predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export, open_session
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
 ADAPTER_FILE = "adapter.onnx_adapter"
@@ -95,19 +95,16 @@ def staged(out: Path) -> Iterator[Path]:
 
 def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=print) -> dict[str, Any]:
     """Build, check and sign the export folder; returns its manifest."""
-    if request.out.exists():
-        raise ConfigError(f"{request.out} already exists; choose another output folder or remove it")
-    task = get_task(request.task)
-    package = BasePackage.from_pretrained(request.model_folder, task, request.quantization)
-    release = check_adapter(request, package.base_id)
-    if release is not None:
-        labels = release.labels
-    else:  # an unsigned adapter: classes as the data names them
-        labels = list(load_rows(request.data)[1]) if task.peft_task_type == "SEQ_CLS" else []
-    progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
-             f"for base {package.base_id[:12]}")
-
     with staged(request.out) as staging:
+        task = get_task(request.task)
+        package = BasePackage.from_pretrained(request.model_folder, task, request.quantization)
+        release = check_adapter(request, package.base_id)
+        if release is not None:
+            labels = release.labels
+        else:  # an unsigned adapter: classes as the data names them
+            labels = list(load_rows(request.data)[1]) if task.peft_task_type == "SEQ_CLS" else []
+        progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
+                 f"for base {package.base_id[:12]}")
         with tempfile.TemporaryDirectory() as cache_dir:
             cache = NodeCache(Path(cache_dir))
             cache.put(package, package.base_id)
@@ -173,15 +170,14 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     quantize_int8(out / MODEL_FILES["fp32"], out / MODEL_FILES["int8"], request.int8_scheme)
 
     progress("[fedpeft] export 4/5: parity on held-out inputs")
-    sessions = {k: _session(out / f) for k, f in MODEL_FILES.items()}
+    sessions = {k: open_session(out / f) for k, f in MODEL_FILES.items()}
     adapter = ort.LoraAdapter()
     adapter.Load(str(out / ADAPTER_FILE))
     with_adapter = ort.RunOptions()
     with_adapter.add_active_adapter(adapter)
-    lookup = {id(b): r for b, r in zip(batches, reference)}
     result = parity.measure(
         batches, truth,
-        torch_logits=lambda b: lookup[id(b)],
+        torch_logits=reference,
         fp32=lambda b: sessions["fp32"].run(None, b)[0],
         int8=lambda b: sessions["int8"].run(None, b)[0],
         adapter=lambda b: sessions["base"].run(None, b, with_adapter)[0],
@@ -201,8 +197,7 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
 
 def _held_out(request: ExportRequest, labels: list[str]) -> tuple[list[str], list[int] | None]:
     """Test-split texts of every client of the data spec, never seen in training."""
-    spec = DataSpec(request.data.source, request.data.partitioner, request.data.num_clients, request.data.alpha,
-                    request.data.seed, tuple(labels))
+    spec = replace(request.data, labels=tuple(labels))
     texts, truth = [], []
     for partition in range(num_partitions(spec)):
         test = client_data(spec, partition).test
@@ -215,12 +210,6 @@ def _held_out(request: ExportRequest, labels: list[str]) -> tuple[list[str], lis
 def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the base graph's initializer-inputs warning is expected
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _convert_to_ort(folder: Path) -> dict[str, str]:

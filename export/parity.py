@@ -62,13 +62,14 @@ def predictions(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return logits.argmax(-1)[mask.astype(bool)]
 
 
-def measure(batches: list[dict[str, np.ndarray]], labels: list[int] | None, torch_logits: Logits,
+def measure(batches: list[dict[str, np.ndarray]], labels: list[int] | None, torch_logits: list[np.ndarray],
             fp32: Logits, int8: Logits, adapter: Logits) -> Parity:
+    """`torch_logits` holds PyTorch's logits for each batch; the others run a batch."""
     fp32_diff = adapter_diff = 0.0
     agree = total = 0
     torch_pred, int8_pred = [], []
-    for batch in batches:
-        reference, merged = torch_logits(batch), fp32(batch)
+    for batch, reference in zip(batches, torch_logits, strict=True):
+        merged = fp32(batch)
         fp32_diff = max(fp32_diff, float(np.abs(merged - reference).max()))
         adapter_diff = max(adapter_diff, float(np.abs(adapter(batch) - merged).max()))
         ref_pred, q_pred = predictions(reference, batch["attention_mask"]), predictions(int8(batch), batch["attention_mask"])

@@ -25,6 +25,14 @@ ADAPTER_EXPORT_TYPE = "fedpeft/onnx-adapter"
 ADAPTER_EXPORT_NAME = "adapter"  # adapter.json + adapter.sig beside an .onnx_adapter
 
 
+def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session; `threads` 0 lets ONNX Runtime choose."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # the base graph's initializer-inputs warning is expected
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -65,10 +73,7 @@ class Predictor:
             raise ConfigError(f"unknown model {model!r}; choose fp32, int8 or base")
         if adapter is not None and model != "base":
             raise ConfigError("an .onnx_adapter applies to the base model: use model='base'")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(Path(folder) / models[model]), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = open_session(Path(folder) / models[model])
         self.run_options = None
         if model == "base":
             self.adapter = ort.LoraAdapter()

@@ -32,6 +32,7 @@ class RunLog:
             "bytes_down": traffic.bytes_down,
             "bytes_up": traffic.bytes_up,
             "replies": traffic.replies,
+            "failures": traffic.failures,
             "accepted": traffic.accepted,
             "rejected": dict(traffic.rejected),
             "rejections": list(traffic.rejections),

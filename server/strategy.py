@@ -1,11 +1,11 @@
 """Flower strategies that take adapter deltas instead of full weights.
 
 Clients send `delta = local - global` over the tensors they train, with a signed
-envelope. Before Flower's own aggregation runs, each reply is verified (server/verify.py)
-and its delta turned back into `global + delta`, so every
-Flower message strategy (FedAvg, FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum...)
-aggregates it unchanged: for FedAvg the result is `global + weighted mean(delta)`, for
-the server optimizers the pseudo-gradient is the mean delta.
+envelope. Each reply is verified first (server/verify.py). Plain FedAvg is then computed
+as `global + example-weighted mean(delta)` as replies arrive; for every other Flower
+message strategy (FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum...) each delta is
+turned back into `global + delta` and the strategy aggregates it unchanged (for the
+server optimizers the pseudo-gradient is then the mean delta).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from flwr.app import RecordDict
@@ -51,6 +52,11 @@ class RoundExpectation:
     parent_id: str
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
 
+    @cached_property
+    def delta_bytes(self) -> int:
+        """Size of an honest delta's tensors (computed once per round, not per reply)."""
+        return sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in self.tensors.values())
+
 
 @dataclass(frozen=True)
 class VerifyPolicy:
@@ -75,18 +81,13 @@ def content_bytes(content: RecordDict) -> int:
     return size + sum(len(v) for r in content.config_records.values() for v in r.values() if isinstance(v, bytes))
 
 
-def expected_bytes(expect: RoundExpectation) -> int:
-    return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for dtype, shape in expect.tensors.values())
-
-
 class DeltaVerifier:
     def __init__(self, keyring: Keyring, policy: VerifyPolicy = VerifyPolicy()) -> None:
         self.keyring = keyring
         self.policy = policy
-        self._limits: dict[int, int] = {}  # message limit of the current expectation
 
     def message_limit(self, expect: RoundExpectation) -> int:
-        return self.policy.max_message_bytes or 2 * expected_bytes(expect) + 64 * 1024
+        return self.policy.max_message_bytes or 2 * expect.delta_bytes + 64 * 1024
 
     def verify(self, content: RecordDict, expect: RoundExpectation, size: int | None = None) -> VerifiedDelta:
         """The verified delta; raises RejectedDelta naming the first check that fails.
@@ -94,9 +95,7 @@ class DeltaVerifier:
         `size` is `content_bytes(content)` when the caller has already counted it.
         """
         size = content_bytes(content) if size is None else size
-        limit = self._limits.get(id(expect))
-        if limit is None:
-            self._limits = {id(expect): (limit := self.message_limit(expect))}
+        limit = self.message_limit(expect)
         if size > limit:
             raise RejectedDelta("too-large", f"{size} bytes, limit {limit}")
 
