@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .atomic import write_atomic, write_new_private
 from .errors import ConfigError, IntegrityError
 from .hashing import sha256_hex
 
@@ -44,15 +45,11 @@ def new_key_pair(private_path: Path, passphrase: bytes | None = None) -> str:
     for path in (private_path, public_path):
         if path.exists():
             raise ConfigError(f"{path} already exists; refusing to overwrite a key")
-    private_path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    # O_EXCL: a file that appeared since the check above is not overwritten either.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_KEY_MODE)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    write_new_private(private_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      encryption), PRIVATE_KEY_MODE)
     public_path.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return key_id(key.public_key())
@@ -169,7 +166,4 @@ class Keyring:
             k.key_id: {"name": k.name, "public_key": raw_public_bytes(k.public_key).hex(), "enrolled_at": k.enrolled_at}
             for k in sorted(self.keys.values(), key=lambda k: k.name)
         }}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        staging.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(staging, self.path)
+        write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())

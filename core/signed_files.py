@@ -52,26 +52,36 @@ def read_file(folder: Path, name: str) -> bytes:
         raise ManifestError("missing-file", f"{name}: {exc.strerror}") from exc
 
 
+def sign_manifest(manifest: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+    """(manifest bytes, signature record bytes): what `<name>.json` and `<name>.sig` hold."""
+    payload = canonical_json(manifest)
+    signature = {"key_id": key_id(key.public_key()), "signature": key.sign(payload).hex()}
+    return payload, (json.dumps(signature, indent=1) + "\n").encode()
+
+
 def write_signed(folder: Path, name: str, manifest: dict[str, Any], key: Ed25519PrivateKey) -> str:
     """Write `<name>.json` and its signature `<name>.sig`; returns the manifest's id
     (the SHA-256 of its bytes)."""
-    payload = canonical_json(manifest)
-    signature = {"key_id": key_id(key.public_key()), "signature": key.sign(payload).hex()}
+    payload, signature = sign_manifest(manifest, key)
     (Path(folder) / f"{name}.json").write_bytes(payload)
-    (Path(folder) / f"{name}.sig").write_text(json.dumps(signature, indent=1) + "\n")
+    (Path(folder) / f"{name}.sig").write_bytes(signature)
     return sha256_hex(payload)
 
 
-def read_signed(folder: Path, name: str, public_key: Ed25519PublicKey, manifest_type: str,
-                now: datetime | None = None) -> tuple[str, dict[str, Any]]:
-    """(id, manifest) of a signed manifest whose signature, type, expiry and file hashes
-    all check out."""
-    payload = read_file(folder, f"{name}.json")
+def signer_of(signature: bytes, name: str = "manifest") -> tuple[str, bytes]:
+    """(key id, raw signature) of a signature record; says nothing yet about validity."""
     try:
-        signature = json.loads(read_file(folder, f"{name}.sig"))
-        signer, sig = str(signature["key_id"]), bytes.fromhex(signature["signature"])
+        record = json.loads(signature)
+        return str(record["key_id"]), bytes.fromhex(record["signature"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ManifestError("malformed", f"{name}.sig is not a signature record: {exc}") from exc
+
+
+def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey, manifest_type: str,
+                 now: datetime | None = None, name: str = "manifest") -> dict[str, Any]:
+    """The manifest in `payload` once the signature by `public_key`, the type and the
+    expiry check out; the files it lists are not looked at."""
+    signer, sig = signer_of(signature, name)
     expected_signer = key_id(public_key)
     if signer != expected_signer:
         raise ManifestError("wrong-key", f"signed by key {signer[:12]}, expected {expected_signer[:12]}")
@@ -86,14 +96,31 @@ def read_signed(folder: Path, name: str, public_key: Ed25519PublicKey, manifest_
         files = manifest["files"]
         if not isinstance(files, dict):
             raise ValueError("files must be an object")
-    except (ValueError, KeyError, TypeError) as exc:
+        for file_name, entry in files.items():
+            if Path(file_name).is_absolute() or ".." in Path(file_name).parts or not file_name:
+                raise ValueError(f"lists a file outside the folder: {file_name!r}")
+            if not (isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+                    and len(entry["sha256"]) == 64):
+                raise ValueError(f"{file_name}: entry needs an integer size and a SHA-256")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ManifestError("malformed", f"{name}.json: {exc}") from exc
     if (now or datetime.now(UTC)) >= expires:
         raise ManifestError("expired", f"{name}.json expired at {manifest['expires']}")
+    return manifest
+
+
+def check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
     for file_name, entry in files.items():
-        if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
-            raise ManifestError("malformed", f"{name}.json lists a file outside the folder: {file_name!r}")
         data = read_file(folder, file_name)
-        if len(data) != entry.get("size") or sha256_hex(data) != entry.get("sha256"):
+        if len(data) != entry["size"] or sha256_hex(data) != entry["sha256"]:
             raise ManifestError("file-mismatch", f"{file_name} differs from the signed hash")
+
+
+def read_signed(folder: Path, name: str, public_key: Ed25519PublicKey, manifest_type: str,
+                now: datetime | None = None) -> tuple[str, dict[str, Any]]:
+    """(id, manifest) of a signed manifest whose signature, type, expiry and file hashes
+    all check out."""
+    payload = read_file(folder, f"{name}.json")
+    manifest = check_signed(payload, read_file(folder, f"{name}.sig"), public_key, manifest_type, now, name)
+    check_files(folder, manifest["files"])
     return sha256_hex(payload), manifest

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -125,6 +126,102 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
 
 
+def _certs(args: argparse.Namespace) -> None:
+    from fedpeft.core.tls import write_tls_files
+
+    paths = write_tls_files(Path(args.out), args.host, args.valid_days)
+    print(f"CA {paths['ca.crt']}, server certificate {paths['server.pem']} for {', '.join(args.host)}, "
+          f"key {paths['server.key']} (mode 600)")
+
+
+def _registry_client(args: argparse.Namespace):
+    from fedpeft.client.registry_client import RegistryClient
+
+    if not args.ca_cert and not args.insecure:
+        raise ConfigError("give the registry's CA certificate (--ca-cert) or --insecure for a plaintext registry")
+    return RegistryClient(args.registry, None if args.insecure else Path(args.ca_cert))
+
+
+def _operator_key(args: argparse.Namespace):
+    from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, load_private_key, passphrase_from_env
+
+    return load_private_key(Path(args.operator_key), passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+
+
+def _registry_serve(args: argparse.Namespace) -> None:
+    from fedpeft.server.registry.serve import ServeSettings, run
+
+    run(ServeSettings(store=Path(args.store), operators=Path(args.operators), host=args.host, port=args.port,
+                      tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+                      tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure))
+
+
+def _registry_publish(args: argparse.Namespace) -> None:
+    from fedpeft.server.registry.operator import publish
+
+    with _registry_client(args) as client:
+        release = publish(client, _operator_key(args), Path(args.adapter), args.channel,
+                          onnx_adapter=Path(args.onnx_adapter) if args.onnx_adapter else None, valid_days=args.valid_days)
+    print(f"published v{release.version} ({release.release_id[:12]}) of base {release.base_id[:12]} "
+          f"to {args.channel}; expires {release.manifest['expires']}")
+
+
+def _registry_promote(args: argparse.Namespace) -> None:
+    from fedpeft.server.registry.operator import promote, releases
+
+    key = _operator_key(args)
+    with _registry_client(args) as client:
+        release = next((r for r in releases(client, key, args.base_id) if r.version == args.version), None)
+        if release is None:
+            raise ConfigError(f"no release v{args.version} of base {args.base_id[:12]} in the registry")
+        promote(client, key, release, args.channel)
+    print(f"{args.channel} now serves v{release.version} ({release.release_id[:12]})")
+
+
+def _registry_rollback(args: argparse.Namespace) -> None:
+    from fedpeft.server.registry.operator import rollback
+
+    with _registry_client(args) as client:
+        release = rollback(client, _operator_key(args), args.base_id, args.to_version, args.channel,
+                           valid_days=args.valid_days)
+    print(f"{args.channel} now serves v{release.version} ({release.release_id[:12]}), "
+          f"the weights of v{args.to_version}")
+
+
+def _registry_list(args: argparse.Namespace) -> None:
+    import json
+
+    with _registry_client(args) as client:
+        entries = client.releases(args.base_id or "")
+    for entry in entries:
+        m = json.loads(entry.release.manifest)  # listing only: devices verify before use
+        print(f"v{m['version']}\tbase {m['base_id'][:12]}\t{','.join(entry.channels) or '-'}\t"
+              f"expires {m['expires']}" + (f"\trollback of {m['rollback_of'][:12]}" if m.get("rollback_of") else ""))
+
+
+def _device(args: argparse.Namespace):
+    from fedpeft.client.device import Device
+    from fedpeft.core.keys import load_public_key
+
+    return Device(Path(args.state), load_public_key(Path(args.key)), args.base_id, args.channel)
+
+
+def _device_pull(args: argparse.Namespace) -> None:
+    device = _device(args)
+    with _registry_client(args) as client:
+        result = device.pull(client)
+    if result.status == "not-modified":
+        print(f"up to date: v{result.version}")
+    else:
+        print(f"installed v{result.version} ({result.release_id[:12]}) in {device.current}; "
+              f"{result.bytes_received} bytes received" + (f", {result.resumed_bytes} resumed" if result.resumed_bytes else ""))
+
+
+def _device_rollback(args: argparse.Namespace) -> None:
+    entry = _device(args).rollback()
+    print(f"now using v{entry['version']} ({entry['release_id'][:12]}); newer releases than the abandoned one still install")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +293,70 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", default="int8", choices=["fp32", "int8", "base"])
     pred.add_argument("--adapter", help="a folder from `fedpeft export --onto` to apply to the base model")
     pred.set_defaults(run=_predict)
+
+    certs = commands.add_parser("certs", help="write a private CA and a server certificate (TLS for registry, SuperLink)")
+    certs.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
+    certs.add_argument("--host", action="append", required=True, help="IP or DNS name of the server (repeatable)")
+    certs.add_argument("--valid-days", type=int, default=365)
+    certs.set_defaults(run=_certs)
+
+    def registry_address(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--registry", default="127.0.0.1:50061", help="HOST:PORT of `fedpeft registry serve`")
+        sub.add_argument("--ca-cert", help="CA certificate that signed the registry's TLS certificate")
+        sub.add_argument("--insecure", action="store_true", help="plaintext (a registry started with --insecure)")
+
+    def operator(sub: argparse.ArgumentParser) -> None:
+        registry_address(sub)
+        sub.add_argument("--operator-key", required=True, help=f"operator private key (passphrase in ${OPERATOR_ENV})")
+
+    registry = commands.add_parser("registry", help="adapter registry: serve, publish, promote, roll back").add_subparsers(
+        dest="registry_command", required=True)
+    serve = registry.add_parser("serve", help="run the registry (gRPC, TLS) until SIGTERM")
+    serve.add_argument("--store", required=True, help="folder of blobs and the SQLite index (created if absent)")
+    serve.add_argument("--operators", required=True, help="keyring of operator public keys allowed to publish")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50061, help="0: any free port (printed)")
+    serve.add_argument("--tls-cert", help="server certificate (PEM), e.g. server.pem from `fedpeft certs`")
+    serve.add_argument("--tls-key", help="its private key (PEM)")
+    serve.add_argument("--insecure", action="store_true", help="plaintext; for a trusted laptop only")
+    serve.set_defaults(run=_registry_serve)
+    pub = registry.add_parser("publish", help="publish a signed adapter folder as the next version of its base")
+    pub.add_argument("adapter", help="adapter folder with release.json/.sig (e.g. runs/default/adapter)")
+    operator(pub)
+    pub.add_argument("--channel", default="canary")
+    pub.add_argument("--onnx-adapter", help="also ship this `fedpeft export --onto` folder's .onnx_adapter")
+    pub.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
+    pub.set_defaults(run=_registry_publish)
+    prom = registry.add_parser("promote", help="make a published version the current one of a channel")
+    operator(prom)
+    prom.add_argument("--base-id", required=True)
+    prom.add_argument("--version", type=int, required=True)
+    prom.add_argument("--channel", required=True)
+    prom.set_defaults(run=_registry_promote)
+    back = registry.add_parser("rollback", help="republish an earlier version's weights as a new version")
+    operator(back)
+    back.add_argument("--base-id", required=True)
+    back.add_argument("--to-version", type=int, required=True)
+    back.add_argument("--channel", required=True)
+    back.add_argument("--valid-days", type=float, default=30.0)
+    back.set_defaults(run=_registry_rollback)
+    lst = registry.add_parser("list", help="show the published releases and their channels")
+    registry_address(lst)
+    lst.add_argument("--base-id")
+    lst.set_defaults(run=_registry_list)
+
+    device = commands.add_parser("device", help="a device's adapter slot: pull from the registry, roll back").add_subparsers(
+        dest="device_command", required=True)
+    for name, run, text in (("pull", _device_pull, "install the channel's release if it is newer and checks out"),
+                            ("rollback", _device_rollback, "go back to the previous adapter")):
+        sub = device.add_parser(name, help=text)
+        sub.add_argument("--state", required=True, help="the device's adapter folder (state.json, releases/)")
+        sub.add_argument("--key", required=True, help="the operator public key the device trusts")
+        sub.add_argument("--base-id", required=True, help="the base this device runs")
+        sub.add_argument("--channel", default="stable")
+        if name == "pull":
+            registry_address(sub)
+        sub.set_defaults(run=run)
     return parser
 
 
@@ -205,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except FedPeftError as exc:
         print(f"fedpeft: error: {exc}", file=sys.stderr)
-        return 1 if args.command in ("verify", "predict") else 2
+        return 1 if args.command in ("verify", "predict", "device") else 2
     return 0
 
 

@@ -1,0 +1,171 @@
+"""A device's adapter slot: pull the channel's release from the registry, check it,
+install it atomically, keep the previous one for a local rollback.
+
+Nothing the registry says is trusted. Before anything is downloaded the release must be
+signed by the operator key the device was provisioned with, unexpired, made for the
+device's base, and newer than every release the device ever installed (a local rollback
+does not lower that floor, so a replayed old release is refused after one too). Every
+downloaded file must match its signed size and SHA-256. Until all of that holds,
+nothing the device uses changes. Imports no torch: ONNX devices apply the release's
+`.onnx_adapter` with export/predict.py; PyTorch ones load the PEFT folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedpeft.core.atomic import fsync_folder, write_atomic
+from fedpeft.core.errors import IntegrityError
+from fedpeft.core.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
+from fedpeft.core.signed_files import ManifestError
+
+from .registry_client import RegistryClient
+
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class PullResult:
+    status: str              # "installed" or "not-modified"
+    version: int             # the version in use after the pull
+    release_id: str | None
+    bytes_received: int = 0
+    resumed_bytes: int = 0   # bytes an interrupted earlier pull had already stored
+
+
+class Device:
+    """The adapter slot of one device in `folder`:
+    state.json, releases/v<version>-<id>/ (current and previous), downloads/ (partial)."""
+
+    def __init__(self, folder: Path, operator_key: Ed25519PublicKey, base_id: str, channel: str = "stable") -> None:
+        self.folder, self.operator_key, self.base_id = Path(folder), operator_key, base_id
+        self.channel = check_channel(channel)
+        self.releases, self.downloads = self.folder / "releases", self.folder / "downloads"
+        self.state = self._load_state()
+
+    def _load_state(self) -> dict:
+        path = self.folder / STATE_FILE
+        if not path.exists():
+            return {"base_id": self.base_id, "current": None, "previous": None, "floor": 0, "seen": []}
+        try:
+            state = json.loads(path.read_text())
+            if state["base_id"] != self.base_id:
+                raise ValueError(f"it belongs to base {state['base_id'][:12]}, not {self.base_id[:12]}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"device state {path} is unusable: {exc}") from exc
+        return state
+
+    @property
+    def version(self) -> int:
+        return self.state["current"]["version"] if self.state["current"] else 0
+
+    @property
+    def current(self) -> Path | None:
+        """The folder of the adapter in use: a PEFT folder (`PeftModel.from_pretrained`),
+        with `adapter.onnx_adapter` too when the release carries one."""
+        return self.releases / self.state["current"]["folder"] if self.state["current"] else None
+
+    def check(self, manifest: bytes, signature: bytes, now: datetime | None = None) -> Release:
+        """The release if this device may install it; ManifestError names the refusal."""
+        release = check_release(manifest, signature, self.operator_key, base_id=self.base_id, now=now)
+        if release.release_id in self.state["seen"]:
+            raise ManifestError("replayed", f"release v{release.version} ({release.release_id[:12]}) was installed "
+                                            "before; a registry offering it again is replaying it")
+        if release.version <= self.state["floor"]:
+            raise ManifestError("older-version", f"release v{release.version} is not newer than v{self.state['floor']}, "
+                                                 "the newest this device has installed")
+        return release
+
+    def pull(self, client: RegistryClient, progress: Callable[[int, int], None] | None = None) -> PullResult:
+        signed = client.latest(self.base_id, self.channel, self.version)
+        if signed is None:
+            return PullResult("not-modified", self.version, self.state["current"] and self.state["current"]["release_id"])
+        release = self.check(signed.manifest, signed.signature)
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        received = resumed = 0
+        for name, entry in release.files.items():
+            part = self.downloads / f"{entry['sha256']}.part"
+            self._reuse_local(name, entry["sha256"], part)
+            download = client.fetch_blob(entry["sha256"], entry["size"], part, progress)
+            received, resumed = received + download.received, resumed + download.resumed_from
+            if download.size < entry["size"]:
+                raise ManifestError("truncated", f"{name}: the registry's stream ended after {download.size} of "
+                                                 f"{entry['size']} bytes (kept; the next pull resumes)")
+            if _file_sha256(part) != entry["sha256"]:
+                part.unlink()
+                raise ManifestError("file-mismatch", f"{name}: downloaded bytes differ from the signed SHA-256")
+        self._install(release, signed.manifest, signed.signature)
+        return PullResult("installed", release.version, release.release_id, received, resumed)
+
+    def _reuse_local(self, name: str, sha256: str, part: Path) -> None:
+        """Start from the installed copy of a file the new release shares (a registry
+        rollback republishes earlier weights): nothing to download, the hash still checked."""
+        for entry in (self.state["current"], self.state["previous"]):
+            local = self.releases / entry["folder"] / name if entry else None
+            if local is not None and local.is_file() and not part.exists() and _file_sha256(local) == sha256:
+                shutil.copyfile(local, part)
+
+    def _install(self, release: Release, manifest: bytes, signature: bytes) -> None:
+        """Assemble the release in a staging folder, verify it as a whole, rename it into
+        place, then switch state.json (one atomic write) to it."""
+        name = f"v{release.version}-{release.release_id[:12]}"
+        staging = self.folder / f"staging-{name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for file_name, entry in release.files.items():
+            shutil.copyfile(self.downloads / f"{entry['sha256']}.part", staging / file_name)
+        (staging / f"{RELEASE_NAME}.json").write_bytes(manifest)
+        (staging / f"{RELEASE_NAME}.sig").write_bytes(signature)
+        try:
+            verify_release(staging, self.operator_key, base_id=self.base_id)  # files and tensors, once assembled
+        except ManifestError:
+            shutil.rmtree(staging)
+            raise
+        self.releases.mkdir(exist_ok=True)
+        shutil.rmtree(self.releases / name, ignore_errors=True)  # left by a crash before the state switch
+        staging.rename(self.releases / name)
+        fsync_folder(self.releases)
+        entry = {"version": release.version, "release_id": release.release_id, "folder": name}
+        self._save({**self.state, "current": entry, "previous": self.state["current"],
+                    "floor": max(self.state["floor"], release.version),
+                    "seen": sorted(set(self.state["seen"]) | {release.release_id})})
+        for file_entry in release.files.values():
+            (self.downloads / f"{file_entry['sha256']}.part").unlink(missing_ok=True)
+        self._prune()
+
+    def rollback(self) -> dict:
+        """Go back to the previous adapter (one step). The anti-rollback floor stays: the
+        registry cannot push the abandoned version, or anything older, again."""
+        if not self.state["previous"]:
+            raise IntegrityError(f"{self.folder}: no previous adapter to roll back to")
+        self._save({**self.state, "current": self.state["previous"], "previous": None})
+        self._prune()
+        return self.state["current"]
+
+    def _save(self, state: dict) -> None:
+        write_atomic(self.folder / STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+        self.state = state
+
+    def _prune(self) -> None:
+        keep = {e["folder"] for e in (self.state["current"], self.state["previous"]) if e}
+        for path in self.releases.iterdir() if self.releases.exists() else ():
+            if path.name not in keep:
+                shutil.rmtree(path)
+        for staging in self.folder.glob("staging-*"):  # left by a refused or interrupted install
+            shutil.rmtree(staging)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

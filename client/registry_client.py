@@ -1,0 +1,122 @@
+"""A small synchronous client of the Registry service (protos/registry.proto), used by
+devices (pull), operators (publish, promote, list) and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fedpeft.core.errors import FedPeftError
+from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
+from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from fedpeft.protos import registry_pb2 as pb
+from fedpeft.protos import registry_pb2_grpc
+
+
+
+class RegistryError(FedPeftError):
+    """The registry refused a call or could not be reached; `code` is the gRPC status."""
+
+    def __init__(self, call: str, error: grpc.RpcError) -> None:
+        self.code = error.code()
+        super().__init__(f"registry {call}: {self.code.name}: {error.details()}")
+
+
+@dataclass(frozen=True)
+class Download:
+    resumed_from: int   # bytes already on disk from an interrupted earlier attempt
+    received: int       # bytes received in this call
+    size: int           # bytes on disk now
+
+
+class RegistryClient:
+    def __init__(self, address: str, ca_cert: Path | None, timeout_s: float = 60.0) -> None:
+        """`ca_cert` None: plaintext (only against `registry serve --insecure`)."""
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if ca_cert is None:
+            self.channel = grpc.insecure_channel(address, options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert).read_bytes())
+            self.channel = grpc.secure_channel(address, credentials, options)
+        self.stub = registry_pb2_grpc.RegistryStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self.stub, name)(*args, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise RegistryError(name, error) from error
+
+    def latest(self, base_id: str, channel: str, installed_version: int) -> pb.SignedManifest | None:
+        """The channel's current release, or None when it is not newer than `installed_version`."""
+        reply = self._call("GetLatest", pb.LatestRequest(base_id=base_id, channel=channel,
+                                                         installed_version=installed_version))
+        return None if reply.not_modified else reply.release
+
+    def releases(self, base_id: str = "") -> list[pb.ReleaseEntry]:
+        return list(self._call("List", pb.ListRequest(base_id=base_id)).releases)
+
+    def promote(self, statement: bytes, signature: bytes) -> pb.PromoteReply:
+        return self._call("Promote", pb.PromoteRequest(promotion=pb.SignedManifest(manifest=statement,
+                                                                                   signature=signature)))
+
+    def publish(self, manifest: bytes, signature: bytes, blobs: dict[str, Path],
+                progress: Callable[[int], None] | None = None) -> pb.PublishReply:
+        """Send a signed release and the files (by SHA-256) the registry does not hold yet."""
+        def messages() -> Iterator[pb.PublishRequest]:
+            yield pb.PublishRequest(release=pb.SignedManifest(manifest=manifest, signature=signature))
+            sent = 0
+            for sha256, path in blobs.items():
+                with open(path, "rb") as handle:
+                    offset = 0
+                    while data := handle.read(CHUNK_BYTES):
+                        yield pb.PublishRequest(chunk=pb.BlobChunk(sha256=sha256, offset=offset, data=data))
+                        offset += len(data)
+                        sent += len(data)
+                        if progress:
+                            progress(sent)
+        return self._call("Publish", messages())
+
+    def fetch_blob(self, sha256: str, size: int, part: Path,
+                   progress: Callable[[int, int], None] | None = None) -> Download:
+        """Append blob `sha256` to `part` until it holds `size` bytes, resuming from what
+        `part` already holds. Stops at `size` bytes: a longer stream is cut, not stored;
+        a shorter one leaves `part` short (the caller sees Download.size < size)."""
+        start = part.stat().st_size if part.exists() else 0
+        if start > size:
+            part.unlink()
+            start = 0
+        written = start
+        try:
+            stream = self.stub.FetchBlob(pb.FetchRequest(sha256=sha256, offset=start), timeout=self.timeout_s)
+            with open(part, "ab") as handle:
+                for chunk in stream:
+                    if written >= size:
+                        stream.cancel()
+                        break
+                    if chunk.offset != written or chunk.sha256 != sha256:
+                        raise FedPeftError(f"registry sent blob {chunk.sha256[:12]} at {chunk.offset}, "
+                                           f"expected {sha256[:12]} at {written}")
+                    data = chunk.data[:size - written]
+                    handle.write(data)
+                    handle.flush()
+                    written += len(data)
+                    if progress:
+                        progress(written, size)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise RegistryError("FetchBlob", error) from error
+        return Download(resumed_from=start, received=written - start, size=written)

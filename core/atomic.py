@@ -1,0 +1,37 @@
+"""Durable writes: a file is either its old content or its new content, even after a
+crash or kill -9 (write a temporary file, fsync it, rename it over, fsync the folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(staging, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    fsync_folder(path.parent)
+
+
+def write_new_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create a secret file readable by its owner only; never overwrites (O_EXCL: a file
+    that appeared after any earlier existence check is not overwritten either)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

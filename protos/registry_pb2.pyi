@@ -1,0 +1,105 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SignedManifest(_message.Message):
+    __slots__ = ("manifest", "signature")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    signature: bytes
+    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("sha256", "offset", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    offset: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishRequest(_message.Message):
+    __slots__ = ("release", "chunk")
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    release: SignedManifest
+    chunk: BlobChunk
+    def __init__(self, release: _Optional[_Union[SignedManifest, _Mapping]] = ..., chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
+
+class PublishReply(_message.Message):
+    __slots__ = ("release_id", "version", "bytes_received")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    version: int
+    bytes_received: int
+    def __init__(self, release_id: _Optional[str] = ..., version: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("base_id",)
+    BASE_ID_FIELD_NUMBER: _ClassVar[int]
+    base_id: str
+    def __init__(self, base_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseEntry(_message.Message):
+    __slots__ = ("release", "channels")
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    release: SignedManifest
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, release: _Optional[_Union[SignedManifest, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListReply(_message.Message):
+    __slots__ = ("releases",)
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    releases: _containers.RepeatedCompositeFieldContainer[ReleaseEntry]
+    def __init__(self, releases: _Optional[_Iterable[_Union[ReleaseEntry, _Mapping]]] = ...) -> None: ...
+
+class LatestRequest(_message.Message):
+    __slots__ = ("base_id", "channel", "installed_version")
+    BASE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    base_id: str
+    channel: str
+    installed_version: int
+    def __init__(self, base_id: _Optional[str] = ..., channel: _Optional[str] = ..., installed_version: _Optional[int] = ...) -> None: ...
+
+class LatestReply(_message.Message):
+    __slots__ = ("not_modified", "release")
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    not_modified: bool
+    release: SignedManifest
+    def __init__(self, not_modified: _Optional[bool] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("sha256", "offset")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    offset: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("promotion",)
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    promotion: SignedManifest
+    def __init__(self, promotion: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+
+class PromoteReply(_message.Message):
+    __slots__ = ("release_id", "channel", "version")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    channel: str
+    version: int
+    def __init__(self, release_id: _Optional[str] = ..., channel: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...

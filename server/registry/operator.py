@@ -1,0 +1,80 @@
+"""What an operator does to a registry: publish an adapter as a new release, promote a
+release to a channel, roll a channel back. Every step is signed with the operator key;
+the registry checks it, and devices check it again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedpeft.client.registry_client import RegistryClient
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.release import (ADAPTER_FILES, ONNX_ADAPTER_FILES, RELEASE_NAME, Release, check_release,
+                                  sign_promotion, sign_release, verify_release)
+from fedpeft.core.signed_files import read_file, sign_manifest, validity
+from fedpeft.protos import registry_pb2 as pb
+
+BEFORE_ANY_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def releases(client: RegistryClient, key: Ed25519PrivateKey, base_id: str) -> list[Release]:
+    """The registry's releases of a base, each signature checked (expired ones included:
+    an old release is still a valid source of weights for a rollback)."""
+    return [check_release(e.release.manifest, e.release.signature, key.public_key(), base_id=base_id,
+                          now=BEFORE_ANY_EXPIRY) for e in client.releases(base_id)]
+
+
+def promote(client: RegistryClient, key: Ed25519PrivateKey, release: Release, channel: str) -> pb.PromoteReply:
+    return client.promote(*sign_promotion(key, release, channel))
+
+
+def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, channel: str, *,
+            onnx_adapter: Path | None = None, valid_days: float = 30.0) -> Release:
+    """Publish the adapter folder of a signed release (e.g. a run's `adapter/`) as the
+    base's next version, with an `fedpeft export --onto` folder's .onnx_adapter if given,
+    and make it the current release of `channel`."""
+    source = verify_release(adapter, key.public_key())
+    published = releases(client, key, source.base_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        for name in ADAPTER_FILES:
+            shutil.copyfile(Path(adapter) / name, staging / name)
+        if onnx_adapter is not None:
+            for name in ONNX_ADAPTER_FILES:
+                if not (Path(onnx_adapter) / name).exists():
+                    raise ConfigError(f"{onnx_adapter} lacks {name}: give a folder written by `fedpeft export --onto`")
+                shutil.copyfile(Path(onnx_adapter) / name, staging / name)
+            onnx_manifest = json.loads((staging / "adapter.json").read_bytes())
+            if onnx_manifest.get("release_id") != source.release_id:
+                raise ConfigError(f"{onnx_adapter} was exported from release {str(onnx_manifest.get('release_id'))[:12]}, "
+                                  f"not from {adapter}'s {source.release_id[:12]}")
+        release = sign_release(staging, key, version=max((r.version for r in published), default=0) + 1,
+                               base_id=source.base_id, template_id=source.template_id, labels=source.labels,
+                               parent=published[-1].release_id if published else None,
+                               metrics=source.manifest.get("metrics", {}), valid_days=valid_days)
+        client.publish(read_file(staging, f"{RELEASE_NAME}.json"), read_file(staging, f"{RELEASE_NAME}.sig"),
+                       {entry["sha256"]: staging / name for name, entry in release.files.items()})
+    promote(client, key, release, channel)
+    return release
+
+
+def rollback(client: RegistryClient, key: Ed25519PrivateKey, base_id: str, to_version: int, channel: str, *,
+             valid_days: float = 30.0) -> Release:
+    """Publish the weights of release `to_version` again as a new, higher version and make
+    it current in `channel`: devices move back without their anti-rollback floor moving."""
+    published = releases(client, key, base_id)
+    target = next((r for r in published if r.version == to_version), None)
+    if target is None:
+        raise ConfigError(f"no release v{to_version} of base {base_id[:12]}; published: {[r.version for r in published]}")
+    manifest = {**target.manifest, "version": published[-1].version + 1, "parent": published[-1].release_id,
+                "rollback_of": target.release_id, **validity(valid_days)}
+    payload, signature = sign_manifest(manifest, key)
+    release = check_release(payload, signature, key.public_key())
+    client.publish(payload, signature, {})  # the registry holds every blob already
+    promote(client, key, release, channel)
+    return release

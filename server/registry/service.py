@@ -1,0 +1,133 @@
+"""The Registry gRPC service (protos/registry.proto) over a RegistryStore.
+
+Publish and Promote accept only statements signed by an operator key of the registry's
+operator list; the signature is checked over the received bytes before they are parsed.
+Anyone who can reach the service may read: devices do not trust the registry, they
+check every release and blob themselves (client/device.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+
+from fedpeft.core.keys import Keyring
+from fedpeft.core.release import check_channel, check_promotion, check_release
+from fedpeft.core.signed_files import ManifestError, signer_of
+from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
+from fedpeft.protos import registry_pb2 as pb
+from fedpeft.protos import registry_pb2_grpc
+
+from .store import BlobWriter, RegistryStore, StoredRelease, StoreError, check_sha256
+
+log = logging.getLogger("fedpeft.registry")
+STATUS = {  # StoreError / ManifestError reason -> gRPC status
+    "malformed": grpc.StatusCode.INVALID_ARGUMENT, "expired": grpc.StatusCode.INVALID_ARGUMENT,
+    "blob-mismatch": grpc.StatusCode.DATA_LOSS, "missing-blob": grpc.StatusCode.FAILED_PRECONDITION,
+    "exists": grpc.StatusCode.ALREADY_EXISTS, "stale-version": grpc.StatusCode.FAILED_PRECONDITION,
+    "stale-promotion": grpc.StatusCode.FAILED_PRECONDITION, "unknown-release": grpc.StatusCode.NOT_FOUND,
+    "not-operator": grpc.StatusCode.PERMISSION_DENIED, "wrong-key": grpc.StatusCode.PERMISSION_DENIED,
+    "bad-signature": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def _signed(stored: StoredRelease) -> pb.SignedManifest:
+    return pb.SignedManifest(manifest=stored.manifest, signature=stored.signature)
+
+
+class RegistryService(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, store: RegistryStore, operators: Keyring) -> None:
+        self.store, self.operators = store, operators
+
+    def _operator_key(self, signature: bytes, what: str):
+        signer, _ = signer_of(signature, what)
+        operator = self.operators.get(signer)
+        if operator is None:
+            raise StoreError("not-operator", f"{what} signed by key {signer[:12]}, which is not an operator key")
+        return operator
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, call: str, error: StoreError | ManifestError) -> None:
+        log.warning("registry: refused %s from %s: %s", call, context.peer(), error)
+        await context.abort(STATUS.get(error.reason, grpc.StatusCode.INVALID_ARGUMENT), str(error))
+
+    async def Publish(self, request_iterator: AsyncIterator[pb.PublishRequest], context) -> pb.PublishReply:
+        writers: dict[str, BlobWriter] = {}
+        received = 0
+        try:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or not first.HasField("release"):
+                raise StoreError("malformed", "a publish stream starts with the signed release")
+            operator = self._operator_key(first.release.signature, "release")
+            release = check_release(first.release.manifest, first.release.signature, operator.public_key)
+            sizes = {entry["sha256"]: entry["size"] for entry in release.files.values()}
+            async for message in request_iterator:
+                chunk = message.chunk
+                if not message.HasField("chunk") or chunk.sha256 not in sizes:
+                    raise StoreError("malformed", f"chunk of a blob the release does not list: {chunk.sha256[:12]!r}")
+                if chunk.sha256 not in writers:
+                    writers[chunk.sha256] = self.store.new_blob(chunk.sha256, sizes[chunk.sha256])
+                writers[chunk.sha256].write(chunk.offset, chunk.data)
+                received += len(chunk.data)
+            for writer in writers.values():
+                writer.finish()
+            self.store.add_release(release, first.release.manifest, first.release.signature)
+        except (StoreError, ManifestError) as error:
+            for writer in writers.values():
+                writer.discard()
+            await self._refuse(context, "Publish", error)
+        log.info("registry: published v%d (%s) of base %s by %s, %d bytes", release.version, release.release_id[:12],
+                 release.base_id[:12], operator.name, received)
+        return pb.PublishReply(release_id=release.release_id, version=release.version, bytes_received=received)
+
+    async def List(self, request: pb.ListRequest, context) -> pb.ListReply:
+        return pb.ListReply(releases=[pb.ReleaseEntry(release=_signed(r), channels=r.channels)
+                                      for r in self.store.releases(request.base_id)])
+
+    async def GetLatest(self, request: pb.LatestRequest, context) -> pb.LatestReply:
+        try:
+            current = self.store.current(request.base_id, check_channel(request.channel))
+        except ManifestError as error:
+            await self._refuse(context, "GetLatest", error)
+        if current is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no release of base {request.base_id[:12]} in channel {request.channel!r}")
+        if current.version <= request.installed_version:
+            return pb.LatestReply(not_modified=True)
+        return pb.LatestReply(release=_signed(current))
+
+    async def FetchBlob(self, request: pb.FetchRequest, context) -> AsyncIterator[pb.BlobChunk]:
+        try:
+            path = self.store.blob_path(request.sha256)
+        except StoreError as error:
+            await self._refuse(context, "FetchBlob", error)
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.sha256[:12]}")
+        with handle:
+            handle.seek(0, 2)
+            if request.offset > handle.tell():
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                    f"offset {request.offset} is past the end of blob {request.sha256[:12]}")
+            offset = request.offset
+            handle.seek(offset)
+            while data := handle.read(CHUNK_BYTES):
+                yield pb.BlobChunk(sha256=request.sha256, offset=offset, data=data)
+                offset += len(data)
+
+    async def Promote(self, request: pb.PromoteRequest, context) -> pb.PromoteReply:
+        try:
+            signed = request.promotion
+            operator = self._operator_key(signed.signature, "promotion")
+            statement = check_promotion(signed.manifest, signed.signature, operator.public_key,
+                                        now=datetime.now(UTC))
+            stored = self.store.promote(statement, signed.manifest, signed.signature)
+        except (StoreError, ManifestError) as error:
+            await self._refuse(context, "Promote", error)
+        log.info("registry: %s now serves v%d (%s) of base %s, promoted by %s", statement["channel"], stored.version,
+                 stored.release_id[:12], stored.base_id[:12], operator.name)
+        return pb.PromoteReply(release_id=stored.release_id, channel=statement["channel"], version=stored.version)
+

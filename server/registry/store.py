@@ -1,0 +1,203 @@
+"""The registry's storage: blobs content-addressed on disk, releases and channels in SQLite.
+
+A blob is written to `incoming/`, hashed while it is written, fsynced and renamed to
+`blobs/<sha256[:2]>/<sha256>` only if its hash is the one announced. A release row is
+committed only after all of its blobs are in place, in one SQLite transaction (WAL,
+synchronous=FULL), so a crash or kill -9 at any moment leaves every completed release
+intact and no half-written one visible; `incoming/` is emptied when the store opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fedpeft.core.atomic import fsync_folder
+from fedpeft.core.errors import IntegrityError
+from fedpeft.core.release import Release
+
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    release_id TEXT PRIMARY KEY, base_id TEXT NOT NULL, version INTEGER NOT NULL,
+    manifest BLOB NOT NULL, signature BLOB NOT NULL, published_at TEXT NOT NULL,
+    UNIQUE (base_id, version));
+CREATE TABLE IF NOT EXISTS channels (
+    base_id TEXT NOT NULL, channel TEXT NOT NULL, release_id TEXT NOT NULL REFERENCES releases,
+    promoted_at TEXT NOT NULL, PRIMARY KEY (base_id, channel));
+CREATE TABLE IF NOT EXISTS promotions (
+    base_id TEXT NOT NULL, channel TEXT NOT NULL, release_id TEXT NOT NULL,
+    statement BLOB NOT NULL, signature BLOB NOT NULL, created TEXT NOT NULL);
+"""
+
+
+class StoreError(IntegrityError):
+    """A write the store refuses; `reason` is a short name for the gRPC status."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    release_id: str
+    base_id: str
+    version: int
+    manifest: bytes
+    signature: bytes
+    channels: tuple[str, ...] = ()
+
+
+def check_sha256(sha256: str) -> str:
+    """A blob name is a lowercase hex SHA-256 and nothing else (no path can sneak in)."""
+    if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256):
+        raise StoreError("malformed", f"not a SHA-256: {str(sha256)[:80]!r}")
+    return sha256
+
+
+class BlobWriter:
+    """One incoming blob, written in order and hashed on the way."""
+
+    def __init__(self, path: Path, final: Path, sha256: str, size: int) -> None:
+        self.path, self.final, self.sha256, self.size = path, final, sha256, size
+        self.written = 0
+        self._hash = hashlib.sha256()
+        self._handle = open(path, "wb")
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.written:
+            raise StoreError("malformed", f"blob {self.sha256[:12]}: chunk at {offset}, expected {self.written}")
+        if self.written + len(data) > self.size:
+            raise StoreError("malformed", f"blob {self.sha256[:12]} is longer than its signed size {self.size}")
+        self._handle.write(data)
+        self._hash.update(data)
+        self.written += len(data)
+
+    def finish(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        if self.written != self.size or self._hash.hexdigest() != self.sha256:
+            self.path.unlink()
+            raise StoreError("blob-mismatch", f"blob {self.sha256[:12]}: received {self.written} bytes that do not "
+                                              f"hash to the signed SHA-256")
+        self.final.parent.mkdir(exist_ok=True)
+        os.replace(self.path, self.final)
+        fsync_folder(self.final.parent)
+
+    def discard(self) -> None:
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+class RegistryStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs, self.incoming = self.root / "blobs", self.root / "incoming"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.incoming, ignore_errors=True)  # whatever a crash left half-written
+        self.incoming.mkdir()
+        self.db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._incoming_serial = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    # blobs
+    def blob_path(self, sha256: str) -> Path:
+        sha256 = check_sha256(sha256)
+        return self.blobs / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def new_blob(self, sha256: str, size: int) -> BlobWriter:
+        self._incoming_serial += 1
+        return BlobWriter(self.incoming / f"{sha256}.{self._incoming_serial}", self.blob_path(sha256), sha256, size)
+
+    # releases
+    def latest_version(self, base_id: str) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM releases WHERE base_id = ?", (base_id,)).fetchone()
+        return int(row[0] or 0)
+
+    def add_release(self, release: Release, manifest: bytes, signature: bytes) -> None:
+        """Index a verified release whose blobs are all stored; versions only go up per base."""
+        missing = [name for name, entry in release.files.items() if not self.has_blob(entry["sha256"])]
+        if missing:
+            raise StoreError("missing-blob", f"release v{release.version} lists files the registry lacks: {missing}")
+        with self._transaction():
+            if self.db.execute("SELECT 1 FROM releases WHERE release_id = ?", (release.release_id,)).fetchone():
+                raise StoreError("exists", f"release {release.release_id[:12]} is already published")
+            latest = self.latest_version(release.base_id)
+            if release.version <= latest:
+                raise StoreError("stale-version", f"version {release.version} is not above the latest published "
+                                                  f"version {latest} of base {release.base_id[:12]}")
+            self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (
+                release.release_id, release.base_id, release.version, manifest, signature, _now()))
+
+    def releases(self, base_id: str = "", release_id: str = "") -> list[StoredRelease]:
+        """Releases of one base (or all), oldest first, with the channels they are current in."""
+        rows = self.db.execute(
+            "SELECT r.release_id, r.base_id, r.version, r.manifest, r.signature, GROUP_CONCAT(c.channel) "
+            "FROM releases r LEFT JOIN channels c ON c.release_id = r.release_id "
+            "WHERE (? = '' OR r.base_id = ?) AND (? = '' OR r.release_id = ?) "
+            "GROUP BY r.release_id ORDER BY r.base_id, r.version", (base_id, base_id, release_id, release_id))
+        return [StoredRelease(*row[:5], tuple(sorted(row[5].split(","))) if row[5] else ()) for row in rows]
+
+    def release(self, release_id: str) -> StoredRelease | None:
+        found = self.releases(release_id=release_id)
+        return found[0] if found else None
+
+    def current(self, base_id: str, channel: str) -> StoredRelease | None:
+        row = self.db.execute("SELECT release_id FROM channels WHERE base_id = ? AND channel = ?",
+                              (base_id, channel)).fetchone()
+        return self.release(row[0]) if row else None
+
+    def promote(self, statement: dict, payload: bytes, signature: bytes) -> StoredRelease:
+        """Point a channel at a release, given a verified promotion statement that is newer
+        than the last one applied to that channel (an older one is a replay)."""
+        with self._transaction():
+            stored = self.release(statement["release_id"])
+            if stored is None or stored.version != statement["version"] or stored.base_id != statement["base_id"]:
+                raise StoreError("unknown-release", f"no release {statement['release_id'][:12]} "
+                                                    f"v{statement['version']} of base {statement['base_id'][:12]}")
+            last = self.db.execute("SELECT MAX(created) FROM promotions WHERE base_id = ? AND channel = ?",
+                                   (stored.base_id, statement["channel"])).fetchone()[0]
+            if last is not None and statement["created"] <= last:
+                raise StoreError("stale-promotion", f"promotion signed {statement['created']} is not newer than the "
+                                                    f"last one applied to {statement['channel']} ({last})")
+            self.db.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)", (
+                stored.base_id, statement["channel"], stored.release_id, payload, signature, statement["created"]))
+            self.db.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
+                            (stored.base_id, statement["channel"], stored.release_id, statement["created"]))
+        return stored
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
