@@ -100,6 +100,8 @@ class RegistryClient:
             part.unlink()
             start = 0
         written = start
+        if start == size:  # already complete (an earlier attempt, or a file the device holds)
+            return Download(resumed_from=start, received=0, size=size)
         try:
             stream = self.stub.FetchBlob(pb.FetchRequest(sha256=sha256, offset=start), timeout=self.timeout_s)
             with open(part, "ab") as handle:

@@ -1,0 +1,51 @@
+"""`fedpeft registry serve` as a real process on 127.0.0.1, for the registry tests and bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+
+class RegistryProcess:
+    """Start, kill -9 and restart a registry over the same store; `address` is HOST:PORT."""
+
+    def __init__(self, root: Path, operators: Path, tls: Path) -> None:
+        self.root, self.operators, self.tls = Path(root), Path(operators), Path(tls)
+        self.process: subprocess.Popen | None = None
+        self.port = 0  # the first start picks a free port; restarts reuse it
+        self.log: list[str] = []
+        self.banner = ""  # the "listening on" line of the latest start
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RegistryProcess:
+        command = [sys.executable, "-m", "fedpeft.cli", "registry", "serve", "--store", str(self.root / "store"),
+                   "--operators", str(self.operators), "--port", str(self.port),
+                   "--tls-cert", str(self.tls / "server.pem"), "--tls-key", str(self.tls / "server.key")]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        first = self.process.stdout.readline()
+        if "listening on" not in first:
+            raise RuntimeError(f"registry did not start: {first}{self.process.stdout.read()}")
+        self.banner = first
+        self.port = int(first.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        return self
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.log.append(line)
+
+    def kill9(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
