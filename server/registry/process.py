@@ -1,4 +1,5 @@
-"""`fedpeft registry serve` as a real process on 127.0.0.1, for the registry tests and bench."""
+"""`fedpeft registry serve` as a child process on 127.0.0.1 (tests, benchmarks, demos):
+started, killed with SIGKILL and restarted over the same store and port."""
 
 from __future__ import annotations
 

@@ -1,0 +1,92 @@
+"""Device pulls from a real registry process on 127.0.0.1 over TLS.
+
+Publishes one release of the default adapter shapes (bundled all-MiniLM-L6-v2, LoRA r=8,
+4 labels), then runs side by side in one process and prints pulls/second, bytes per pull
+and ratios:
+
+1. full pulls, one at a time: check, download, verify, install;
+2. full pulls, `--concurrency` devices at once (each its own TLS channel and state);
+3. "not modified" checks of devices that are already current.
+
+    .venv/bin/python bench/registry_pulls.py [--pulls 200] [--concurrency 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import fedpeft  # noqa: F401
+from fedpeft.client.device import Device
+from fedpeft.client.registry_client import RegistryClient
+from fedpeft.core.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.release import sign_release
+from fedpeft.core.synthetic_data import LABELS
+from fedpeft.core.tls import write_tls_files
+from fedpeft.server.registry import operator
+from fedpeft.server.registry.process import RegistryProcess
+
+from verify_throughput import minilm_lora_template, minilm_model
+
+
+def _pulls(registry: RegistryProcess, tls: Path, public, base_id: str, folders: list[Path],
+           concurrency: int) -> tuple[float, list]:
+    def pull(folder: Path):
+        with RegistryClient(registry.address, tls / "ca.crt") as client:
+            return Device(folder, public, base_id).pull(client)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(pull, folders))
+    return time.perf_counter() - start, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pulls", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=200)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        new_key_pair(root / "operator.key")
+        operators = Keyring(root / "operators.json")
+        operators.enroll("ops", load_public_key(root / "operator.pub"))
+        operators.save()
+        write_tls_files(root / "tls", ["127.0.0.1"])
+        key, public = load_private_key(root / "operator.key"), load_public_key(root / "operator.pub")
+        model = minilm_model()
+        template = minilm_lora_template(model)
+        base_id = "b" * 64
+        template.attach(model).save_pretrained(str(root / "adapter"))
+        sign_release(root / "adapter", key, version=1, base_id=base_id, template_id=template.template_id,
+                     labels=list(LABELS), parent=None, metrics={}, valid_days=1)
+
+        registry = RegistryProcess(root, root / "operators.json", root / "tls").start()
+        try:
+            with RegistryClient(registry.address, root / "tls" / "ca.crt") as client:
+                release = operator.publish(client, key, root / "adapter", "stable")
+            payload = sum(e["size"] for e in release.files.values())
+            rows = []
+            for label, concurrency, prefix in (("full pull, sequential", 1, "seq"),
+                                               (f"full pull, {args.concurrency} concurrent", args.concurrency, "par"),
+                                               (f"not modified, {args.concurrency} concurrent", args.concurrency, "par")):
+                folders = [root / f"{prefix}-{i}" for i in range(args.pulls)]
+                seconds, results = _pulls(registry, root / "tls", public, base_id, folders, concurrency)
+                expected = "not-modified" if label.startswith("not") else "installed"
+                assert all(r.status == expected for r in results), {r.status for r in results}
+                rows.append((label, args.pulls / seconds, sum(r.bytes_received for r in results) / args.pulls))
+        finally:
+            registry.stop()
+
+    print(f"release: {len(release.files)} files, {payload:,} bytes (adapter_model.safetensors + config)")
+    print(f"{'':38s} {'pulls/s':>9s} {'bytes/pull':>11s} {'vs sequential':>14s}")
+    for label, rate, per_pull in rows:
+        print(f"{label:38s} {rate:9.1f} {per_pull:11,.0f} {rate / rows[0][1]:13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
