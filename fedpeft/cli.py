@@ -214,7 +214,7 @@ def _device_pull(args: argparse.Namespace) -> None:
         print(f"up to date: v{result.version}")
     else:
         print(f"installed v{result.version} ({result.release_id[:12]}) in {device.current}; "
-              f"{result.bytes_received} bytes received" + (f", {result.resumed_bytes} resumed" if result.resumed_bytes else ""))
+              f"{result.bytes_received} bytes received" + (f", {result.resumed_bytes} already on the device" if result.resumed_bytes else ""))
 
 
 def _device_rollback(args: argparse.Namespace) -> None:
@@ -327,19 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--onnx-adapter", help="also ship this `fedpeft export --onto` folder's .onnx_adapter")
     pub.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
     pub.set_defaults(run=_registry_publish)
-    prom = registry.add_parser("promote", help="make a published version the current one of a channel")
-    operator(prom)
-    prom.add_argument("--base-id", required=True)
-    prom.add_argument("--version", type=int, required=True)
-    prom.add_argument("--channel", required=True)
-    prom.set_defaults(run=_registry_promote)
-    back = registry.add_parser("rollback", help="republish an earlier version's weights as a new version")
-    operator(back)
-    back.add_argument("--base-id", required=True)
-    back.add_argument("--to-version", type=int, required=True)
-    back.add_argument("--channel", required=True)
-    back.add_argument("--valid-days", type=float, default=30.0)
-    back.set_defaults(run=_registry_rollback)
+    for name, version_flag, run, text in (
+            ("promote", "--version", _registry_promote, "make a published version the current one of a channel"),
+            ("rollback", "--to-version", _registry_rollback, "republish an earlier version's weights as a new version")):
+        change = registry.add_parser(name, help=text)
+        operator(change)
+        change.add_argument("--base-id", required=True)
+        change.add_argument(version_flag, type=int, required=True)
+        change.add_argument("--channel", required=True)
+        if name == "rollback":
+            change.add_argument("--valid-days", type=float, default=30.0)
+        change.set_defaults(run=run)
     lst = registry.add_parser("list", help="show the published releases and their channels")
     registry_address(lst)
     lst.add_argument("--base-id")

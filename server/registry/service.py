@@ -21,7 +21,7 @@ from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
 from fedpeft.protos import registry_pb2 as pb
 from fedpeft.protos import registry_pb2_grpc
 
-from .store import BlobWriter, RegistryStore, StoredRelease, StoreError, check_sha256
+from .store import BlobWriter, RegistryStore, StoredRelease, StoreError
 
 log = logging.getLogger("fedpeft.registry")
 STATUS = {  # StoreError / ManifestError reason -> gRPC status
