@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,10 @@ def test_device_refuses_a_replayed_release_even_after_a_local_rollback(registry,
 def test_device_refuses_expired_metadata(registry, material, tmp_path, tiny_package):
     with _client(registry, material) as client:
         device = _install_v1(registry, material, tmp_path, tiny_package.base_id, client)
-        operator.publish(client, _operator(material), material / "adapter-2", "stable", valid_days=2 / 86400)
-        time.sleep(2.5)
+        # valid for 5 s: long enough for the registry to accept it on a loaded machine
+        v2 = operator.publish(client, _operator(material), material / "adapter-2", "stable", valid_days=5 / 86400)
+        expires = datetime.fromisoformat(v2.manifest["expires"])
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
         _refused(device, client, "expired")
 
 
@@ -289,11 +292,12 @@ def test_the_registry_refuses_stale_versions_replayed_promotions_and_bad_blobs(r
 
 
 def _big_adapter(material, tmp_path) -> Path:
-    """An adapter folder whose tensors span many 256 KiB chunks (4 MB)."""
+    """An adapter folder whose tensors span many 256 KiB chunks (32 MB: more than gRPC's
+    flow-control windows, so a killed server cannot have sent it all already)."""
     folder = tmp_path / "big"
     shutil.copytree(material / "adapter-2", folder)
     tensors = _tensors(folder)
-    tensors[next(iter(tensors))] = np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32)
+    tensors[next(iter(tensors))] = np.random.default_rng(0).standard_normal(8_000_000).astype(np.float32)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     manifest = json.loads((folder / "release.json").read_bytes())
     sign_release(folder, _operator(material), version=1, base_id=manifest["base_id"],
