@@ -4,7 +4,6 @@ the registry checks it, and devices check it again."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from fedpeft.core.errors import ConfigError
 from fedpeft.core.release import (ADAPTER_FILES, ONNX_ADAPTER_FILES, RELEASE_NAME, Release, check_release,
                                   sign_promotion, sign_release, verify_release)
 from fedpeft.core.signed_files import read_file, sign_manifest, validity
+from fedpeft.export.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, open_export
 from fedpeft.protos import registry_pb2 as pb
 
 BEFORE_ANY_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,7 +49,8 @@ def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, chann
                 if not (Path(onnx_adapter) / name).exists():
                     raise ConfigError(f"{onnx_adapter} lacks {name}: give a folder written by `fedpeft export --onto`")
                 shutil.copyfile(Path(onnx_adapter) / name, staging / name)
-            onnx_manifest = json.loads((staging / "adapter.json").read_bytes())
+            onnx_manifest = open_export(staging, key.public_key(), source.base_id, ADAPTER_EXPORT_NAME,
+                                        ADAPTER_EXPORT_TYPE)  # signature, expiry, file hashes, base
             if onnx_manifest.get("release_id") != source.release_id:
                 raise ConfigError(f"{onnx_adapter} was exported from release {str(onnx_manifest.get('release_id'))[:12]}, "
                                   f"not from {adapter}'s {source.release_id[:12]}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import grpc
 
@@ -75,9 +74,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 writer.finish()
             self.store.add_release(release, first.release.manifest, first.release.signature)
         except (StoreError, ManifestError) as error:
+            await self._refuse(context, "Publish", error)
+        finally:  # a refused, failed or cancelled (client gone) publish leaves no open file behind
             for writer in writers.values():
                 writer.discard()
-            await self._refuse(context, "Publish", error)
         log.info("registry: published v%d (%s) of base %s by %s, %d bytes", release.version, release.release_id[:12],
                  release.base_id[:12], operator.name, received)
         return pb.PublishReply(release_id=release.release_id, version=release.version, bytes_received=received)
@@ -122,8 +122,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         try:
             signed = request.promotion
             operator = self._operator_key(signed.signature, "promotion")
-            statement = check_promotion(signed.manifest, signed.signature, operator.public_key,
-                                        now=datetime.now(UTC))
+            statement = check_promotion(signed.manifest, signed.signature, operator.public_key)
             stored = self.store.promote(statement, signed.manifest, signed.signature)
         except (StoreError, ManifestError) as error:
             await self._refuse(context, "Promote", error)

@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +95,7 @@ class BlobWriter:
         fsync_folder(self.final.parent)
 
     def discard(self) -> None:
+        """Drop the blob unless finish() put it in place; safe to call after finish()."""
         self._handle.close()
         self.path.unlink(missing_ok=True)
 
@@ -182,21 +185,16 @@ class RegistryStore:
                             (stored.base_id, statement["channel"], stored.release_id, statement["created"]))
         return stored
 
-    def _transaction(self):
-        return _Transaction(self.db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
         self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
 
 def _now() -> str:
