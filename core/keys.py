@@ -130,7 +130,16 @@ class Keyring:
         if not path.exists():
             return cls(path)
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
+        except OSError as exc:
+            raise IntegrityError(f"keyring {path} is unreadable: {exc}") from exc
+        return cls.from_json(text, path)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | None = None) -> Keyring:
+        """A list from its JSON text (a keyring file, or the copy a server checkpoint holds)."""
+        try:
+            data = json.loads(text)
             if data.get("format") != KEYRING_FORMAT:
                 raise ValueError(f"unsupported format {data.get('format')!r}")
             keys = {}
@@ -139,8 +148,8 @@ class Keyring:
                 if key_id(public) != kid:
                     raise ValueError(f"entry {kid[:12]} holds the key {key_id(public)[:12]}")
                 keys[kid] = EnrolledKey(kid, str(entry["name"]), public, float(entry["enrolled_at"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IntegrityError(f"keyring {path} is unreadable: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"keyring {path or '(checkpoint copy)'} is unreadable: {exc}") from exc
         return cls(path, keys)
 
     def enroll(self, name: str, public_key: Ed25519PublicKey) -> EnrolledKey:
@@ -159,11 +168,14 @@ class Keyring:
     def get(self, kid: str) -> EnrolledKey | None:
         return self.keys.get(kid)
 
-    def save(self) -> None:
-        if self.path is None:
-            raise ConfigError("this keyring has no file to save to")
+    def to_json(self) -> str:
         data = {"format": KEYRING_FORMAT, "keys": {
             k.key_id: {"name": k.name, "public_key": raw_public_bytes(k.public_key).hex(), "enrolled_at": k.enrolled_at}
             for k in sorted(self.keys.values(), key=lambda k: k.name)
         }}
-        write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+    def save(self) -> None:
+        if self.path is None:
+            raise ConfigError("this keyring has no file to save to")
+        write_atomic(self.path, self.to_json().encode())

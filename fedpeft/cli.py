@@ -10,17 +10,18 @@ from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
 
-def _simulate(args: argparse.Namespace) -> None:
+def _run_config(args: argparse.Namespace):
+    """The TOML config (bundled default without --config) with the command line's overrides."""
     from fedpeft.config import load_config
-    from fedpeft.simulate import simulate
 
-    config = load_config(args.config).with_overrides(**{
+    return load_config(args.config).with_overrides(**{
         "data.source": args.data,
-        "data.clients": args.clients,
+        "data.clients": getattr(args, "clients", None),
         "data.partitioner": args.partitioner,
         "federation.rounds": args.rounds,
         "federation.fraction": args.fraction,
         "federation.strategy": args.strategy,
+        "federation.round_timeout": args.round_timeout,
         "train.epochs": args.local_epochs,
         "train.learning_rate": args.learning_rate,
         "adapter.method": args.method,
@@ -28,17 +29,55 @@ def _simulate(args: argparse.Namespace) -> None:
         "model.path": args.model,
         "run.seed": args.seed,
         "run.out": args.out,
-        "simulation.misbehaving": args.misbehaving,
+        "simulation.misbehaving": getattr(args, "misbehaving", None),
         "security.max_update_norm": args.max_update_norm,
     })
-    summary = simulate(config)
+
+
+def _print_summary(summary: dict, out: str) -> None:
     print(
         f"[fedpeft] done: accuracy initial {summary['initial_accuracy']:.3f}, global {summary['global_accuracy']:.3f}, "
         f"personalized {summary['personalized_accuracy']:.3f}, local-only {summary['local_only_accuracy']:.3f}; "
-        f"results in {config.run.out}"
+        f"results in {out}"
     )
     if summary["rejected"]:
         print(f"[fedpeft] rejected deltas by reason: {summary['rejected']}")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from fedpeft.simulate import simulate
+
+    config = _run_config(args)
+    _print_summary(simulate(config), config.run.out)
+
+
+def _deploy_local(args: argparse.Namespace) -> None:
+    from fedpeft.deploy.local import run_local
+    from fedpeft.simulate import ensure_operator_key
+
+    config = _run_config(args)
+    ensure_operator_key(Path(config.security.operator_key))
+    _print_summary(run_local(config, args.nodes, args.timeout), config.run.out)
+
+
+def _deploy_run(args: argparse.Namespace) -> None:
+    from fedpeft.deploy.flower import FlowerCli
+    from fedpeft.deploy.submit import submit_and_wait
+
+    config = _run_config(args).with_overrides(**{"security.keyring": args.keyring})
+    if not config.security.keyring:
+        raise ConfigError("give the keyring that enrolls the SuperNodes' signing keys (--keyring or security.keyring)")
+    work = Path(config.run.out) / "deployment"
+    cli = FlowerCli(work / "flwr-home", args.superlink, Path(args.ca_cert))
+    _print_summary(submit_and_wait(cli, config, work, args.timeout), config.run.out)
+
+
+def _deploy_node_key(args: argparse.Namespace) -> None:
+    from fedpeft.deploy.node_auth import new_node_auth_key
+
+    public = new_node_auth_key(Path(args.out))
+    print(f"SuperNode authentication key {args.out} (mode 600); register {public} with "
+          f"`flwr supernode register {public} <connection>`")
 
 
 def _keys_new(args: argparse.Namespace) -> None:
@@ -222,28 +261,52 @@ def _device_rollback(args: argparse.Namespace) -> None:
     print(f"now using v{entry['version']} ({entry['release_id'][:12]}); newer releases than the abandoned one still install")
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Overrides of the run's TOML config that `simulate` and `deploy` share."""
+    parser.add_argument("--config", help="TOML file (default: the bundled simulations/default.toml)")
+    parser.add_argument("--data", help="CSV or JSONL file with text, label and optional client_id columns")
+    parser.add_argument("--model", help="transformers model folder (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--partitioner", choices=["natural", "iid", "dirichlet"])
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
+    parser.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
+    parser.add_argument("--local-epochs", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--strategy")
+    parser.add_argument("--method", help="adapter method: ffa-lora, lora or ia3")
+    parser.add_argument("--quantization", help="base quantization: int8, int4 or none")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("simulate", help="run a federation on Flower's simulation engine")
-    sim.add_argument("--config", help="TOML file (default: the bundled simulations/default.toml)")
-    sim.add_argument("--data", help="CSV or JSONL file with text, label and optional client_id columns")
-    sim.add_argument("--model", help="transformers model folder (default: the bundled all-MiniLM-L6-v2)")
+    _run_arguments(sim)
     sim.add_argument("--clients", type=int)
-    sim.add_argument("--partitioner", choices=["natural", "iid", "dirichlet"])
-    sim.add_argument("--rounds", type=int)
-    sim.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
-    sim.add_argument("--local-epochs", type=int)
-    sim.add_argument("--learning-rate", type=float)
-    sim.add_argument("--strategy")
-    sim.add_argument("--method", help="adapter method: ffa-lora, lora or ia3")
-    sim.add_argument("--quantization", help="base quantization: int8, int4 or none")
-    sim.add_argument("--seed", type=int)
-    sim.add_argument("--out", help="output folder")
     sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
-    sim.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
     sim.set_defaults(run=_simulate)
+
+    deploy = commands.add_parser("deploy", help="run the federation on Flower's Deployment Engine").add_subparsers(
+        dest="deploy_command", required=True)
+    local = deploy.add_parser("local", help="a SuperLink and N SuperNodes as processes on 127.0.0.1 (TLS, node auth)")
+    _run_arguments(local)
+    local.add_argument("--nodes", type=int, default=2, help="SuperNodes, one data partition each (default 2)")
+    local.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
+    local.set_defaults(run=_deploy_local)
+    submit = deploy.add_parser("run", help="submit the federation to a running SuperLink (on its machine) and wait")
+    _run_arguments(submit)
+    submit.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    submit.add_argument("--ca-cert", required=True, help="CA certificate that signed the SuperLink's (fedpeft certs)")
+    submit.add_argument("--keyring", help="enrollment list of the SuperNodes' signing keys (fedpeft keys enroll)")
+    submit.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
+    submit.set_defaults(run=_deploy_run)
+    node_key = deploy.add_parser("node-key", help="a SuperNode authentication key (P-384, OpenSSH) and its .pub")
+    node_key.add_argument("--out", required=True, help="private key file to write (refuses to overwrite)")
+    node_key.set_defaults(run=_deploy_node_key)
 
     keys = commands.add_parser("keys", help="Ed25519 keys: create them, enroll client keys").add_subparsers(
         dest="keys_command", required=True)

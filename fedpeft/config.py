@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from fedpeft.core.data import DataSpec
 from fedpeft.core.errors import ConfigError
@@ -144,6 +146,14 @@ class FederationConfig:
             config = replace(config, **{section: replace(getattr(config, section), **{key: value})})
         config.check()
         return config
+
+    def to_toml(self) -> str:
+        """This config as a TOML file that `load_config` reads back unchanged (a deployed
+        ServerApp reads its settings from such a file)."""
+        values = asdict(self)
+        for name in SEEDED_SECTIONS:
+            del values[name]["seed"]
+        return tomli_w.dumps({name: {k: v for k, v in body.items() if v is not None} for name, body in values.items()})
 
     def data_spec(self, labels: tuple[str, ...] = ()) -> DataSpec:
         return DataSpec(

@@ -22,12 +22,14 @@ class RunLog:
     _started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
+        """Start the file afresh, or with the rows of the rounds a resumed run already completed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
 
     def train_done(self, server_round: int, metrics: MetricRecord | None, traffic: RoundTraffic) -> None:
         self._pending = {
             "round": server_round,
+            "start_adapter": traffic.start_adapter,
             "train_loss": float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None,
             "bytes_down": traffic.bytes_down,
             "bytes_up": traffic.bytes_up,
@@ -51,7 +53,7 @@ class RunLog:
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(self.progress_line(row), flush=True)
+        print(progress_line(row, self.rounds), flush=True)
 
     def rejected_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -60,15 +62,17 @@ class RunLog:
                 totals[reason] = totals.get(reason, 0) + count
         return dict(sorted(totals.items()))
 
-    def progress_line(self, row: dict[str, Any]) -> str:
-        def fmt(value: float | None, spec: str) -> str:
-            return "n/a" if value is None else format(value, spec)
 
-        rejected = sum(row.get("rejected", {}).values())
-        return (
-            f"[fedpeft] round {row['round']}/{self.rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
-            f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
-            f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
-            f"{f'  rejected {rejected}' if rejected else ''}"
-            f"{'  global unchanged' if row.get('unchanged') else ''}  ({row['seconds']:.0f} s)"
-        )
+def progress_line(row: dict[str, Any], rounds: int) -> str:
+    """One metrics.jsonl row as the line a run prints after each round."""
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    rejected = sum(row.get("rejected", {}).values())
+    return (
+        f"[fedpeft] round {row['round']}/{rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
+        f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
+        f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
+        f"{f'  rejected {rejected}' if rejected else ''}"
+        f"{'  global unchanged' if row.get('unchanged') else ''}  ({row['seconds']:.0f} s)"
+    )

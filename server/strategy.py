@@ -37,8 +37,12 @@ STRATEGIES = {
 }
 
 
+SERVER_OPTIMIZER_STATE = ("m_t", "v_t")  # flwr.serverapp.strategy.FedOpt's moments
+
+
 @dataclass
 class RoundTraffic:
+    start_adapter: str = ""  # hash of the global adapter the round's clients train from
     bytes_down: int = 0
     bytes_up: int = 0
     replies: int = 0
@@ -68,23 +72,30 @@ class DeltaStrategyMixin:
     """Put before a Flower strategy class in the bases: `class S(DeltaStrategyMixin, FedAvg)`.
 
     Set `binding` and `verifier` before `start()`; `min_accepted` deltas are needed for
-    a round to change the global adapter.
+    a round to change the global adapter. A resumed run sets `round_offset` to the rounds
+    already completed: Flower counts the rounds of `start()` from 1, deltas are bound to
+    the run's round number.
     """
 
     binding: RunBinding
     verifier: DeltaVerifier
     min_accepted: int = 1
     streams_mean: bool = False  # plain FedAvg: averaged as replies arrive, see _running_mean
+    round_offset: int = 0
+    on_configure: Callable[[Grid], None] | None = None  # before each round: bring newly joined nodes up to date
     on_train: Callable[[int, MetricRecord | None, RoundTraffic], None] | None = None
     on_evaluate: Callable[[int, MetricRecord | None], None] | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        if self.on_configure is not None:
+            self.on_configure(grid)
         self.global_arrays = from_record(arrays)
-        self.traffic = RoundTraffic()
+        self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
         b = self.binding
         self.expectation = RoundExpectation(b.run_id, server_round, b.base_id, b.template_id,
-                                            tensors_id(self.global_arrays), b.tensors)
+                                            self.traffic.start_adapter, b.tensors)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.traffic.bytes_down = len(messages) * record_bytes(arrays)
         return messages
@@ -116,6 +127,7 @@ class DeltaStrategyMixin:
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         if self.streams_mean:
             new_global, metrics = self._running_mean(server_round, replies)
         else:
@@ -173,10 +185,21 @@ class DeltaStrategyMixin:
         return (from_record(arrays) if arrays is not None else None), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         metrics = super().aggregate_evaluate(server_round, replies)
         if self.on_evaluate is not None:
             self.on_evaluate(server_round, metrics)
         return metrics
+
+    def state_arrays(self) -> dict[str, Arrays]:
+        """The tensors a Flower server optimizer carries between rounds (FedAdam's m_t, v_t)."""
+        return {attr: dict(getattr(self, attr)) for attr in SERVER_OPTIMIZER_STATE if getattr(self, attr, None)}
+
+    def restore_state(self, state: Mapping[str, Arrays]) -> None:
+        for attr, arrays in state.items():
+            if attr not in SERVER_OPTIMIZER_STATE:
+                raise ConfigError(f"checkpointed strategy state {attr!r} is not one fedpeft restores")
+            setattr(self, attr, dict(arrays))
 
 
 def _signed_metrics(delta: VerifiedDelta) -> MetricRecord:

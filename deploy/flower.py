@@ -1,0 +1,166 @@
+"""Flower's own programs as child processes: `flower-superlink`, `flower-supernode`, and
+the `flwr` CLI (register SuperNodes, submit a run, read its status).
+
+fedpeft does not reimplement any of them; it only builds their command lines. Runtime
+dependency installation (`uv sync` per run) is switched off: the ServerApp and ClientApp
+are the installed fedpeft package's, and the machines may have no package index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from fedpeft.core.errors import FedPeftError
+from fedpeft.core.tls import CA_CERT, SERVER_CERT, SERVER_KEY
+
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: installed beside this Python
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of Flower's processes: its SuperExec finds flwr-serverapp/flwr-clientapp on PATH."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home),
+            "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+class FlowerProcess:
+    """One Flower program in its own process group (its SuperExec and app processes die with it)."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name, self.argv, self.log, self.env = name, argv, Path(log), env
+        self.process: subprocess.Popen | None = None
+        self.log_start = 0  # a restart appends to the log: this start's lines begin here
+
+    def start(self) -> FlowerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.log_start = out.tell()
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                            start_new_session=True)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        """What this start of the process has logged."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as handle:
+            handle.seek(self.log_start)
+            return handle.read().decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if not self.alive:
+                raise FedPeftError(f"{self.name} exited ({self.process.returncode}): {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise FedPeftError(f"{self.name}: no {text!r} within {timeout:.0f} s; see {self.log}")
+            time.sleep(0.2)
+
+    def kill9(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, grace: float = 15.0) -> None:
+        if not self.alive:
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        self._signal_group(signal.SIGKILL)  # children that outlived their parent
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass(frozen=True)
+class SuperLinkSettings:
+    port: int
+    tls: Path               # folder with ca.crt, server.pem, server.key (fedpeft certs)
+    database: Path          # SuperLink state (nodes, runs) that survives a restart
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept SuperNodes from other machines
+
+    def command(self) -> list[str]:
+        return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.tls / CA_CERT),
+                "--ssl-certfile", str(self.tls / SERVER_CERT), "--ssl-keyfile", str(self.tls / SERVER_KEY),
+                "--enable-supernode-auth", "--database", str(self.database),
+                "--disable-runtime-dependency-installation", "--host", self.host, "--port", str(self.port)]
+
+
+@dataclass(frozen=True)
+class SuperNodeSettings:
+    superlink: str          # HOST:PORT
+    ca: Path                # the CA certificate that signed the SuperLink's
+    auth_key: Path          # node_auth.new_node_auth_key, registered with the SuperLink
+    port: int               # this SuperNode's own (local) API for its ClientApp processes
+    node_config: dict[str, str | int] = field(default_factory=dict)  # partition-id, key-file, cache-dir
+
+    def command(self) -> list[str]:
+        config = " ".join(f"{k}={json.dumps(v)}" for k, v in self.node_config.items())
+        return [str(BIN / "flower-supernode"), "--superlink", self.superlink, "--root-certificates", str(self.ca),
+                "--auth-supernode-private-key", str(self.auth_key), "--node-config", config,
+                "--port", str(self.port)]
+
+
+class FlowerCli:
+    """The `flwr` command line against one SuperLink, configured in a FLWR_HOME of its own."""
+
+    CONNECTION = "fedpeft"
+
+    def __init__(self, home: Path, superlink: str, ca: Path) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        connection = {"address": superlink, "root-certificates": str(Path(ca).resolve())}
+        (self.home / "config.toml").write_text(tomli_w.dumps(
+            {"superlink": {"default": self.CONNECTION, self.CONNECTION: connection}}))
+
+    def _json(self, *args: str) -> dict:
+        command = [str(BIN / "flwr"), *args, "--format", "json"]
+        proc = subprocess.run(command, capture_output=True, text=True, env=flower_environment(self.home), timeout=120)
+        start = proc.stdout.find("{")
+        try:
+            reply = json.loads(proc.stdout[start:]) if start >= 0 else {}
+        except json.JSONDecodeError:
+            reply = {}
+        if proc.returncode != 0 or not reply.get("success"):
+            detail = reply.get("error-message") or (proc.stdout + proc.stderr).strip()[-1500:]
+            raise FedPeftError(f"`flwr {' '.join(args[:2])}` failed: {detail}")
+        return reply
+
+    def register(self, public_key: Path) -> int:
+        return int(self._json("supernode", "register", str(public_key), self.CONNECTION)["node-id"])
+
+    def online_nodes(self) -> set[int]:
+        nodes = self._json("supernode", "list", self.CONNECTION)["nodes"]
+        return {int(n["node-id"]) for n in nodes if n["status"] == "online"}
+
+    def submit(self, app: Path, run_config: dict[str, str | bool]) -> int:
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        return int(self._json("run", str(app), self.CONNECTION, "--run-config", overrides)["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """pending, starting, running, finished:completed, finished:failed, ..."""
+        return str(self._json("list", self.CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])

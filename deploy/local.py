@@ -1,0 +1,150 @@
+"""`fedpeft deploy local`: one SuperLink and N SuperNodes as processes on 127.0.0.1.
+
+Everything a real deployment has, made for the occasion and kept in one work folder so a
+restart finds it again: a private CA and the SuperLink's TLS certificate, per SuperNode
+an authentication key (registered with the SuperLink) and an Ed25519 key that signs its
+deltas (enrolled in the run's keyring), its data partition and its own base cache. The
+SuperLink keeps its state in a database file, so SuperNodes and runs survive its restart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedpeft.config import FederationConfig
+from fedpeft.core.atomic import write_atomic
+from fedpeft.core.errors import FedPeftError
+from fedpeft.core.keys import Keyring, key_id, load_public_key, new_key_pair, public_key_path
+from fedpeft.core.tls import CA_CERT, write_tls_files
+
+from .flower import FlowerCli, FlowerProcess, SuperLinkSettings, SuperNodeSettings, flower_environment, free_port
+from .node_auth import new_node_auth_key
+from .submit import submit_and_wait
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """One SuperNode's files: its keys, its registered node id and its base cache."""
+
+    partition: int
+    folder: Path
+
+    @property
+    def auth_key(self) -> Path:
+        return self.folder / "auth.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.folder / "client.key"
+
+    @property
+    def node_id_file(self) -> Path:
+        return self.folder / "node-id"
+
+
+class LocalDeployment:
+    """Start, kill -9 and restart the SuperLink and each SuperNode; see `run` for the whole job."""
+
+    def __init__(self, work: Path, nodes: int) -> None:
+        if nodes < 2:
+            raise FedPeftError(f"a federation needs at least 2 SuperNodes, got {nodes}")
+        self.work = Path(work).resolve()
+        self.nodes = [NodeFiles(i, self.work / "nodes" / f"node-{i}") for i in range(nodes)]
+        self.tls = self.work / "tls"
+        self.keyring = self.work / "keyring.json"
+        self.port = free_port(HOST)  # kept for restarts, so SuperNodes find the SuperLink again
+        self.node_ports = [free_port(HOST) for _ in self.nodes]
+        self.superlink: FlowerProcess | None = None
+        self.supernodes: dict[int, FlowerProcess] = {}
+        self.cli = FlowerCli(self.work / "flwr-home", self.address, self.tls / CA_CERT)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def prepare(self, config: FederationConfig) -> FederationConfig:
+        """Certificates and keys (made once, reused after a restart) and their enrollment."""
+        if not (self.tls / CA_CERT).exists():
+            write_tls_files(self.tls, [HOST])
+        keyring = Keyring.load(self.keyring)
+        for node in self.nodes:
+            if not node.auth_key.exists():
+                new_node_auth_key(node.auth_key)
+            if not node.signing_key.exists():
+                new_key_pair(node.signing_key)
+            public = load_public_key(public_key_path(node.signing_key))
+            if keyring.get(key_id(public)) is None:
+                keyring.enroll(f"client-{node.partition}", public)
+        keyring.save()
+        return config.with_overrides(**{"security.keyring": str(self.keyring), "data.clients": len(self.nodes)})
+
+    def start_superlink(self) -> None:
+        settings = SuperLinkSettings(self.port, self.tls, self.work / "superlink.db", HOST)
+        env = flower_environment(self.cli.home, {"FEDPEFT_CACHE": str(self.work / "server-cache")})
+        self.superlink = FlowerProcess("superlink", settings.command(), self.work / "logs" / "superlink.log", env).start()
+        self.superlink.wait_for("Uvicorn running on", timeout=120)
+
+    def register_nodes(self) -> None:
+        """Register each SuperNode's authentication key once; the SuperLink's database keeps it."""
+        for node in self.nodes:
+            if not node.node_id_file.exists():
+                node_id = self.cli.register(public_key_path(node.auth_key))
+                write_atomic(node.node_id_file, f"{node_id}\n".encode())
+
+    def node_id(self, partition: int) -> int:
+        return int(self.nodes[partition].node_id_file.read_text())
+
+    def start_supernode(self, partition: int) -> None:
+        node = self.nodes[partition]
+        settings = SuperNodeSettings(self.address, self.tls / CA_CERT, node.auth_key, self.node_ports[partition], {
+            "partition-id": partition, "num-partitions": len(self.nodes),
+            "key-file": str(node.signing_key), "cache-dir": str(node.folder / "cache"),
+        })
+        log = self.work / "logs" / f"supernode-{partition}.log"
+        self.supernodes[partition] = FlowerProcess(f"supernode {partition}", settings.command(), log,
+                                                   flower_environment(self.cli.home)).start()
+
+    def wait_online(self, partitions: list[int], timeout: float = 120) -> None:
+        wanted = {self.node_id(p) for p in partitions}
+        deadline = time.monotonic() + timeout
+        while not wanted <= self.cli.online_nodes():
+            for partition in partitions:
+                if not self.supernodes[partition].alive:
+                    raise FedPeftError(f"supernode {partition} exited: {self.supernodes[partition].log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise FedPeftError(f"SuperNodes {partitions} not all online after {timeout:.0f} s")
+            time.sleep(1)
+
+    def start(self) -> None:
+        """SuperLink, registration, then every SuperNode, until all are online."""
+        self.start_superlink()
+        self.register_nodes()
+        for node in self.nodes:
+            self.start_supernode(node.partition)
+        self.wait_online([n.partition for n in self.nodes])
+
+    def check_alive(self) -> None:
+        if self.superlink is None or not self.superlink.alive:
+            raise FedPeftError(f"the SuperLink exited; see {self.work / 'logs' / 'superlink.log'}")
+
+    def stop(self) -> None:
+        for process in [*self.supernodes.values(), self.superlink]:
+            if process is not None:
+                process.stop()
+
+
+def run_local(config: FederationConfig, nodes: int, timeout: float) -> dict:
+    """The whole job: start everything, run the federation (resuming a killed one), stop."""
+    deployment = LocalDeployment(Path(config.run.out) / "deployment", nodes)
+    config = deployment.prepare(config)
+    try:
+        deployment.start()
+        print(f"[fedpeft] SuperLink {deployment.address} (TLS, SuperNode authentication), {nodes} SuperNodes "
+              f"online; logs in {deployment.work / 'logs'}", flush=True)
+        return submit_and_wait(deployment.cli, config, deployment.work, timeout, deployment.check_alive)
+    finally:
+        deployment.stop()

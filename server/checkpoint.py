@@ -1,0 +1,81 @@
+"""The server's state after each completed round, so a killed server resumes its run.
+
+One safetensors file holds the global adapter and the strategy's tensors (FedAdam's
+moments...); its metadata holds the round, the run's identity, the enrollment list and
+the metrics rows so far. It is replaced atomically (core/atomic.py): after a kill -9 the
+file is the last completed round's, never a half-written one. It stays on the server and
+is not signed; the adapter hash stored beside the tensors catches a damaged file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+
+from fedpeft.core.adapter_state import Arrays
+from fedpeft.core.atomic import write_atomic
+from fedpeft.core.errors import IntegrityError
+from fedpeft.core.hashing import tensors_id
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+FORMAT = 1
+_META = "fedpeft-checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    round: int              # the last completed round
+    run_id: str
+    base_id: str
+    template_id: str
+    adapter: Arrays         # the global adapter after `round`
+    keyring_json: str       # the enrollment list the run verifies deltas against
+    strategy_state: dict[str, Arrays] = field(default_factory=dict)  # strategy attribute -> tensors
+    rows: list[dict[str, Any]] = field(default_factory=list)          # metrics.jsonl rows so far
+
+    @property
+    def adapter_id(self) -> str:
+        return tensors_id(self.adapter)
+
+    def save(self, path: Path) -> None:
+        tensors = {f"adapter/{n}": a for n, a in self.adapter.items()}
+        for attr, arrays in self.strategy_state.items():
+            tensors.update({f"strategy/{attr}/{n}": a for n, a in arrays.items()})
+        meta = {"format": FORMAT, "round": self.round, "run_id": self.run_id, "base_id": self.base_id,
+                "template_id": self.template_id, "adapter_id": self.adapter_id, "keyring": self.keyring_json,
+                "rows": self.rows}
+        write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                metadata={_META: json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`, None if there is none; a damaged one is an IntegrityError."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(path, framework="np") as handle:
+            meta = json.loads((handle.metadata() or {})[_META])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"unsupported format {meta.get('format')!r}")
+        adapter = {k.removeprefix("adapter/"): v for k, v in tensors.items() if k.startswith("adapter/")}
+        state: dict[str, Arrays] = {}
+        for key, value in tensors.items():
+            if key.startswith("strategy/"):
+                _, attr, name = key.split("/", 2)
+                state.setdefault(attr, {})[name] = value
+        checkpoint = Checkpoint(int(meta["round"]), str(meta["run_id"]), str(meta["base_id"]),
+                                str(meta["template_id"]), adapter, str(meta["keyring"]), state, list(meta["rows"]))
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"checkpoint {path} is unreadable: {exc}") from exc
+    if checkpoint.adapter_id != meta["adapter_id"]:
+        raise IntegrityError(f"checkpoint {path}: its adapter does not match the hash stored with it")
+    return checkpoint
+
