@@ -38,8 +38,56 @@ def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> 
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants. Flower's SuperExec runs in a session of its own
+    (and so do the ServerApp / ClientApp processes it starts): a process-group kill would
+    leave them running, so fedpeft walks the tree."""
+    children, tree, stack = _children(), [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    return tree
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_tree(pid: int) -> None:
+    kill_pids(process_tree(pid))
+
+
+def kill_flower_tree(pid: int) -> bool:
+    """kill_tree(pid) if pid is still a Flower program (not a reused pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if b"flower-" not in command:
+        return False
+    kill_tree(pid)
+    return True
+
+
 class FlowerProcess:
-    """One Flower program in its own process group (its SuperExec and app processes die with it)."""
+    """One Flower program and the processes it starts (its SuperExec, ServerApp, ClientApps)."""
 
     def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
         self.name, self.argv, self.log, self.env = name, argv, Path(log), env
@@ -76,24 +124,21 @@ class FlowerProcess:
             time.sleep(0.2)
 
     def kill9(self) -> None:
-        self._signal_group(signal.SIGKILL)
+        kill_tree(self.process.pid)
         self.process.wait()
 
     def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL for the program and whatever it started that is still running."""
         if not self.alive:
             return
-        self._signal_group(signal.SIGTERM)
+        tree = process_tree(self.process.pid)  # taken first: once it exits, its children are reparented
+        self.process.terminate()
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.kill9()
-        self._signal_group(signal.SIGKILL)  # children that outlived their parent
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
             pass
+        kill_pids(tree)
+        self.process.wait()
 
 
 @dataclass(frozen=True)
@@ -137,9 +182,12 @@ class FlowerCli:
         (self.home / "config.toml").write_text(tomli_w.dumps(
             {"superlink": {"default": self.CONNECTION, self.CONNECTION: connection}}))
 
+    def _flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), *args], capture_output=True, text=True,
+                              env=flower_environment(self.home), timeout=120)
+
     def _json(self, *args: str) -> dict:
-        command = [str(BIN / "flwr"), *args, "--format", "json"]
-        proc = subprocess.run(command, capture_output=True, text=True, env=flower_environment(self.home), timeout=120)
+        proc = self._flwr(*args, "--format", "json")
         start = proc.stdout.find("{")
         try:
             reply = json.loads(proc.stdout[start:]) if start >= 0 else {}
@@ -164,3 +212,7 @@ class FlowerCli:
     def run_status(self, run_id: int) -> str:
         """pending, starting, running, finished:completed, finished:failed, ..."""
         return str(self._json("list", self.CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
+
+    def run_log(self, run_id: int) -> str:
+        """What the run's ServerApp has logged so far (`flwr log --show`)."""
+        return self._flwr("log", str(run_id), self.CONNECTION, "--show").stdout

@@ -9,6 +9,7 @@ SuperLink keeps its state in a database file, so SuperNodes and runs survive its
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,14 @@ from fedpeft.core.errors import FedPeftError
 from fedpeft.core.keys import Keyring, key_id, load_public_key, new_key_pair, public_key_path
 from fedpeft.core.tls import CA_CERT, write_tls_files
 
-from .flower import FlowerCli, FlowerProcess, SuperLinkSettings, SuperNodeSettings, flower_environment, free_port
+from .flower import (FlowerCli, FlowerProcess, SuperLinkSettings, SuperNodeSettings, flower_environment, free_port,
+                     kill_flower_tree)
 from .node_auth import new_node_auth_key
 from .submit import submit_and_wait
 
 HOST = "127.0.0.1"
+ACTIVATED = "SuperNode ID:"                           # flower-supernode's line once the SuperLink let it in
+REFUSED_WHILE_ONLINE = "Failed to activate SuperNode"  # its exit reason while its earlier self still counts as online
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class LocalDeployment:
 
     def prepare(self, config: FederationConfig) -> FederationConfig:
         """Certificates and keys (made once, reused after a restart) and their enrollment."""
+        self.stop_leftovers()
         if not (self.tls / CA_CERT).exists():
             write_tls_files(self.tls, [HOST])
         keyring = Keyring.load(self.keyring)
@@ -86,6 +91,7 @@ class LocalDeployment:
         settings = SuperLinkSettings(self.port, self.tls, self.work / "superlink.db", HOST)
         env = flower_environment(self.cli.home, {"FEDPEFT_CACHE": str(self.work / "server-cache")})
         self.superlink = FlowerProcess("superlink", settings.command(), self.work / "logs" / "superlink.log", env).start()
+        self._record_pids()
         self.superlink.wait_for("Uvicorn running on", timeout=120)
 
     def register_nodes(self) -> None:
@@ -98,7 +104,7 @@ class LocalDeployment:
     def node_id(self, partition: int) -> int:
         return int(self.nodes[partition].node_id_file.read_text())
 
-    def start_supernode(self, partition: int) -> None:
+    def _launch_supernode(self, partition: int) -> None:
         node = self.nodes[partition]
         settings = SuperNodeSettings(self.address, self.tls / CA_CERT, node.auth_key, self.node_ports[partition], {
             "partition-id": partition, "num-partitions": len(self.nodes),
@@ -107,6 +113,30 @@ class LocalDeployment:
         log = self.work / "logs" / f"supernode-{partition}.log"
         self.supernodes[partition] = FlowerProcess(f"supernode {partition}", settings.command(), log,
                                                    flower_environment(self.cli.home)).start()
+        self._record_pids()
+
+    def start_supernodes(self, partitions: list[int], timeout: float = 240) -> None:
+        """Start SuperNodes and wait until the SuperLink has let each in.
+
+        The SuperLink counts a killed SuperNode as online until its heartbeats have been
+        missing for about a minute, and refuses to activate the same key until then: a
+        node refused that way is started again until it is let in.
+        """
+        for partition in partitions:
+            self._launch_supernode(partition)
+        waiting, deadline = set(partitions), time.monotonic() + timeout
+        while waiting:
+            for partition in sorted(waiting):
+                process = self.supernodes[partition]
+                if ACTIVATED in process.log_text():
+                    waiting.discard(partition)
+                elif not process.alive:
+                    if REFUSED_WHILE_ONLINE not in process.log_text():
+                        raise FedPeftError(f"supernode {partition} exited: {process.log_text()[-2000:]}")
+                    self._launch_supernode(partition)
+            if waiting and time.monotonic() > deadline:
+                raise FedPeftError(f"SuperNodes {sorted(waiting)} not let in after {timeout:.0f} s; see {self.work / 'logs'}")
+            time.sleep(2)
 
     def wait_online(self, partitions: list[int], timeout: float = 120) -> None:
         wanted = {self.node_id(p) for p in partitions}
@@ -123,9 +153,7 @@ class LocalDeployment:
         """SuperLink, registration, then every SuperNode, until all are online."""
         self.start_superlink()
         self.register_nodes()
-        for node in self.nodes:
-            self.start_supernode(node.partition)
-        self.wait_online([n.partition for n in self.nodes])
+        self.start_supernodes([n.partition for n in self.nodes])
 
     def check_alive(self) -> None:
         if self.superlink is None or not self.superlink.alive:
@@ -135,6 +163,25 @@ class LocalDeployment:
         for process in [*self.supernodes.values(), self.superlink]:
             if process is not None:
                 process.stop()
+        self.pid_file.unlink(missing_ok=True)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.work / "processes.json"
+
+    def _record_pids(self) -> None:
+        processes = [*self.supernodes.values(), self.superlink]
+        write_atomic(self.pid_file, json.dumps([p.process.pid for p in processes if p is not None]).encode())
+
+    def stop_leftovers(self) -> None:
+        """A deployment killed with kill -9 leaves its Flower processes running (each in its
+        own session, holding ports and the database): stop them before starting again."""
+        if not self.pid_file.exists():
+            return
+        for pid in json.loads(self.pid_file.read_text()):
+            if kill_flower_tree(pid):
+                print(f"[fedpeft] stopped process {pid} (and its children) left by an earlier deployment", flush=True)
+        self.pid_file.unlink()
 
 
 def run_local(config: FederationConfig, nodes: int, timeout: float) -> dict:

@@ -82,12 +82,13 @@ def submit_and_wait(cli: FlowerCli, config: FederationConfig, work: Path, timeou
     out = Path(config.run.out)
     submitted = time.time()
     run_id = cli.submit(app, {"config": str(settings), "resume": True})
-    print(f"[fedpeft] submitted run {run_id} (the ServerApp's log: FLWR_HOME={cli.home} flwr log {run_id})", flush=True)
+    print(f"[fedpeft] submitted run {run_id}; the ServerApp's log: "
+          f"FLWR_HOME={cli.home} flwr log {run_id} {cli.CONNECTION}", flush=True)
     follow = MetricsFollower(out / "metrics.jsonl", config.federation.rounds)
     status = wait_for_run(cli, run_id, timeout, lambda: (on_wait(), follow()))
     follow()
     summary = out / "summary.json"
     if status != "finished:completed" or not summary.is_file() or summary.stat().st_mtime < submitted:
-        raise FedPeftError(f"run {run_id} ended {status} without writing {summary}; "
-                           f"see `FLWR_HOME={cli.home} flwr log {run_id}`")
+        raise FedPeftError(f"run {run_id} ended {status} without writing {summary}; the end of its ServerApp's "
+                           f"log:\n{cli.run_log(run_id)[-3000:]}")
     return json.loads(summary.read_text())

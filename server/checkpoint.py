@@ -4,7 +4,7 @@ One safetensors file holds the global adapter and the strategy's tensors (FedAda
 moments...); its metadata holds the round, the run's identity, the enrollment list and
 the metrics rows so far. It is replaced atomically (core/atomic.py): after a kill -9 the
 file is the last completed round's, never a half-written one. It stays on the server and
-is not signed; the adapter hash stored beside the tensors catches a damaged file.
+is not signed; the hash of all its tensors, stored beside them, catches a damaged file.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ class Checkpoint:
         tensors = {f"adapter/{n}": a for n, a in self.adapter.items()}
         for attr, arrays in self.strategy_state.items():
             tensors.update({f"strategy/{attr}/{n}": a for n, a in arrays.items()})
-        meta = {"format": FORMAT, "round": self.round, "run_id": self.run_id, "base_id": self.base_id,
-                "template_id": self.template_id, "adapter_id": self.adapter_id, "keyring": self.keyring_json,
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        meta = {"format": FORMAT, "tensors_id": tensors_id(tensors), "round": self.round, "run_id": self.run_id, "base_id": self.base_id,
+                "template_id": self.template_id, "keyring": self.keyring_json,
                 "rows": self.rows}
-        write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                metadata={_META: json.dumps(meta)}))
+        write_atomic(path, save(tensors, metadata={_META: json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -65,6 +65,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"unsupported format {meta.get('format')!r}")
+        expected = str(meta["tensors_id"])
         adapter = {k.removeprefix("adapter/"): v for k, v in tensors.items() if k.startswith("adapter/")}
         state: dict[str, Arrays] = {}
         for key, value in tensors.items():
@@ -75,7 +76,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
                                 str(meta["template_id"]), adapter, str(meta["keyring"]), state, list(meta["rows"]))
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"checkpoint {path} is unreadable: {exc}") from exc
-    if checkpoint.adapter_id != meta["adapter_id"]:
-        raise IntegrityError(f"checkpoint {path}: its adapter does not match the hash stored with it")
+    if tensors_id(tensors) != expected:
+        raise IntegrityError(f"checkpoint {path}: its tensors do not match the hash stored with them")
     return checkpoint
 

@@ -9,6 +9,7 @@ process with torch, so a deployed round takes tens of seconds on two cores).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def _wait(condition, timeout: float, what: str, deployment: LocalDeployment) -> 
         deployment.check_alive()
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def _running(program: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if program.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def _checkpoint_round(out: Path) -> int:
@@ -68,32 +80,37 @@ def deployed(tiny_bert_dir, tmp_path_factory):
         _wait(lambda: "Receiving: train message" in dropped_log.read_text(), 300, "round 1 training", deployment)
         deployment.supernodes[DROPPED].kill9()
         _wait(lambda: _checkpoint_round(out) >= 1, 300, "round 1", deployment)
-        deployment.start_supernode(DROPPED)
+        # (in the background: the SuperLink lets its key in again only once its heartbeats lapsed)
+        rejoin = threading.Thread(target=deployment.start_supernodes, args=([DROPPED],))
+        rejoin.start()
         # The server (SuperLink, its SuperExec and the ServerApp) is killed after round 2.
         _wait(lambda: _checkpoint_round(out) >= 2, 300, "round 2", deployment)
         deployment.superlink.kill9()
+        facts["serverapps_after_kill"] = _running("flwr-serverapp")
         facts["killed_at"] = load_checkpoint(out / CHECKPOINT_FILE)
         facts["rows_before_kill"] = (out / "metrics.jsonl").read_text().splitlines()
         time.sleep(3)
         facts["round_after_kill"] = _checkpoint_round(out)  # nothing of the killed run goes on writing
 
         deployment.start_superlink()
+        rejoin.join()
         deployment.wait_online(list(range(NODES)))
         second_run = deployment.cli.submit(app, {"config": str(settings), "resume": True})
         facts["status"] = wait_for_run(deployment.cli, second_run, 600, deployment.check_alive)
+        facts["server_log"] = deployment.cli.run_log(second_run)
         facts["first_run"], facts["second_run"] = first_run, second_run
         facts["stranger_online"] = stranger.alive and "SuperNode ID" in stranger.log_text()
         facts["stranger_log"] = stranger.log_text()
         stranger.stop()
     finally:
         deployment.stop()
+    assert facts["status"] == "finished:completed", facts["server_log"][-3000:]
     facts["summary"] = json.loads((out / "summary.json").read_text())
     facts["rows"] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return facts
 
 
 def test_runs_to_completion_with_tls_node_auth_and_signed_deltas(deployed):
-    assert deployed["status"] == "finished:completed"
     deployment = deployed["deployment"]
     assert "Uvicorn running on https://" in deployment.superlink.log_text()
     rows = deployed["rows"]
@@ -120,7 +137,9 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_round_and_rejoins(deploy
 def test_killed_server_resumes_from_last_completed_round_with_same_adapter(deployed):
     killed_at, summary, rows = deployed["killed_at"], deployed["summary"], deployed["rows"]
     assert killed_at.round == 2 and deployed["round_after_kill"] == 2
+    assert deployed["serverapps_after_kill"] == []  # the ServerApp died with the SuperLink
     assert summary["resumed_after_round"] == 2
+    assert f"after round 2/{ROUNDS}, global adapter {killed_at.adapter_id[:12]}" in deployed["server_log"]
     assert rows[2]["start_adapter"] == killed_at.adapter_id  # round 3 trained from the checkpointed adapter
     assert [json.dumps(r) for r in rows[:2]] == deployed["rows_before_kill"]
     assert summary["base_sent_to"] == 0  # every SuperNode still had the base cached by its hash

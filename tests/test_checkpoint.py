@@ -1,0 +1,97 @@
+"""The server checkpoint: what a resumed run starts from, and refusals of damaged files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.keys import Keyring, load_public_key, new_key_pair, public_key_path
+from fedpeft.server.checkpoint import Checkpoint, load_checkpoint
+from fedpeft.server.strategy import RunBinding, build_strategy
+from fedpeft.server.verify import DeltaVerifier, VerifyPolicy
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Checkpoint:
+    keyring = Keyring(tmp_path / "keyring.json")
+    new_key_pair(tmp_path / "c0.key")
+    keyring.enroll("client-0", load_public_key(public_key_path(tmp_path / "c0.key")))
+    rng = np.random.default_rng(0)
+    adapter = {"layer.lora_B": rng.normal(size=(8, 4)).astype(np.float32),
+               "head.weight": rng.normal(size=(4, 8)).astype(np.float32)}
+    state = {"m_t": {n: a * 0.1 for n, a in adapter.items()}, "v_t": {n: a * a for n, a in adapter.items()}}
+    return Checkpoint(2, "ab" * 16, "b" * 64, "c" * 64, adapter, keyring.to_json(), state,
+                      [{"round": 1, "accepted": 3}, {"round": 2, "accepted": 2}])
+
+
+def test_round_trip_keeps_every_field_bit_exact(tmp_path, checkpoint):
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    loaded = load_checkpoint(path)
+    assert (loaded.round, loaded.run_id, loaded.base_id, loaded.template_id) == (2, "ab" * 16, "b" * 64, "c" * 64)
+    assert loaded.adapter_id == checkpoint.adapter_id
+    assert loaded.rows == checkpoint.rows
+    for attr in ("m_t", "v_t"):
+        for name, value in checkpoint.strategy_state[attr].items():
+            assert np.array_equal(loaded.strategy_state[attr][name], value)
+    assert Keyring.from_json(loaded.keyring_json).keys.keys() == Keyring.from_json(checkpoint.keyring_json).keys.keys()
+
+
+def test_absent_checkpoint_is_none(tmp_path):
+    assert load_checkpoint(tmp_path / "none.safetensors") is None
+
+
+def test_saving_again_replaces_the_file_whole(tmp_path, checkpoint):
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    checkpoint.round = 3
+    checkpoint.save(path)
+    assert load_checkpoint(path).round == 3
+    assert [p.name for p in tmp_path.iterdir() if "checkpoint" in p.name] == ["checkpoint.safetensors"]
+
+
+def test_truncated_file_is_refused(tmp_path, checkpoint):
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(IntegrityError, match="unreadable"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])  # an adapter tensor, a strategy tensor
+def test_tensor_that_no_longer_matches_its_stored_hash_is_refused(tmp_path, checkpoint, where):
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header if where == "first" else -1] ^= 0x01  # one bit of tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="do not match the hash"):
+        load_checkpoint(path)
+
+
+def test_unknown_format_and_missing_metadata_are_refused(tmp_path, checkpoint):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_file(checkpoint.adapter, str(path))  # a safetensors file, but not a checkpoint
+    with pytest.raises(IntegrityError, match="unreadable"):
+        load_checkpoint(path)
+    save_file({f"adapter/{n}": a for n, a in checkpoint.adapter.items()}, str(path),
+              metadata={"fedpeft-checkpoint": json.dumps({"format": 99})})
+    with pytest.raises(IntegrityError, match="unsupported format 99"):
+        load_checkpoint(path)
+
+
+def test_fedadam_moments_go_into_the_checkpoint_and_come_back(checkpoint):
+    binding = RunBinding("r", "b" * 64, "c" * 64, {n: ("<f4", a.shape) for n, a in checkpoint.adapter.items()})
+    verifier = DeltaVerifier(Keyring(), VerifyPolicy(0.0, 100, 0))
+    strategy = build_strategy("fedadam", 1.0, 2, binding, verifier)
+    assert strategy.state_arrays() == {}  # no round aggregated yet
+    strategy.restore_state(checkpoint.strategy_state)
+    state = strategy.state_arrays()
+    assert set(state) == {"m_t", "v_t"}
+    assert all(np.array_equal(state["v_t"][n], checkpoint.strategy_state["v_t"][n]) for n in checkpoint.adapter)
+    with pytest.raises(ConfigError, match="'eta'"):
+        strategy.restore_state({"eta": {}})
