@@ -51,7 +51,7 @@ class NodeFiles:
 
 
 class LocalDeployment:
-    """Start, kill -9 and restart the SuperLink and each SuperNode; see `run` for the whole job."""
+    """Start, kill -9 and restart the SuperLink and each SuperNode; `run_local` is the whole job."""
 
     def __init__(self, work: Path, nodes: int) -> None:
         if nodes < 2:

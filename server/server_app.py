@@ -236,6 +236,8 @@ app = ServerApp()
 def deployed_main(grid: Grid, context: Context) -> None:
     """The ServerApp `flwr run` starts on a SuperLink (deploy/): the run config names the
     settings file and whether to resume from the checkpoint in its run.out."""
+    if not context.run_config.get("config"):
+        raise ConfigError("the run config names no settings file (config=...): submit with `fedpeft deploy`")
     config = load_config(str(context.run_config["config"]))
     _, labels = load_rows(config.data_spec())
     run_federation(grid, config, labels, Path(config.run.out), resume=bool(context.run_config["resume"]))
