@@ -147,3 +147,22 @@ def test_killed_server_resumes_from_last_completed_round_with_same_adapter(deplo
     final = load_checkpoint(deployed["out"] / CHECKPOINT_FILE)
     assert final.round == ROUNDS and final.run_id == killed_at.run_id
     assert summary["adapter_id"] == final.adapter_id
+
+
+def test_deploy_commands_refuse_bad_input_with_a_named_reason(tmp_path, monkeypatch, capsys):
+    from fedpeft.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["deploy", "local", "--nodes", "1", "--out", "run"]) == 2
+    assert "at least 2 SuperNodes, got 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+    assert main(["deploy", "run", "--superlink", "127.0.0.1:9", "--ca-cert", "ca.crt", "--out", "run"]) == 2
+    assert "--keyring" in capsys.readouterr().err
+
+    keyring = tmp_path / "keyring.json"
+    keyring.write_text('{"format": 1, "keys": {}}')
+    (tmp_path / "ca.crt").write_text("not a certificate")
+    assert main(["deploy", "run", "--superlink", "127.0.0.1:9", "--ca-cert", "ca.crt", "--keyring", str(keyring),
+                 "--out", "run"]) == 2
+    assert "`flwr run" in capsys.readouterr().err  # no SuperLink there: Flower's own error, passed on
