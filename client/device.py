@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedpeft.core.atomic import fsync_folder, write_atomic
+from fedpeft.core.atomic import staged_folder, write_atomic
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
 from fedpeft.core.signed_files import ManifestError
@@ -117,22 +117,13 @@ class Device:
         """Assemble the release in a staging folder, verify it as a whole, rename it into
         place, then switch state.json (one atomic write) to it."""
         name = f"v{release.version}-{release.release_id[:12]}"
-        staging = self.folder / f"staging-{name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for file_name, entry in release.files.items():
-            shutil.copyfile(self.downloads / f"{entry['sha256']}.part", staging / file_name)
-        (staging / f"{RELEASE_NAME}.json").write_bytes(manifest)
-        (staging / f"{RELEASE_NAME}.sig").write_bytes(signature)
-        try:
+        # replace: a folder of this name can only be left by a crash before the state switch
+        with staged_folder(self.releases / name, replace=True) as staging:
+            for file_name, entry in release.files.items():
+                shutil.copyfile(self.downloads / f"{entry['sha256']}.part", staging / file_name)
+            (staging / f"{RELEASE_NAME}.json").write_bytes(manifest)
+            (staging / f"{RELEASE_NAME}.sig").write_bytes(signature)
             verify_release(staging, self.operator_key, base_id=self.base_id)  # files and tensors, once assembled
-        except ManifestError:
-            shutil.rmtree(staging)
-            raise
-        self.releases.mkdir(exist_ok=True)
-        shutil.rmtree(self.releases / name, ignore_errors=True)  # left by a crash before the state switch
-        staging.rename(self.releases / name)
-        fsync_folder(self.releases)
         entry = {"version": release.version, "release_id": release.release_id, "folder": name}
         self._save({**self.state, "current": entry, "previous": self.state["current"],
                     "floor": max(self.state["floor"], release.version),
@@ -157,15 +148,10 @@ class Device:
     def _prune(self) -> None:
         keep = {e["folder"] for e in (self.state["current"], self.state["previous"]) if e}
         for path in self.releases.iterdir() if self.releases.exists() else ():
-            if path.name not in keep:
+            if path.name not in keep:  # older releases, and staging folders an interrupted install left
                 shutil.rmtree(path)
-        for staging in self.folder.glob("staging-*"):  # left by a refused or interrupted install
-            shutil.rmtree(staging)
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -16,7 +16,6 @@ from fedpeft.protos import registry_pb2 as pb
 from fedpeft.protos import registry_pb2_grpc
 
 
-
 class RegistryError(FedPeftError):
     """The registry refused a call or could not be reached; `code` is the gRPC status."""
 

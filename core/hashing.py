@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256_hex(value: object) -> bool:
+    """A lowercase hex SHA-256 and nothing else: safe to use as a file or folder name."""
+    return isinstance(value, str) and SHA256_HEX.fullmatch(value) is not None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -95,6 +95,11 @@ def passphrase_from_env(variable: str) -> bytes | None:
     return value.encode() if value else None
 
 
+def load_operator_key(path: Path) -> Ed25519PrivateKey:
+    """The operator's signing key; an encrypted one's passphrase comes from FEDPEFT_OPERATOR_PASSPHRASE."""
+    return load_private_key(Path(path), passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+
+
 def verify_signature(public_key: Ed25519PublicKey, signature: bytes, payload: bytes) -> bool:
     try:
         public_key.verify(signature, payload)

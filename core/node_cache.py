@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from .base_package import BasePackage
 from .templates import AdapterTemplate
 from .errors import IntegrityError
+from .hashing import is_sha256_hex
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedpeft"
 
@@ -28,7 +29,7 @@ def default_cache_root() -> Path:
 
 
 def _check_id(kind: str, value: str) -> str:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not is_sha256_hex(value):
         raise IntegrityError(f"{value!r} is not a {kind} id (64 hex digits)")
     return value
 

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import IntegrityError
-from .hashing import canonical_json, sha256_hex
+from .hashing import canonical_json, is_sha256_hex, sha256_hex
 from .keys import key_id, verify_signature
 
 
@@ -99,9 +99,8 @@ def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
         for file_name, entry in files.items():
             if Path(file_name).is_absolute() or ".." in Path(file_name).parts or not file_name:
                 raise ValueError(f"lists a file outside the folder: {file_name!r}")
-            if not (isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
-                    and len(entry["sha256"]) == 64):
-                raise ValueError(f"{file_name}: entry needs an integer size and a SHA-256")
+            if not (isinstance(entry.get("size"), int) and is_sha256_hex(entry.get("sha256"))):
+                raise ValueError(f"{file_name}: entry needs an integer size and a lowercase hex SHA-256")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ManifestError("malformed", f"{name}.json: {exc}") from exc
     if (now or datetime.now(UTC)) >= expires:

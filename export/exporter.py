@@ -13,8 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.numpy import load_file
 
 from fedpeft.core.adapter_state import get_adapter_arrays
 from fedpeft.core.base_model import load_base
+from fedpeft.core.atomic import staged_folder
 from fedpeft.core.base_package import BasePackage
 from fedpeft.core.data import DataSpec, client_data, load_rows, num_partitions
 from fedpeft.core.errors import ConfigError
@@ -78,19 +78,12 @@ def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
     return verify_release(request.adapter, request.release_key, base_id=base_id)
 
 
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A scratch folder beside `out`, renamed to `out` only if the block succeeds: a failed
+def staged(out: Path) -> AbstractContextManager[Path]:
+    """The export is built beside `out` and renamed to it only if it succeeds: a failed
     export leaves nothing behind, and an existing folder is never touched."""
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another output folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        yield staging
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return staged_folder(out)
 
 
 def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=print) -> dict[str, Any]:

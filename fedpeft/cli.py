@@ -120,7 +120,7 @@ def _verify(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from fedpeft.config import load_config
-    from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, load_private_key, load_public_key, passphrase_from_env
+    from fedpeft.core.keys import load_operator_key, load_public_key
     from fedpeft.export.exporter import ExportRequest, export, export_adapter_only
     from fedpeft.export.parity import ParityLimits
 
@@ -137,7 +137,7 @@ def _export(args: argparse.Namespace) -> None:
                                                   "int8_max_accuracy_drop": args.max_int8_accuracy_drop}.items()
                                if v is not None}),
     )
-    operator_key = load_private_key(operator, passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+    operator_key = load_operator_key(operator)
     if args.onto:
         if not args.key:
             raise ConfigError("--onto needs --key: the operator key that signed the export")
@@ -182,9 +182,9 @@ def _registry_client(args: argparse.Namespace):
 
 
 def _operator_key(args: argparse.Namespace):
-    from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, load_private_key, passphrase_from_env
+    from fedpeft.core.keys import load_operator_key
 
-    return load_private_key(Path(args.operator_key), passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+    return load_operator_key(Path(args.operator_key))
 
 
 def _registry_serve(args: argparse.Namespace) -> None:

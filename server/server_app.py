@@ -20,7 +20,7 @@ from fedpeft.core.data import load_rows
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.hashing import tensors_id
 from fedpeft.core.job import Job
-from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV, Keyring, key_id, load_private_key, passphrase_from_env
+from fedpeft.core.keys import Keyring, key_id, load_operator_key
 from fedpeft.core.node_cache import NodeCache, default_cache_root
 from fedpeft.core.records import from_record, install_content, to_record
 from fedpeft.core.release import sign_release
@@ -105,7 +105,7 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16))
     sec = config.security
     keyring = Keyring.from_json(checkpoint.keyring_json) if checkpoint else _enrolled_keys(sec.keyring)
-    operator_key = load_private_key(Path(sec.operator_key), passphrase_from_env(OPERATOR_PASSPHRASE_ENV))
+    operator_key = load_operator_key(Path(sec.operator_key))
     fed = config.federation
     print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
           f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedpeft.config import load_config
-from fedpeft.core.keys import load_public_key, new_key_pair, public_key_path
+from fedpeft.core.keys import load_public_key, new_key_pair
 from fedpeft.core.release import verify_release
 from fedpeft.deploy.flower import FlowerProcess, SuperNodeSettings, flower_environment
 from fedpeft.deploy.local import LocalDeployment

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -22,9 +21,9 @@ from pathlib import Path
 
 from fedpeft.core.atomic import fsync_folder
 from fedpeft.core.errors import IntegrityError
+from fedpeft.core.hashing import is_sha256_hex
 from fedpeft.core.release import Release
 
-SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
     release_id TEXT PRIMARY KEY, base_id TEXT NOT NULL, version INTEGER NOT NULL,
@@ -59,7 +58,7 @@ class StoredRelease:
 
 def check_sha256(sha256: str) -> str:
     """A blob name is a lowercase hex SHA-256 and nothing else (no path can sneak in)."""
-    if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256):
+    if not is_sha256_hex(sha256):
         raise StoreError("malformed", f"not a SHA-256: {str(sha256)[:80]!r}")
     return sha256
 
