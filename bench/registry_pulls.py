@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fedpeft  # noqa: F401
-from fedpeft.client.device import Device
-from fedpeft.client.registry_client import RegistryClient
-from fedpeft.core.keys import Keyring, load_private_key, load_public_key, new_key_pair
-from fedpeft.core.release import sign_release
-from fedpeft.core.synthetic_data import LABELS
-from fedpeft.core.tls import write_tls_files
+from fedpeft.device.slot import Device
+from fedpeft.device.registry_client import RegistryClient
+from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.release import sign_release
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
 

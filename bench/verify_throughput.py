@@ -29,14 +29,14 @@ from flwr.supercore.task_identity import TaskIdentity
 from transformers import BertConfig, BertForSequenceClassification
 
 import fedpeft  # noqa: F401
-from fedpeft.core.adapter_state import apply_delta
-from fedpeft.core.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
-from fedpeft.core.hashing import tensor_sha256, tensors_id
-from fedpeft.core.keys import Keyring
-from fedpeft.core.records import to_record
-from fedpeft.core.synthetic_data import LABELS
-from fedpeft.core.tasks import get_task
-from fedpeft.core.templates import TemplateSpec, create_template
+from fedpeft.core.adapters.state import apply_delta
+from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
+from fedpeft.core.trust.hashing import tensor_sha256, tensors_id
+from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.wire.records import to_record
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.adapters.template import TemplateSpec, create_template
 from fedpeft.protos import delta_pb2
 from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy

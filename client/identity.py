@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.keys import load_private_key, passphrase_from_env
+from fedpeft.core.trust.keys import load_private_key, passphrase_from_env
 
 KEYS_DIR_ENV = "FEDPEFT_KEYS_DIR"
 PASSPHRASE_ENV = "FEDPEFT_KEY_PASSPHRASE"

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedpeft.core.adapter_state import compute_delta, get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.data import ClientData
-from fedpeft.core.job import Job
-from fedpeft.core.training import EvalResult, TrainResult, evaluate, train
+from fedpeft.core.adapters.state import compute_delta, get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.training.data import ClientData
+from fedpeft.core.training.job import Job
+from fedpeft.core.training.loop import EvalResult, TrainResult, evaluate, train
 
 from .runtime import Session
 

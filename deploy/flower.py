@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import tomli_w
 
 from fedpeft.core.errors import FedPeftError
-from fedpeft.core.tls import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedpeft.core.trust.tls import CA_CERT, SERVER_CERT, SERVER_KEY
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: installed beside this Python
 
@@ -38,49 +38,36 @@ def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> 
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    return children
-
-
-def process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[psutil.Process]:
     """A process and all its descendants. Flower's SuperExec runs in a session of its own
     (and so do the ServerApp / ClientApp processes it starts): a process-group kill would
     leave them running, so fedpeft walks the tree."""
-    children, tree, stack = _children(), [], [pid]
-    while stack:
-        current = stack.pop()
-        tree.append(current)
-        stack.extend(children.get(current, []))
-    return tree
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
-def kill_pids(pids: list[int]) -> None:
-    for pid in pids:
+def kill_processes(processes: list[psutil.Process]) -> None:
+    for process in processes:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.kill()
+        except psutil.NoSuchProcess:
             pass
 
 
 def kill_tree(pid: int) -> None:
-    kill_pids(process_tree(pid))
+    kill_processes(process_tree(pid))
 
 
 def kill_flower_tree(pid: int) -> bool:
     """kill_tree(pid) if pid is still a Flower program (not a reused pid)."""
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    if b"flower-" not in command:
+    if "flower-" not in command:
         return False
     kill_tree(pid)
     return True
@@ -137,7 +124,7 @@ class FlowerProcess:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-        kill_pids(tree)
+        kill_processes(tree)
         self.process.wait()
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedpeft.core.atomic import write_atomic, write_new_private
-from fedpeft.core.keys import public_key_path
+from fedpeft.core.trust.atomic import write_atomic, write_new_private
+from fedpeft.core.trust.keys import public_key_path
 
 
 def new_node_auth_key(path: Path) -> Path:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from fedpeft.config import BUNDLED_MODEL, FederationConfig
-from fedpeft.core.atomic import write_atomic
+from fedpeft.core.config import BUNDLED_MODEL, FederationConfig
+from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.errors import FedPeftError
 from fedpeft.server.run_log import progress_line
 

@@ -25,22 +25,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from peft import PeftModel
 from safetensors.numpy import load_file
 
-from fedpeft.core.adapter_state import get_adapter_arrays
-from fedpeft.core.base_model import load_base
-from fedpeft.core.atomic import staged_folder
-from fedpeft.core.base_package import BasePackage
-from fedpeft.core.data import DataSpec, client_data, load_rows, num_partitions
+from fedpeft.core.adapters.state import get_adapter_arrays
+from fedpeft.core.base.model import load_base
+from fedpeft.core.trust.atomic import staged_folder
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.node_cache import NodeCache
-from fedpeft.core.release import ADAPTER_FILES, Release, verify_release
-from fedpeft.core.signed_files import ManifestError, file_entries, validity, write_signed
-from fedpeft.core.tasks import get_task
+from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
+from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
+from fedpeft.core.base.tasks import get_task
 
-from . import parity
+from fedpeft.export import parity
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, expose_as_inputs, export_onnx
 from .ort_adapter import adapter_input_names, write_onnx_adapter
-from .predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export, open_session
+from fedpeft.device.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export, open_session
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
 ADAPTER_FILE = "adapter.onnx_adapter"

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from fedpeft.core.errors import ConfigError, FedPeftError
-from fedpeft.core.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
+from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
 
 def _run_config(args: argparse.Namespace):
     """The TOML config (bundled default without --config) with the command line's overrides."""
-    from fedpeft.config import load_config
+    from fedpeft.core.config import load_config
 
     return load_config(args.config).with_overrides(**{
         "data.source": args.data,
@@ -45,7 +45,7 @@ def _print_summary(summary: dict, out: str) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from fedpeft.simulate import simulate
+    from .simulate import simulate
 
     config = _run_config(args)
     _print_summary(simulate(config), config.run.out)
@@ -53,7 +53,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _deploy_local(args: argparse.Namespace) -> None:
     from fedpeft.deploy.local import run_local
-    from fedpeft.simulate import ensure_operator_key
+    from .simulate import ensure_operator_key
 
     config = _run_config(args)
     ensure_operator_key(Path(config.security.operator_key))
@@ -81,7 +81,7 @@ def _deploy_node_key(args: argparse.Namespace) -> None:
 
 
 def _keys_new(args: argparse.Namespace) -> None:
-    from fedpeft.core.keys import new_key_pair, passphrase_from_env, public_key_path
+    from fedpeft.core.trust.keys import new_key_pair, passphrase_from_env, public_key_path
 
     passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
     if args.passphrase_env and passphrase is None:
@@ -92,7 +92,7 @@ def _keys_new(args: argparse.Namespace) -> None:
 
 
 def _keys_enroll(args: argparse.Namespace) -> None:
-    from fedpeft.core.keys import Keyring, load_public_key
+    from fedpeft.core.trust.keys import Keyring, load_public_key
 
     keyring = Keyring.load(Path(args.keyring))
     entry = keyring.enroll(args.name, load_public_key(Path(args.public_key)))
@@ -101,15 +101,15 @@ def _keys_enroll(args: argparse.Namespace) -> None:
 
 
 def _keys_list(args: argparse.Namespace) -> None:
-    from fedpeft.core.keys import Keyring
+    from fedpeft.core.trust.keys import Keyring
 
     for entry in sorted(Keyring.load(Path(args.keyring)).keys.values(), key=lambda e: e.name):
         print(f"{entry.key_id}  {entry.name}")
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from fedpeft.core.keys import load_public_key
-    from fedpeft.core.release import verify_release
+    from fedpeft.core.trust.keys import load_public_key
+    from fedpeft.core.trust.release import verify_release
 
     release = verify_release(Path(args.folder), load_public_key(Path(args.key)), base_id=args.base_id)
     m = release.manifest
@@ -119,8 +119,8 @@ def _verify(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from fedpeft.config import load_config
-    from fedpeft.core.keys import load_operator_key, load_public_key
+    from fedpeft.core.config import load_config
+    from fedpeft.core.trust.keys import load_operator_key, load_public_key
     from fedpeft.export.exporter import ExportRequest, export, export_adapter_only
     from fedpeft.export.parity import ParityLimits
 
@@ -154,8 +154,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from fedpeft.core.keys import load_public_key
-    from fedpeft.export.predict import Predictor
+    from fedpeft.core.trust.keys import load_public_key
+    from fedpeft.device.predict import Predictor
 
     if args.key is None and not args.no_verify:
         raise ConfigError("give the operator's public key (--key) or pass --no-verify")
@@ -166,7 +166,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _certs(args: argparse.Namespace) -> None:
-    from fedpeft.core.tls import write_tls_files
+    from fedpeft.core.trust.tls import write_tls_files
 
     paths = write_tls_files(Path(args.out), args.host, args.valid_days)
     print(f"CA {paths['ca.crt']}, server certificate {paths['server.pem']} for {', '.join(args.host)}, "
@@ -174,7 +174,7 @@ def _certs(args: argparse.Namespace) -> None:
 
 
 def _registry_client(args: argparse.Namespace):
-    from fedpeft.client.registry_client import RegistryClient
+    from fedpeft.device.registry_client import RegistryClient
 
     if not args.ca_cert and not args.insecure:
         raise ConfigError("give the registry's CA certificate (--ca-cert) or --insecure for a plaintext registry")
@@ -182,7 +182,7 @@ def _registry_client(args: argparse.Namespace):
 
 
 def _operator_key(args: argparse.Namespace):
-    from fedpeft.core.keys import load_operator_key
+    from fedpeft.core.trust.keys import load_operator_key
 
     return load_operator_key(Path(args.operator_key))
 
@@ -239,8 +239,8 @@ def _registry_list(args: argparse.Namespace) -> None:
 
 
 def _device(args: argparse.Namespace):
-    from fedpeft.client.device import Device
-    from fedpeft.core.keys import load_public_key
+    from fedpeft.device.slot import Device
+    from fedpeft.core.trust.keys import load_public_key
 
     return Device(Path(args.state), load_public_key(Path(args.key)), args.base_id, args.channel)
 

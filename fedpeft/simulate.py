@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedpeft.client.identity import KEYS_DIR_ENV, simulated_key_path
-from fedpeft.config import FederationConfig
-from fedpeft.core.data import client_data, load_rows, num_partitions
+from fedpeft.core.config import FederationConfig
+from fedpeft.core.training.data import client_data, load_rows, num_partitions
 from fedpeft.core.errors import FedPeftError
-from fedpeft.core.keys import (OPERATOR_PASSPHRASE_ENV, Keyring, load_public_key, new_key_pair, passphrase_from_env,
+from fedpeft.core.trust.keys import (OPERATOR_PASSPHRASE_ENV, Keyring, load_public_key, new_key_pair, passphrase_from_env,
                                public_key_path)
 
 
@@ -32,7 +32,7 @@ def simulate(config: FederationConfig) -> dict:
     from flwr.simulation import run_simulation
 
     from fedpeft.client.client_app import make_client_app
-    from fedpeft.server import report
+    from .server import report
     from fedpeft.server.server_app import make_server_app
     from fedpeft.simulations.misbehaving import PLAN_ENV, choose_plan, expected_rejections, misbehaving_mod
 

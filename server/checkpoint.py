@@ -18,10 +18,10 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from fedpeft.core.adapter_state import Arrays
-from fedpeft.core.atomic import write_atomic
+from fedpeft.core.adapters.state import Arrays
+from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.errors import IntegrityError
-from fedpeft.core.hashing import tensors_id
+from fedpeft.core.trust.hashing import tensors_id
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 1

@@ -20,10 +20,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, FedYogi, Krum
 from flwr.supercore import log
 
-from fedpeft.core.adapter_state import Arrays, apply_delta
+from fedpeft.core.adapters.state import Arrays, apply_delta
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.hashing import tensors_id
-from fedpeft.core.records import from_record, record_bytes, to_record
+from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
 

@@ -20,11 +20,11 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedpeft.client import identity
-from fedpeft.core.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
+from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.hashing import tensor_sha256
-from fedpeft.core.keys import key_id
-from fedpeft.core.records import from_record, to_record
+from fedpeft.core.trust.hashing import tensor_sha256
+from fedpeft.core.trust.keys import key_id
+from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
 
 PLAN_ENV = "FEDPEFT_MISBEHAVING"

@@ -10,11 +10,11 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
-from fedpeft.core import synthetic_data
-from fedpeft.core.base_model import Base, load_base
-from fedpeft.core.base_package import BasePackage
-from fedpeft.core.node_cache import NodeCache
-from fedpeft.core.tasks import get_task
+from fedpeft.core.training import synthetic_data
+from fedpeft.core.base.model import Base, load_base
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.base.tasks import get_task
 
 
 def _synthetic_vocabulary() -> list[str]:

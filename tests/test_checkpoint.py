@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.keys import Keyring, load_public_key, new_key_pair, public_key_path
+from fedpeft.core.trust.keys import Keyring, load_public_key, new_key_pair, public_key_path
 from fedpeft.server.checkpoint import Checkpoint, load_checkpoint
 from fedpeft.server.strategy import RunBinding, build_strategy
 from fedpeft.server.verify import DeltaVerifier, VerifyPolicy

@@ -1,6 +1,6 @@
 import pytest
 
-from fedpeft.config import FederationConfig, load_config
+from fedpeft.core.config import FederationConfig, load_config
 from fedpeft.core.errors import ConfigError
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from fedpeft.core.data import DataSpec, client_data, load_rows, num_partitions, read_rows
+from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions, read_rows
 from fedpeft.core.errors import DataError
-from fedpeft.core.synthetic_data import generate
+from fedpeft.core.training.synthetic_data import generate
 
 
 def _write_csv(path, rows, columns=("text", "label", "client_id")):

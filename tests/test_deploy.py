@@ -13,11 +13,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from fedpeft.config import load_config
-from fedpeft.core.keys import load_public_key, new_key_pair
-from fedpeft.core.release import verify_release
+from fedpeft.core.config import load_config
+from fedpeft.core.trust.keys import load_public_key, new_key_pair
+from fedpeft.core.trust.release import verify_release
 from fedpeft.deploy.flower import FlowerProcess, SuperNodeSettings, flower_environment
 from fedpeft.deploy.local import LocalDeployment
 from fedpeft.deploy.node_auth import new_node_auth_key
@@ -36,14 +37,7 @@ def _wait(condition, timeout: float, what: str, deployment: LocalDeployment) -> 
 
 
 def _running(program: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if program.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if program in " ".join(p.info["cmdline"] or ())]
 
 
 def _checkpoint_round(out: Path) -> int:

@@ -14,23 +14,23 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedpeft.client.registry_client import RegistryClient
-from fedpeft.core.adapter_state import get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.base_model import load_base
-from fedpeft.core.base_package import BasePackage
-from fedpeft.core.data import DataSpec
+from fedpeft.device.registry_client import RegistryClient
+from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.base.model import load_base
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.training.data import DataSpec
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.keys import Keyring, load_private_key, load_public_key, new_key_pair
-from fedpeft.core.node_cache import NodeCache
-from fedpeft.core.release import sign_release
-from fedpeft.core.signed_files import ManifestError
-from fedpeft.core.synthetic_data import LABELS
-from fedpeft.core.tasks import get_task
-from fedpeft.core.templates import TemplateSpec, create_template
-from fedpeft.core.tls import write_tls_files
+from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.trust.release import sign_release
+from fedpeft.core.trust.signed_files import ManifestError
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.export.exporter import ExportRequest, check_adapter, export, export_adapter_only
 from fedpeft.export.parity import ParityLimits
-from fedpeft.export.predict import Predictor
+from fedpeft.device.predict import Predictor
 from fedpeft.server.registry import operator as registry_operator
 from fedpeft.server.registry.process import RegistryProcess
 
@@ -118,8 +118,8 @@ def test_a_second_adapter_swaps_onto_the_base_graph(setup):
 def test_prediction_on_a_device_needs_no_torch(setup):
     code = (
         "import sys; from pathlib import Path\n"
-        "from fedpeft.core.keys import load_public_key\n"
-        "from fedpeft.export.predict import Predictor\n"
+        "from fedpeft.core.trust.keys import load_public_key\n"
+        "from fedpeft.device.predict import Predictor\n"
         f"p = Predictor(Path({str(setup['out'])!r}), load_public_key(Path({str(setup['root'] / 'operator.pub')!r})))\n"
         "print([x.label for x in p.predict(['the soup was too salty', 'cats'])])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -149,10 +149,10 @@ def test_a_device_pulls_an_onnx_adapter_from_the_registry_and_applies_it_without
         texts = ["the soup was too salty", "my laptop keeps crashing"]
         code = (
             "import json, sys; from pathlib import Path\n"
-            "from fedpeft.client.device import Device\n"
-            "from fedpeft.client.registry_client import RegistryClient\n"
-            "from fedpeft.core.keys import load_public_key\n"
-            "from fedpeft.export.predict import Predictor\n"
+            "from fedpeft.device.slot import Device\n"
+            "from fedpeft.device.registry_client import RegistryClient\n"
+            "from fedpeft.core.trust.keys import load_public_key\n"
+            "from fedpeft.device.predict import Predictor\n"
             f"key = load_public_key(Path({str(root / 'operator.pub')!r}))\n"
             f"device = Device(Path({str(tmp_path / 'device')!r}), key, {release.base_id!r})\n"
             f"with RegistryClient({registry.address!r}, Path({str(tmp_path / 'tls' / 'ca.crt')!r})) as client:\n"

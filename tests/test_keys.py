@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.keys import Keyring, key_id, load_private_key, load_public_key, new_key_pair, public_key_path
+from fedpeft.core.trust.keys import Keyring, key_id, load_private_key, load_public_key, new_key_pair, public_key_path
 
 
 def test_new_key_pair_is_private_and_loads(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.quantize import _pack_int4, _unpack_int4, decode_tensors, encode_tensors, quantize_in_memory
+from fedpeft.core.base.quantize import _pack_int4, _unpack_int4, decode_tensors, encode_tensors, quantize_in_memory
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:

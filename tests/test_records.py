@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from fedpeft.core.records import decode_array, from_record, to_record
+from fedpeft.core.wire.records import decode_array, from_record, to_record
 
 ARRAYS = [
     np.random.default_rng(0).normal(size=(8, 384)).astype(np.float32),

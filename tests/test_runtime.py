@@ -1,11 +1,11 @@
 """A worker process loads a base once and reuses it for every client it runs."""
 
 from fedpeft.client import runtime
-from fedpeft.core.data import DataSpec, client_data
-from fedpeft.core.job import Job
-from fedpeft.core.node_cache import NodeCache
-from fedpeft.core.synthetic_data import LABELS
-from fedpeft.core.templates import TemplateSpec, create_template
+from fedpeft.core.training.data import DataSpec, client_data
+from fedpeft.core.training.job import Job
+from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.adapters.template import TemplateSpec, create_template
 from fedpeft.client.task import local_update
 
 

@@ -8,14 +8,14 @@ import sys
 import pytest
 from peft import PeftModel
 
-from fedpeft.core.base_model import load_base
-from fedpeft.core.base_package import BasePackage
-from fedpeft.core.data import DataSpec, client_data
-from fedpeft.core.keys import load_public_key
-from fedpeft.core.node_cache import NodeCache
-from fedpeft.core.release import verify_release
-from fedpeft.core.tasks import get_task
-from fedpeft.core.training import TrainSettings, evaluate
+from fedpeft.core.base.model import load_base
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.training.data import DataSpec, client_data
+from fedpeft.core.trust.keys import load_public_key
+from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.trust.release import verify_release
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.training.loop import TrainSettings, evaluate
 
 ROUNDS, CLIENTS, BAD = 3, 4, 1
 # One of the four clients misbehaves: it tampers in round 1, replays its round-1 reply in

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.keys import Keyring
+from fedpeft.core.trust.keys import Keyring
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 

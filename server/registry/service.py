@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from fedpeft.core.keys import Keyring
-from fedpeft.core.release import check_channel, check_promotion, check_release
-from fedpeft.core.signed_files import ManifestError, signer_of
+from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.trust.release import check_channel, check_promotion, check_release
+from fedpeft.core.trust.signed_files import ManifestError, signer_of
 from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
 from fedpeft.protos import registry_pb2 as pb
 from fedpeft.protos import registry_pb2_grpc

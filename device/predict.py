@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tokenizers import Tokenizer
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.signed_files import ManifestError, read_signed
+from fedpeft.core.trust.signed_files import ManifestError, read_signed
 
 EXPORT_TYPE = "fedpeft/onnx-export"  # defined here, not in exporter.py, so devices need no torch
 EXPORT_NAME = "export"  # export.json + export.sig

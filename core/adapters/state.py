@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
-from .errors import IntegrityError
+from fedpeft.core.errors import IntegrityError
 
 Arrays = dict[str, np.ndarray]
 

@@ -17,8 +17,8 @@ from flwr.app import ConfigRecord
 
 from fedpeft.protos import delta_pb2
 
-from .hashing import tensor_sha256
-from .keys import key_id
+from fedpeft.core.trust.hashing import tensor_sha256
+from fedpeft.core.trust.keys import key_id
 
 FORMAT_VERSION = 1
 ENVELOPE_RECORD = "envelope"   # the ConfigRecord that carries the SignedDelta bytes

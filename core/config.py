@@ -10,10 +10,10 @@ from typing import Any
 
 import tomli_w
 
-from fedpeft.core.data import DataSpec
-from fedpeft.core.errors import ConfigError
-from fedpeft.core.templates import TemplateSpec
-from fedpeft.core.training import TrainSettings
+from fedpeft.core.training.data import DataSpec
+from .errors import ConfigError
+from fedpeft.core.adapters.template import TemplateSpec
+from fedpeft.core.training.loop import TrainSettings
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
 SEEDED_SECTIONS = ("adapter", "train")  # their dataclasses carry a seed; [run] seed sets it

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import TextSplit
-from .tasks import Task
+from fedpeft.core.base.tasks import Task
 
 
 @dataclass(frozen=True)

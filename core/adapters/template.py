@@ -1,32 +1,26 @@
 """Adapter templates: a PEFT config plus its initial weights, identified by a hash.
 
-Methods:
-- `lora`: PEFT LoRA; clients train and send A and B.
-- `ffa-lora`: FFA-LoRA (Sun et al., ICLR 2024). A stays frozen at the template's random
-  init on every client, so averaging B alone is averaging the products B x A exactly,
-  and the upload halves. PEFT has no switch for this; freezing A is ours.
-- `ia3`: PEFT IA3 scaling vectors.
-For classification the new head (PEFT `modules_to_save`) is trained and sent too.
+The method (`methods/`: lora, ffa-lora, ia3, ...) decides the PEFT config and which
+tensors clients train. For classification the new head (PEFT `modules_to_save`) is part
+of the template, trained and sent too.
 """
 
 from __future__ import annotations
 
 import copy
-
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from peft import IA3Config, LoraConfig, PeftModel, get_peft_config, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
 
-from .adapter_state import get_adapter_arrays, set_adapter_arrays
-from .errors import ConfigError
-from .hashing import manifest_id, tensor_manifest
-from .tasks import Task
+from fedpeft.core.base.tasks import Task
+from fedpeft.core.trust.hashing import manifest_id, tensor_manifest
 
-ADAPTER_METHODS = ("lora", "ffa-lora", "ia3")
+from .methods import get_method
+from .state import get_adapter_arrays, set_adapter_arrays
 
 
 @dataclass(frozen=True)
@@ -38,20 +32,8 @@ class TemplateSpec:
     target_modules: list[str] | None = None  # None: PEFT's default for the architecture
     seed: int = 0
 
-    def peft_config(self, task: Task) -> LoraConfig | IA3Config:
-        if self.method not in ADAPTER_METHODS:
-            raise ConfigError(f"unknown adapter method {self.method!r}; choose one of {ADAPTER_METHODS}")
-        if self.method == "ia3":
-            return IA3Config(task_type=task.peft_task_type, target_modules=self.target_modules)
-        if self.rank < 1:
-            raise ConfigError(f"adapter rank must be at least 1, got {self.rank}")
-        return LoraConfig(
-            task_type=task.peft_task_type,
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules,
-        )
+    def peft_config(self, task: Task) -> PeftConfig:
+        return get_method(self.method).peft_config(self, task)
 
 
 @dataclass
@@ -80,10 +62,8 @@ class AdapterTemplate:
     @property
     def trainable_names(self) -> list[str]:
         """Tensors clients train and send; under FFA-LoRA the A matrices stay home."""
-        names = sorted(self.init)
-        if self.method == "ffa-lora":
-            names = [n for n in names if ".lora_A." not in n]
-        return names
+        method = get_method(self.method)
+        return [n for n in sorted(self.init) if method.trains(n)]
 
     def attach(self, model: torch.nn.Module) -> PeftModel:
         """Inject this adapter into a frozen base and load the template's initial weights."""
@@ -91,7 +71,7 @@ class AdapterTemplate:
         # change this template's id.
         peft_model = get_peft_model(model, get_peft_config(copy.deepcopy(self.peft_config)))
         set_adapter_arrays(peft_model, self.init)
-        freeze_untrained(peft_model, self.method)
+        get_method(self.method).freeze(peft_model)
         return peft_model
 
 
@@ -108,13 +88,6 @@ def create_template(model: torch.nn.Module, task: Task, spec: TemplateSpec, labe
     init = get_adapter_arrays(peft_model)
     peft_model.unload()  # give the caller its base back, without adapter layers
     return AdapterTemplate(method=spec.method, peft_config=_jsonable(config.to_dict()), labels=list(labels), init=init)
-
-
-def freeze_untrained(peft_model: PeftModel, method: str) -> None:
-    if method == "ffa-lora":
-        for name, param in peft_model.named_parameters():
-            if ".lora_A." in name:
-                param.requires_grad_(False)
 
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:

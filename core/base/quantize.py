@@ -25,7 +25,7 @@ from torchao.quantization.quant_primitives import (
     quantize_affine,
 )
 
-from .errors import ConfigError
+from fedpeft.core.errors import ConfigError
 
 QUANTIZATION_MODES = ("int8", "int4", "none")
 INT4_GROUP_SIZE = 32

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from flwr.app import ConfigRecord
 
 from .data import DataSpec
-from .training import TrainSettings
+from .loop import TrainSettings
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datasets import Dataset, disable_progress_bars
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from . import synthetic_data
-from .errors import DataError
+from fedpeft.core.errors import DataError
 
 PARTITIONERS = ("natural", "iid", "dirichlet")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import IntegrityError
-from .hashing import manifest_id, sha256_hex, tensor_manifest
+from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.hashing import manifest_id, sha256_hex, tensor_manifest
 from .quantize import check_mode, encode_tensors
 from .tasks import Task
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from .base_package import BasePackage
-from .templates import AdapterTemplate
-from .errors import IntegrityError
-from .hashing import is_sha256_hex
+from .package import BasePackage
+from fedpeft.core.adapters.template import AdapterTemplate
+from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.hashing import is_sha256_hex
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedpeft"
 

@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .errors import ConfigError
+from fedpeft.core.errors import ConfigError
 
 
 class Task(Protocol):

@@ -1,0 +1,1 @@
+"""Adapter templates and methods (PEFT), and the adapter tensors of a PEFT model."""

@@ -1,0 +1,1 @@
+"""Local training: data partitions, the job a round asks for, the training loop."""
