@@ -21,16 +21,16 @@ from peft import get_peft_model
 import fedpeft  # noqa: F401
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
-from fedpeft.core.config import load_config
+from fedpeft.core.adapters.template import create_template
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
+from fedpeft.core.base.quantize import quantize_in_memory
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.config import load_config
 from fedpeft.core.training.data import client_data
 from fedpeft.core.training.job import Job
-from fedpeft.core.base.cache import NodeCache
-from fedpeft.core.base.quantize import quantize_in_memory
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import create_template
 
 
 def bare_epoch(model, tokenizer, split, settings, seed: int) -> int:

@@ -28,20 +28,20 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 
 import fedpeft  # noqa: F401
-from fedpeft.core.config import load_config
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair
-from fedpeft.core.base.cache import NodeCache
-from fedpeft.core.trust.release import sign_release
-from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.config import load_config
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.release import sign_release
+from fedpeft.device.predict import open_export, open_session
 from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.int8 import quantize_int8
-from fedpeft.export.parity import ParityLimits
 from fedpeft.export.ort_adapter import write_onnx_adapter
-from fedpeft.device.predict import open_export, open_session
+from fedpeft.export.parity import ParityLimits
 
 THREADS = 2
 

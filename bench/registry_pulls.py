@@ -19,17 +19,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from verify_throughput import minilm_lora_template, minilm_model
+
 import fedpeft  # noqa: F401
-from fedpeft.device.slot import Device
-from fedpeft.device.registry_client import RegistryClient
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
-from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.device.registry_client import RegistryClient
+from fedpeft.device.slot import Device
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
-
-from verify_throughput import minilm_lora_template, minilm_model
 
 
 def _pulls(registry: RegistryProcess, tls: Path, public, base_id: str, folders: list[Path],

@@ -30,13 +30,13 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import fedpeft  # noqa: F401
 from fedpeft.core.adapters.state import apply_delta
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.hashing import tensor_sha256, tensors_id
 from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
 from fedpeft.core.wire.records import to_record
-from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import TemplateSpec, create_template
 from fedpeft.protos import delta_pb2
 from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy

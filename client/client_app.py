@@ -15,12 +15,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedpeft.core.training.data import ClientData, client_data
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
-from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.training.job import Job
+from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
 from fedpeft.core.wire.records import from_record, package_from_content, template_from_content, to_record
 
-from fedpeft.client import identity, runtime, task
+from . import identity, runtime, task
+
 
 def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from fedpeft.core.base.model import Base, load_base
-from fedpeft.core.base.cache import NodeCache, default_cache_root
 from fedpeft.core.adapters.template import AdapterTemplate
+from fedpeft.core.base.cache import NodeCache, default_cache_root
+from fedpeft.core.base.model import Base, load_base
 
 
 @dataclass

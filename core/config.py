@@ -10,10 +10,11 @@ from typing import Any
 
 import tomli_w
 
-from fedpeft.core.training.data import DataSpec
-from .errors import ConfigError
 from fedpeft.core.adapters.template import TemplateSpec
+from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.loop import TrainSettings
+
+from .errors import ConfigError
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
 SEEDED_SECTIONS = ("adapter", "train")  # their dataclasses carry a seed; [run] seed sets it

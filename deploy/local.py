@@ -15,13 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedpeft.core.config import FederationConfig
-from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.trust.keys import Keyring, key_id, load_public_key, new_key_pair, public_key_path
 from fedpeft.core.trust.tls import CA_CERT, write_tls_files
 
-from .flower import (FlowerCli, FlowerProcess, SuperLinkSettings, SuperNodeSettings, flower_environment, free_port,
-                     kill_flower_tree)
+from .flower import (
+    FlowerCli,
+    FlowerProcess,
+    SuperLinkSettings,
+    SuperNodeSettings,
+    flower_environment,
+    free_port,
+    kill_flower_tree,
+)
 from .node_auth import new_node_auth_key
 from .submit import submit_and_wait
 

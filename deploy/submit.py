@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from fedpeft.core.config import BUNDLED_MODEL, FederationConfig
-from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.server.run_log import progress_line
 
 from .flower import FlowerCli

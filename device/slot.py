@@ -22,8 +22,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedpeft.core.trust.atomic import staged_folder, write_atomic
 from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.atomic import staged_folder, write_atomic
 from fedpeft.core.trust.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError
 

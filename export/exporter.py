@@ -26,21 +26,28 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 
 from fedpeft.core.adapters.state import get_adapter_arrays
-from fedpeft.core.base.model import load_base
-from fedpeft.core.trust.atomic import staged_folder
-from fedpeft.core.base.package import BasePackage
-from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions
-from fedpeft.core.errors import ConfigError
 from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.base.model import load_base
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions
+from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
-from fedpeft.core.base.tasks import get_task
+from fedpeft.device.predict import (
+    ADAPTER_EXPORT_NAME,
+    ADAPTER_EXPORT_TYPE,
+    EXPORT_NAME,
+    EXPORT_TYPE,
+    open_export,
+    open_session,
+)
 
-from fedpeft.export import parity
+from . import parity
 from .int8 import quantize_int8
-from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, expose_as_inputs, export_onnx
+from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx, expose_as_inputs
 from .ort_adapter import adapter_input_names, write_onnx_adapter
-from fedpeft.device.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, EXPORT_NAME, EXPORT_TYPE, open_export, open_session
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
 ADAPTER_FILE = "adapter.onnx_adapter"

@@ -53,6 +53,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 def _deploy_local(args: argparse.Namespace) -> None:
     from fedpeft.deploy.local import run_local
+
     from .simulate import ensure_operator_key
 
     config = _run_config(args)
@@ -239,8 +240,8 @@ def _registry_list(args: argparse.Namespace) -> None:
 
 
 def _device(args: argparse.Namespace):
-    from fedpeft.device.slot import Device
     from fedpeft.core.trust.keys import load_public_key
+    from fedpeft.device.slot import Device
 
     return Device(Path(args.state), load_public_key(Path(args.key)), args.base_id, args.channel)
 

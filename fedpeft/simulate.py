@@ -12,10 +12,16 @@ from pathlib import Path
 
 from fedpeft.client.identity import KEYS_DIR_ENV, simulated_key_path
 from fedpeft.core.config import FederationConfig
-from fedpeft.core.training.data import client_data, load_rows, num_partitions
 from fedpeft.core.errors import FedPeftError
-from fedpeft.core.trust.keys import (OPERATOR_PASSPHRASE_ENV, Keyring, load_public_key, new_key_pair, passphrase_from_env,
-                               public_key_path)
+from fedpeft.core.training.data import client_data, load_rows, num_partitions
+from fedpeft.core.trust.keys import (
+    OPERATOR_PASSPHRASE_ENV,
+    Keyring,
+    load_public_key,
+    new_key_pair,
+    passphrase_from_env,
+    public_key_path,
+)
 
 
 def simulate(config: FederationConfig) -> dict:
@@ -32,9 +38,10 @@ def simulate(config: FederationConfig) -> dict:
     from flwr.simulation import run_simulation
 
     from fedpeft.client.client_app import make_client_app
-    from .server import report
     from fedpeft.server.server_app import make_server_app
     from fedpeft.simulations.misbehaving import PLAN_ENV, choose_plan, expected_rejections, misbehaving_mod
+
+    from .server import report
 
     plan = choose_plan(nodes, config.simulation.misbehaving, config.run.seed, config.simulation.behaviours,
                        norm_bound=config.security.max_update_norm)

@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from fedpeft.core.adapters.state import Arrays
-from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.trust.hashing import tensors_id
 
 CHECKPOINT_FILE = "checkpoint.safetensors"

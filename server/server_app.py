@@ -12,22 +12,22 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedpeft.core.config import FederationConfig, load_config
 from fedpeft.core.adapters.state import set_adapter_arrays
+from fedpeft.core.adapters.template import AdapterTemplate, create_template
+from fedpeft.core.base.cache import NodeCache, default_cache_root
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.training.data import load_rows
-from fedpeft.core.errors import ConfigError, FedPeftError
-from fedpeft.core.trust.hashing import tensors_id
-from fedpeft.core.training.job import Job
-from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
-from fedpeft.core.base.cache import NodeCache, default_cache_root
-from fedpeft.core.wire.records import from_record, install_content, to_record
-from fedpeft.core.trust.release import sign_release
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import AdapterTemplate, create_template
+from fedpeft.core.config import FederationConfig, load_config
+from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.training.data import load_rows
+from fedpeft.core.training.job import Job
+from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
+from fedpeft.core.trust.release import sign_release
+from fedpeft.core.wire.records import from_record, install_content, to_record
 
-from fedpeft.server import report
+from . import report
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .run_log import RunLog
 from .strategy import RunBinding, build_strategy

@@ -18,9 +18,9 @@ import numpy as np
 from flwr.app import RecordDict
 from google.protobuf.message import DecodeError
 
-from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import Keyring, verify_signature
+from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION
 from fedpeft.core.wire.records import decode_array
 from fedpeft.protos import delta_pb2
 

@@ -20,10 +20,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedpeft.client import identity
-from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import key_id
+from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
 

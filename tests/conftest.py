@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
-from fedpeft.core.training import synthetic_data
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import Base, load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.tasks import get_task
+from fedpeft.core.training import synthetic_data
 
 
 def _synthetic_vocabulary() -> list[str]:
@@ -31,7 +31,9 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_synthetic_vocabulary()]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    # The vocabulary as a dict: transformers 5 ignores `vocab_file` here and would leave
+    # a 5-token vocabulary that maps every word to [UNK].
+    BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True).save_pretrained(str(folder))
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, num_labels=2,

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedpeft.core.adapters.state import apply_delta, get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.training.data import DataSpec, client_data
-from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.trust.hashing import tensors_id
-from fedpeft.core.training.job import Job
-from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.adapters.template import TemplateSpec, create_template
-from fedpeft.core.training.loop import TrainSettings
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
+from fedpeft.core.adapters.state import apply_delta, get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.training.data import DataSpec, client_data
+from fedpeft.core.training.job import Job
+from fedpeft.core.training.loop import TrainSettings
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.hashing import tensors_id
 
 
 def _base_state(model) -> dict[str, str]:
@@ -82,8 +82,8 @@ def test_attaching_a_template_leaves_its_id_unchanged(tiny_base):
 
 
 def test_template_id_does_not_depend_on_the_process_that_built_the_base(tiny_base, tiny_package, tmp_path):
-    from fedpeft.core.base.model import load_base
     from fedpeft.core.base.cache import NodeCache
+    from fedpeft.core.base.model import load_base
 
     cache = NodeCache(tmp_path / "other")
     cache.put(tiny_package, tiny_package.base_id)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from fedpeft.core.base.package import BasePackage
-from fedpeft.core.errors import IntegrityError
 from fedpeft.core.base.cache import NodeCache
+from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
+from fedpeft.core.errors import IntegrityError
 
 
 def _copy(package: BasePackage) -> BasePackage:

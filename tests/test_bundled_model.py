@@ -3,17 +3,17 @@ the parity of its export."""
 
 import pytest
 
-from fedpeft.core.config import load_config
+from fedpeft.core.adapters.template import create_template
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.training.data import TextSplit, client_data, num_partitions
-from fedpeft.core.trust.keys import load_private_key, new_key_pair
-from fedpeft.core.base.cache import NodeCache
-from fedpeft.core.trust.release import sign_release
-from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import create_template
+from fedpeft.core.config import load_config
+from fedpeft.core.training.data import TextSplit, client_data, num_partitions
 from fedpeft.core.training.loop import train
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.keys import load_private_key, new_key_pair
+from fedpeft.core.trust.release import sign_release
 from fedpeft.export.exporter import ExportRequest, export
 
 pytestmark = pytest.mark.model

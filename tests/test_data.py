@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions, read_rows
 from fedpeft.core.errors import DataError
+from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions, read_rows
 from fedpeft.core.training.synthetic_data import generate
 
 

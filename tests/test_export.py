@@ -14,23 +14,23 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedpeft.device.registry_client import RegistryClient
 from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.training.data import DataSpec
+from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.training.data import DataSpec
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.trust.release import sign_release
 from fedpeft.core.trust.signed_files import ManifestError
-from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import TemplateSpec, create_template
 from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.device.predict import Predictor
+from fedpeft.device.registry_client import RegistryClient
 from fedpeft.export.exporter import ExportRequest, check_adapter, export, export_adapter_only
 from fedpeft.export.parity import ParityLimits
-from fedpeft.device.predict import Predictor
 from fedpeft.server.registry import operator as registry_operator
 from fedpeft.server.registry.process import RegistryProcess
 

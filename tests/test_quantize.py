@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedpeft.core.errors import ConfigError
 from fedpeft.core.base.quantize import _pack_int4, _unpack_int4, decode_tensors, encode_tensors, quantize_in_memory
+from fedpeft.core.errors import ConfigError
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:

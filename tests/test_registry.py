@@ -20,15 +20,15 @@ import torch
 from peft import PeftModel
 from safetensors.numpy import load_file, save_file
 
-from fedpeft.device.slot import Device
-from fedpeft.device.registry_client import RegistryClient, RegistryError
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_promotion, sign_release
 from fedpeft.core.trust.signed_files import ManifestError
-from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import TemplateSpec, create_template
 from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.device.registry_client import RegistryClient, RegistryError
+from fedpeft.device.slot import Device
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
 
@@ -45,8 +45,8 @@ def material(tmp_path_factory, tiny_package):
     operators.enroll("ops", load_public_key(root / "operator.pub"))
     operators.save()
     write_tls_files(root / "tls", ["127.0.0.1"])
-    from fedpeft.core.base.model import load_base
     from fedpeft.core.base.cache import NodeCache
+    from fedpeft.core.base.model import load_base
     cache = NodeCache(root / "cache")
     cache.put(tiny_package, tiny_package.base_id)
     template = create_template(load_base(cache, tiny_package.base_id, num_labels=len(LABELS)).model,
@@ -109,8 +109,8 @@ def test_publish_pull_apply_promote_and_roll_back(registry, material, tmp_path, 
         assert device.pull(client).status == "not-modified"
 
         # apply: PEFT loads the installed folder, and its weights are the published ones
-        from fedpeft.core.base.model import load_base
         from fedpeft.core.base.cache import NodeCache
+        from fedpeft.core.base.model import load_base
         cache = NodeCache(tmp_path / "cache")
         cache.put(tiny_package, tiny_package.base_id)
         model = PeftModel.from_pretrained(load_base(cache, tiny_package.base_id, num_labels=len(LABELS)).model,

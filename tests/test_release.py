@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from peft import PeftModel
 
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError
-from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.base.tasks import get_task
-from fedpeft.core.adapters.template import TemplateSpec, create_template
 
 NOW = datetime.now(UTC)
 

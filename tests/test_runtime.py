@@ -1,12 +1,12 @@
 """A worker process loads a base once and reuses it for every client it runs."""
 
 from fedpeft.client import runtime
+from fedpeft.client.task import local_update
+from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.training.data import DataSpec, client_data
 from fedpeft.core.training.job import Job
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.adapters.template import TemplateSpec, create_template
-from fedpeft.client.task import local_update
 
 
 def test_clients_share_one_loaded_base(tmp_path, tiny_package, tiny_base):

@@ -10,10 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, build_header, envelope_record, seal, sign_delta
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id
+from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, build_header, envelope_record, seal, sign_delta
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
 from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy

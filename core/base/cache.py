@@ -16,10 +16,11 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from .package import BasePackage
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.hashing import is_sha256_hex
+
+from .package import BasePackage
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedpeft"
 

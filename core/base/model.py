@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .cache import NodeCache
 from fedpeft.core.errors import IntegrityError
+
+from .cache import NodeCache
 from .quantize import decode_tensors, quantize_in_memory
 from .tasks import Task, get_task
 

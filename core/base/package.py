@@ -18,6 +18,7 @@ import torch
 
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.hashing import manifest_id, sha256_hex, tensor_manifest
+
 from .quantize import check_mode, encode_tensors
 from .tasks import Task
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from datasets import Dataset, disable_progress_bars
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
-from . import synthetic_data
 from fedpeft.core.errors import DataError
+
+from . import synthetic_data
 
 PARTITIONERS = ("natural", "iid", "dirichlet")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)

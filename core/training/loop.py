@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import TextSplit
 from fedpeft.core.base.tasks import Task
+
+from .data import TextSplit
 
 
 @dataclass(frozen=True)

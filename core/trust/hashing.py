@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 

@@ -17,8 +17,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .atomic import write_atomic, write_new_private
 from fedpeft.core.errors import ConfigError, IntegrityError
+
+from .atomic import write_atomic, write_new_private
 from .hashing import sha256_hex
 
 PRIVATE_KEY_MODE = 0o600

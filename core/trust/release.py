@@ -24,8 +24,17 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from .hashing import sha256_hex, tensor_manifest
-from .signed_files import (ManifestError, check_files, check_signed, file_entries, read_file, sign_manifest, timestamp,
-                           validity, write_signed)
+from .signed_files import (
+    ManifestError,
+    check_files,
+    check_signed,
+    file_entries,
+    read_file,
+    sign_manifest,
+    timestamp,
+    validity,
+    write_signed,
+)
 
 RELEASE_TYPE = "fedpeft/adapter-release"
 RELEASE_NAME = "release"  # release.json + release.sig

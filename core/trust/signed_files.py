@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedpeft.core.errors import IntegrityError
+
 from .hashing import canonical_json, is_sha256_hex, sha256_hex
 from .keys import key_id, verify_signature
 

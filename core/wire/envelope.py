@@ -15,10 +15,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord
 
-from fedpeft.protos import delta_pb2
-
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import key_id
+from fedpeft.protos import delta_pb2
 
 FORMAT_VERSION = 1
 ENVELOPE_RECORD = "envelope"   # the ConfigRecord that carries the SignedDelta bytes

@@ -11,8 +11,8 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedpeft.core.base.package import BasePackage
 from fedpeft.core.adapters.template import AdapterTemplate
+from fedpeft.core.base.package import BasePackage
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -11,12 +11,20 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedpeft.device.registry_client import RegistryClient
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.trust.release import (ADAPTER_FILES, ONNX_ADAPTER_FILES, RELEASE_NAME, Release, check_release,
-                                  sign_promotion, sign_release, verify_release)
+from fedpeft.core.trust.release import (
+    ADAPTER_FILES,
+    ONNX_ADAPTER_FILES,
+    RELEASE_NAME,
+    Release,
+    check_release,
+    sign_promotion,
+    sign_release,
+    verify_release,
+)
 from fedpeft.core.trust.signed_files import read_file, sign_manifest, validity
 from fedpeft.device.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, open_export
+from fedpeft.device.registry_client import RegistryClient
 from fedpeft.protos import registry_pb2 as pb
 
 BEFORE_ANY_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)

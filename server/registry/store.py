@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedpeft.core.trust.atomic import fsync_folder
 from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.atomic import fsync_folder
 from fedpeft.core.trust.hashing import is_sha256_hex
 from fedpeft.core.trust.release import Release
 
