@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = NodeCache(tmp)
         cache.put(package, package.base_id)
-        base = load_base(cache, package.base_id, len(LABELS))
+        base = load_base(cache.load(package.base_id), len(LABELS))
     template = create_template(base.model, task, config.template_spec(), list(LABELS))
     session = Session(base, template, template.attach(base.model))
     job = Job(package.base_id, template.template_id, config.data_spec(tuple(LABELS)), config.train_settings())

@@ -60,7 +60,7 @@ def build_export(work: Path, adapter: Path, release_key: Path) -> tuple[Path, Pa
         package = BasePackage.from_pretrained(config.model.folder(), task, config.model.quantization)
         cache = NodeCache(work / "cache")
         cache.put(package, package.base_id)
-        base = load_base(cache, package.base_id, len(LABELS), in_memory_quantization=False)
+        base = load_base(cache.load(package.base_id), len(LABELS), in_memory_quantization=False)
         template = create_template(base.model, task, TemplateSpec(method="lora"), list(LABELS))
         adapter = work / "adapter"
         template.attach(base.model).save_pretrained(str(adapter))
@@ -99,7 +99,7 @@ def main() -> None:
         package = BasePackage.from_pretrained(config.model.folder(), get_task("seq-cls"), manifest["quantization"])
         cache = NodeCache(work / "torch-cache")
         cache.put(package, package.base_id)
-        base = load_base(cache, package.base_id, len(manifest["labels"]), in_memory_quantization=False)
+        base = load_base(cache.load(package.base_id), len(manifest["labels"]), in_memory_quantization=False)
         torch_model = PeftModel.from_pretrained(base.model, str(adapter_dir)).merge_and_unload().eval()
 
         fp32, int8, base_graph = open_session(folder / models["fp32"], THREADS), open_session(folder / models["int8"], THREADS), open_session(folder / models["base"], THREADS)

@@ -35,10 +35,10 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.hashing import tensor_sha256, tensors_id
 from fedpeft.core.trust.keys import Keyring
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
+from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaBinding, DeltaClaim, envelope_record, sign_delta
 from fedpeft.core.wire.records import to_record
 from fedpeft.protos import delta_pb2
-from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy
+from fedpeft.server.strategy import RoundTraffic, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 
 RUN, ROUND, BASE = "bench", 1, "b" * 64
@@ -79,14 +79,15 @@ def main() -> None:
         keyring.enroll(f"client-{i}", key.public_key())
     rng = np.random.default_rng(0)
     parent = tensors_id(global_arrays)
+    binding = DeltaBinding(RUN, BASE, template.template_id).for_round(ROUND, parent)
     deltas, envelopes = [], []
     for i in range(args.deltas):
         delta = {n: (rng.normal(size=global_arrays[n].shape) * 1e-3).astype(np.float32) for n in trained}
-        claim = DeltaClaim(RUN, ROUND, BASE, template.template_id, parent, 10 + i % 7, {"train-loss": 1.0})
+        claim = DeltaClaim(binding, 10 + i % 7, {"train-loss": 1.0})
         deltas.append(delta)
         envelopes.append(sign_delta(keys[i % args.keys], claim, delta))
-    binding = RunBinding(RUN, BASE, template.template_id, {n: (global_arrays[n].dtype.str, global_arrays[n].shape) for n in trained})
-    expectation = RoundExpectation(RUN, ROUND, BASE, template.template_id, parent, binding.tensors)
+    tensors = {n: (global_arrays[n].dtype.str, global_arrays[n].shape) for n in trained}
+    expectation = RoundExpectation(binding, tensors)
 
     def signed_replies() -> list[Message]:
         return [Message(RecordDict({"arrays": to_record(d), ENVELOPE_RECORD: envelope_record(e)}), dst_node_id=0,
@@ -100,7 +101,7 @@ def main() -> None:
     def verify_and_aggregate(replies: list[Message]) -> None:
         # A key signs one delta per round; the bench's keys sign many, so each batch of
         # `keys` deltas is its own round of the same strategy.
-        strategy = build_strategy("fedavg", 1.0, 1, binding, DeltaVerifier(keyring, VerifyPolicy(max_update_norm=10.0)))
+        strategy = build_strategy("fedavg", 1.0, 1, binding, tensors, DeltaVerifier(keyring, VerifyPolicy(max_update_norm=10.0)))
         for start in range(0, len(replies), args.keys):
             strategy.global_arrays, strategy.traffic, strategy.expectation = global_arrays, RoundTraffic(), expectation
             strategy.aggregate_train(ROUND, replies[start:start + args.keys])

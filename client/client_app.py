@@ -66,8 +66,8 @@ def train(msg: Message, context: Context) -> Message:
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
     global_arrays = from_record(msg.content.array_records["arrays"])
     delta, result = task.local_update(session, job, data, global_arrays, seed)
-    claim = DeltaClaim(job.run_id, server_round, job.base_id, job.template_id, tensors_id(global_arrays),
-                       result.examples, {"train-loss": result.loss, "steps": result.steps})
+    binding = job.binding.for_round(server_round, tensors_id(global_arrays))
+    claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
     signed = sign_delta(identity.signing_key(dict(context.node_config), _partition(context)), claim, delta)
     return Message(RecordDict({"arrays": to_record(delta), ENVELOPE_RECORD: envelope_record(signed)}), reply_to=msg)
 

@@ -37,7 +37,7 @@ def session(cache: NodeCache, base_id: str, template_id: str) -> Session:
     key = (base_id, template_id)
     if key not in _SESSIONS:
         template = cache.load_template(template_id)
-        base = load_base(cache, base_id, num_labels=len(template.labels))
+        base = load_base(cache.load(base_id), num_labels=len(template.labels))
         _SESSIONS[key] = Session(base, template, template.attach(base.model))
     return _SESSIONS[key]
 

@@ -36,6 +36,11 @@ class ModelSection:
             raise ConfigError(f"model.path {self.path!r} is not a transformers model folder (no config.json)")
         return folder
 
+    def portable_name(self) -> str:
+        """How a published adapter names its base: the bundled model's name, else the folder's
+        own name (never a path of this machine). `base_id` is what binds them."""
+        return self.path if self.path == BUNDLED_MODEL else Path(self.path).resolve().name
+
 
 @dataclass(frozen=True)
 class DataSection:

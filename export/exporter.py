@@ -26,7 +26,6 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 
 from fedpeft.core.adapters.state import get_adapter_arrays
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
@@ -105,13 +104,9 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
             labels = list(load_rows(request.data)[1]) if task.peft_task_type == "SEQ_CLS" else []
         progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
                  f"for base {package.base_id[:12]}")
-        with tempfile.TemporaryDirectory() as cache_dir:
-            cache = NodeCache(Path(cache_dir))
-            cache.put(package, package.base_id)
-            base = load_base(cache, package.base_id, num_labels=len(labels), in_memory_quantization=False)
-            model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
-            manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging,
-                              progress)
+        base = load_base(package, num_labels=len(labels), in_memory_quantization=False)
+        model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
+        manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging, progress)
         manifest.update({
             "base_id": package.base_id, "quantization": request.quantization, "task": request.task,
             "release_id": release.release_id if release else None,

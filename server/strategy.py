@@ -23,6 +23,7 @@ from flwr.supercore import log
 from fedpeft.core.adapters.state import Arrays, apply_delta
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
@@ -59,43 +60,42 @@ class RoundTraffic:
 
 
 @dataclass(frozen=True)
-class RunBinding:
-    """What every delta of this run is bound to, besides its round and parent."""
+class StrategyHooks:
+    """What the run does around the strategy's rounds (bring nodes up, log, checkpoint)."""
 
-    run_id: str
-    base_id: str
-    template_id: str
-    tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # trained tensor -> (dtype, shape)
+    on_configure: Callable[[Grid], None] | None = None  # before each round: bring newly joined nodes up to date
+    on_train: Callable[[int, MetricRecord | None, RoundTraffic], None] | None = None
+    on_evaluate: Callable[[int, MetricRecord | None], None] | None = None
 
 
 class DeltaStrategyMixin:
     """Put before a Flower strategy class in the bases: `class S(DeltaStrategyMixin, FedAvg)`.
 
-    Set `binding` and `verifier` before `start()`; `min_accepted` deltas are needed for
-    a round to change the global adapter. A resumed run sets `round_offset` to the rounds
-    already completed: Flower counts the rounds of `start()` from 1, deltas are bound to
-    the run's round number.
+    `binding` is the run-wide part of what every delta is bound to; `tensors` the trained
+    tensors with their dtype and shape. `min_accepted` deltas are needed for a round to
+    change the global adapter. A resumed run sets `round_offset` to the rounds already
+    completed: Flower counts the rounds of `start()` from 1, deltas are bound to the run's
+    round number. The remaining keyword arguments are the Flower strategy's.
     """
 
-    binding: RunBinding
-    verifier: DeltaVerifier
-    min_accepted: int = 1
     streams_mean: bool = False  # plain FedAvg: averaged as replies arrive, see _running_mean
-    round_offset: int = 0
-    on_configure: Callable[[Grid], None] | None = None  # before each round: bring newly joined nodes up to date
-    on_train: Callable[[int, MetricRecord | None, RoundTraffic], None] | None = None
-    on_evaluate: Callable[[int, MetricRecord | None], None] | None = None
+
+    def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
+                 verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
+                 round_offset: int = 0, **flower_options) -> None:
+        super().__init__(**flower_options)
+        self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
+        self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        if self.on_configure is not None:
-            self.on_configure(grid)
+        if self.hooks.on_configure is not None:
+            self.hooks.on_configure(grid)
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
-        b = self.binding
-        self.expectation = RoundExpectation(b.run_id, server_round, b.base_id, b.template_id,
-                                            self.traffic.start_adapter, b.tensors)
+        self.expectation = RoundExpectation(self.binding.for_round(server_round, self.traffic.start_adapter),
+                                            self.tensors)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.traffic.bytes_down = len(messages) * record_bytes(arrays)
         return messages
@@ -141,10 +141,9 @@ class DeltaStrategyMixin:
         elif new_global is not None:
             # Tensors no client trains (FFA-LoRA's A) stay bit-identical, free of the
             # rounding that averaging identical copies with float weights brings.
-            trained = self.binding.tensors
-            arrays = to_record({n: new_global[n] if n in trained else g for n, g in self.global_arrays.items()})
-        if self.on_train is not None:
-            self.on_train(server_round, metrics, self.traffic)
+            arrays = to_record({n: new_global[n] if n in self.tensors else g for n, g in self.global_arrays.items()})
+        if self.hooks.on_train is not None:
+            self.hooks.on_train(server_round, metrics, self.traffic)
         return arrays, metrics
 
     def _running_mean(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
@@ -187,8 +186,8 @@ class DeltaStrategyMixin:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
         metrics = super().aggregate_evaluate(server_round, replies)
-        if self.on_evaluate is not None:
-            self.on_evaluate(server_round, metrics)
+        if self.hooks.on_evaluate is not None:
+            self.hooks.on_evaluate(server_round, metrics)
         return metrics
 
     def state_arrays(self) -> dict[str, Arrays]:
@@ -206,17 +205,16 @@ def _signed_metrics(delta: VerifiedDelta) -> MetricRecord:
     return MetricRecord({**delta.metrics, "num-examples": delta.num_examples})
 
 
-def build_strategy(name: str, fraction: float, min_clients: int, binding: RunBinding, verifier: DeltaVerifier,
-                   min_accepted: int = 1, options: dict | None = None):
+def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,
+                   tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
+                   options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0):
     """A delta-taking, delta-verifying version of the named Flower strategy."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     flower_cls = STRATEGIES[name]
-    cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {})
-    strategy = cls(
-        fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
+    cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
+    return cls(
+        binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
+        round_offset=round_offset, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )
-    strategy.binding, strategy.verifier, strategy.min_accepted = binding, verifier, min_accepted
-    strategy.streams_mean = flower_cls is FedAvg
-    return strategy

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import Keyring, verify_signature
-from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION
+from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION, DeltaBinding
 from fedpeft.core.wire.records import decode_array
 from fedpeft.protos import delta_pb2
 
@@ -45,11 +45,7 @@ class RejectedDelta(Exception):
 class RoundExpectation:
     """What an honest delta of this round must state and contain."""
 
-    run_id: str
-    server_round: int
-    base_id: str
-    template_id: str
-    parent_id: str
+    binding: DeltaBinding
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
 
     @cached_property
@@ -138,12 +134,13 @@ class DeltaVerifier:
 
     @staticmethod
     def _check_binding(header: delta_pb2.DeltaHeader, expect: RoundExpectation, client: str) -> None:
+        b = expect.binding
         bindings = (
-            ("wrong-run", header.run_id, expect.run_id),
-            ("wrong-round", header.server_round, expect.server_round),
-            ("wrong-base", header.base_id, expect.base_id),
-            ("wrong-template", header.template_id, expect.template_id),
-            ("wrong-parent", header.parent_id, expect.parent_id),
+            ("wrong-run", header.run_id, b.run_id),
+            ("wrong-round", header.server_round, b.server_round),
+            ("wrong-base", header.base_id, b.base_id),
+            ("wrong-template", header.template_id, b.template_id),
+            ("wrong-parent", header.parent_id, b.parent_id),
         )
         for reason, stated, expected in bindings:
             if stated != expected:

@@ -10,7 +10,6 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import Base, load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
@@ -54,10 +53,8 @@ def tiny_package(tiny_bert_dir) -> BasePackage:
 
 
 @pytest.fixture
-def tiny_base(tmp_path, tiny_package) -> Base:
-    cache = NodeCache(tmp_path / "cache")
-    cache.put(tiny_package, tiny_package.base_id)
-    return load_base(cache, tiny_package.base_id, num_labels=len(synthetic_data.LABELS))
+def tiny_base(tiny_package) -> Base:
+    return load_base(tiny_package, num_labels=len(synthetic_data.LABELS))
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_template_id_does_not_depend_on_the_process_that_built_the_base(tiny_bas
     cache = NodeCache(tmp_path / "other")
     cache.put(tiny_package, tiny_package.base_id)
     torch.manual_seed(12345)  # a different random state when the base is built
-    other = load_base(cache, tiny_package.base_id, num_labels=len(LABELS))
+    other = load_base(cache.load(tiny_package.base_id), num_labels=len(LABELS))
     spec = TemplateSpec(rank=4, seed=3)
     assert (create_template(tiny_base.model, tiny_base.task, spec, list(LABELS)).template_id
             == create_template(other.model, other.task, spec, list(LABELS)).template_id)

@@ -4,7 +4,6 @@ the parity of its export."""
 import pytest
 
 from fedpeft.core.adapters.template import create_template
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
@@ -23,9 +22,7 @@ pytestmark = pytest.mark.model
 def minilm(tmp_path_factory):
     config = load_config(None)
     package = BasePackage.from_pretrained(config.model.folder(), get_task("seq-cls"), "int8")
-    cache = NodeCache(tmp_path_factory.mktemp("cache"))
-    cache.put(package, package.base_id)
-    base = load_base(cache, package.base_id, len(LABELS))
+    base = load_base(package, len(LABELS))
     return config, package, base
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.trust.keys import Keyring, load_public_key, new_key_pair, public_key_path
+from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.server.checkpoint import Checkpoint, load_checkpoint
-from fedpeft.server.strategy import RunBinding, build_strategy
+from fedpeft.server.strategy import build_strategy
 from fedpeft.server.verify import DeltaVerifier, VerifyPolicy
 
 
@@ -85,9 +86,9 @@ def test_unknown_format_and_missing_metadata_are_refused(tmp_path, checkpoint):
 
 
 def test_fedadam_moments_go_into_the_checkpoint_and_come_back(checkpoint):
-    binding = RunBinding("r", "b" * 64, "c" * 64, {n: ("<f4", a.shape) for n, a in checkpoint.adapter.items()})
+    tensors = {n: ("<f4", a.shape) for n, a in checkpoint.adapter.items()}
     verifier = DeltaVerifier(Keyring(), VerifyPolicy(0.0, 100, 0))
-    strategy = build_strategy("fedadam", 1.0, 2, binding, verifier)
+    strategy = build_strategy("fedadam", 1.0, 2, DeltaBinding("r", "b" * 64, "c" * 64), tensors, verifier)
     assert strategy.state_arrays() == {}  # no round aggregated yet
     strategy.restore_state(checkpoint.strategy_state)
     state = strategy.state_arrays()

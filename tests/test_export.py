@@ -16,7 +16,6 @@ from peft import PeftModel
 
 from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.adapters.template import TemplateSpec, create_template
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
@@ -58,9 +57,7 @@ def setup(tiny_bert_dir, tiny_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     new_key_pair(root / "operator.key")
     key = load_private_key(root / "operator.key")
-    cache = NodeCache(root / "cache")
-    cache.put(tiny_package, tiny_package.base_id)
-    base = load_base(cache, tiny_package.base_id, len(LABELS), in_memory_quantization=False)
+    base = load_base(tiny_package, len(LABELS), in_memory_quantization=False)
     template = create_template(base.model, get_task("seq-cls"), TemplateSpec(method="lora", rank=4), list(LABELS))
     first = _adapter(root / "adapter-1", base, template, seed=1, key=key)
     second = _adapter(root / "adapter-2", base, template, seed=2, key=key, version=2)
@@ -68,11 +65,11 @@ def setup(tiny_bert_dir, tiny_package, tmp_path_factory):
                             max_length=32, limits=TINY_LIMITS)
     manifest = export(request, key, progress=lambda _: None)
     return {"root": root, "key": key, "base": base, "first": first, "second": second, "request": request,
-            "manifest": manifest, "out": root / "out", "cache": cache, "package": tiny_package}
+            "manifest": manifest, "out": root / "out", "package": tiny_package}
 
 
 def _torch_logits(setup, adapter: Path, texts: list[str]) -> np.ndarray:
-    base = load_base(setup["cache"], setup["package"].base_id, len(LABELS), in_memory_quantization=False)
+    base = load_base(setup["package"], len(LABELS), in_memory_quantization=False)
     model = PeftModel.from_pretrained(base.model, str(adapter)).eval()
     batch = base.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
@@ -235,9 +232,7 @@ def test_causal_lm_exports_without_kv_cache(tmp_path, tiny_gpt2_dir):
     new_key_pair(tmp_path / "op.key")
     key = load_private_key(tmp_path / "op.key")
     package = BasePackage.from_pretrained(tiny_gpt2_dir, get_task("causal-lm"), "int8")
-    cache = NodeCache(tmp_path / "cache")
-    cache.put(package, package.base_id)
-    base = load_base(cache, package.base_id, 0, in_memory_quantization=False)
+    base = load_base(package, 0, in_memory_quantization=False)
     template = create_template(base.model, get_task("causal-lm"), TemplateSpec(method="lora", rank=2), [])
     model = template.attach(base.model)
     arrays = get_adapter_arrays(model)

@@ -45,17 +45,14 @@ def material(tmp_path_factory, tiny_package):
     operators.enroll("ops", load_public_key(root / "operator.pub"))
     operators.save()
     write_tls_files(root / "tls", ["127.0.0.1"])
-    from fedpeft.core.base.cache import NodeCache
     from fedpeft.core.base.model import load_base
-    cache = NodeCache(root / "cache")
-    cache.put(tiny_package, tiny_package.base_id)
-    template = create_template(load_base(cache, tiny_package.base_id, num_labels=len(LABELS)).model,
+    template = create_template(load_base(tiny_package, num_labels=len(LABELS)).model,
                                get_task("seq-cls"), TemplateSpec("lora", 4, 8), list(LABELS))
     key = load_private_key(root / "operator.key")
     for index in (1, 2):
         folder = root / f"adapter-{index}"
         torch.manual_seed(index)
-        base = load_base(cache, tiny_package.base_id, num_labels=len(LABELS))
+        base = load_base(tiny_package, num_labels=len(LABELS))
         template.attach(base.model).save_pretrained(str(folder))
         tensors = load_file(str(folder / "adapter_model.safetensors"))
         save_file({k: v + np.float32(index) for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
@@ -109,11 +106,8 @@ def test_publish_pull_apply_promote_and_roll_back(registry, material, tmp_path, 
         assert device.pull(client).status == "not-modified"
 
         # apply: PEFT loads the installed folder, and its weights are the published ones
-        from fedpeft.core.base.cache import NodeCache
         from fedpeft.core.base.model import load_base
-        cache = NodeCache(tmp_path / "cache")
-        cache.put(tiny_package, tiny_package.base_id)
-        model = PeftModel.from_pretrained(load_base(cache, tiny_package.base_id, num_labels=len(LABELS)).model,
+        model = PeftModel.from_pretrained(load_base(tiny_package, num_labels=len(LABELS)).model,
                                           str(device.current))
         loaded = {k.replace(".default", ""): v.detach().numpy() for k, v in model.named_parameters() if "lora_" in k}
         published = _tensors(material / "adapter-1")

@@ -8,7 +8,6 @@ import sys
 import pytest
 from peft import PeftModel
 
-from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
@@ -104,9 +103,7 @@ def test_saved_adapter_loads_with_peft_and_reproduces_global_accuracy(run, tiny_
     summary = json.loads((out / "summary.json").read_text())
     package = BasePackage.from_pretrained(tiny_bert_dir, get_task("seq-cls"), "int8")
     assert package.base_id == summary["base_id"]
-    cache = NodeCache(tmp_path)
-    cache.put(package, package.base_id)
-    base = load_base(cache, package.base_id, num_labels=len(summary["labels"]))
+    base = load_base(package, num_labels=len(summary["labels"]))
     model = PeftModel.from_pretrained(base.model, str(out / "adapter"))
     spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
     correct = total = 0

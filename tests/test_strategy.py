@@ -13,10 +13,18 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, build_header, envelope_record, seal, sign_delta
+from fedpeft.core.wire.envelope import (
+    ENVELOPE_RECORD,
+    DeltaBinding,
+    DeltaClaim,
+    build_header,
+    envelope_record,
+    seal,
+    sign_delta,
+)
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
-from fedpeft.server.strategy import RoundTraffic, RunBinding, build_strategy
+from fedpeft.server.strategy import RoundTraffic, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 from fedpeft.simulations import misbehaving
 
@@ -27,6 +35,7 @@ GLOBAL = {
 }
 TRAINED = ("a", "b")
 RUN, ROUND, BASE, TEMPLATE = "run-1", 3, "b" * 64, "t" * 64
+BINDING = DeltaBinding(RUN, BASE, TEMPLATE)
 KEYS = [Ed25519PrivateKey.generate() for _ in range(4)]
 
 
@@ -45,9 +54,10 @@ def _keyring() -> Keyring:
     return keyring
 
 
-def _claim(examples: int = 10, **changes) -> DeltaClaim:
-    claim = DeltaClaim(RUN, ROUND, BASE, TEMPLATE, tensors_id(GLOBAL), examples, {"train-loss": 1.0})
-    return dataclasses.replace(claim, **changes)
+def _claim(num_examples: int = 10, **binding_changes) -> DeltaClaim:
+    """An honest claim for this round; `binding_changes` alter what it is bound to."""
+    binding = dataclasses.replace(BINDING.for_round(ROUND, tensors_id(GLOBAL)), **binding_changes)
+    return DeltaClaim(binding, num_examples, {"train-loss": 1.0})
 
 
 def _content(delta: dict[str, np.ndarray], signed: bytes | None) -> RecordDict:
@@ -67,12 +77,12 @@ def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey = KEYS[0], **cl
 
 def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
               min_accepted: int = 1, **options):
-    binding = RunBinding(RUN, BASE, TEMPLATE, {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED})
-    strategy = build_strategy(name, 1.0, 1, binding, DeltaVerifier(_keyring(), policy), min_accepted, options)
+    tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
+    strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options)
     # What configure_train sets up for a round, without a Grid to send through.
     strategy.global_arrays = {k: v.copy() for k, v in GLOBAL.items()}
     strategy.traffic = RoundTraffic()
-    strategy.expectation = RoundExpectation(RUN, ROUND, BASE, TEMPLATE, tensors_id(GLOBAL), binding.tensors)
+    strategy.expectation = RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors)
     return strategy
 
 
@@ -295,6 +305,5 @@ def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
 
 
 def test_unknown_strategy_is_named():
-    binding = RunBinding(RUN, BASE, TEMPLATE, {})
     with pytest.raises(ConfigError, match="fedsgd"):
-        build_strategy("fedsgd", 1.0, 1, binding, DeltaVerifier(Keyring()))
+        build_strategy("fedsgd", 1.0, 1, BINDING, {}, DeltaVerifier(Keyring()))

@@ -22,7 +22,7 @@ def test_causal_lm_trains_adapters_over_a_frozen_base(tmp_path, tiny_gpt2_dir, q
     assert "lm_head.weight" not in package.manifest["tensors"]  # tied to the embeddings: sent once
     cache = NodeCache(tmp_path / "cache")
     cache.put(package, package.base_id)
-    base = load_base(cache, package.base_id, num_labels=0)
+    base = load_base(cache.load(package.base_id), num_labels=0)
     assert base.model.lm_head.weight.data_ptr() == base.model.transformer.wte.weight.data_ptr()
     template = create_template(base.model, task, TemplateSpec(method="lora", rank=2), [])
     session = Session(base, template, template.attach(base.model))

@@ -57,9 +57,6 @@ class NodeCache:
     def path(self, base_id: str) -> Path:
         return self.root / "bases" / _check_id("base", base_id)
 
-    def tokenizer_dir(self, base_id: str) -> Path:
-        return self.path(base_id) / "files"
-
     def has(self, base_id: str) -> bool:
         return (self.path(base_id) / "manifest.json").is_file()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedpeft.core.errors import IntegrityError
 
-from .cache import NodeCache
+from .package import BasePackage
 from .quantize import decode_tensors, quantize_in_memory
 from .tasks import Task, get_task
 
@@ -23,13 +25,14 @@ class Base:
     fp32_bytes: int
 
 
-def load_base(store: NodeCache, base_id: str, num_labels: int, in_memory_quantization: bool = True) -> Base:
+def load_base(package: BasePackage, num_labels: int, in_memory_quantization: bool = True) -> Base:
     """Model with the package's weights loaded, frozen and quantized in memory.
 
-    Without in-memory quantization the weights stay float32, holding exactly the values
-    the transported (quantized) base decodes to: what the export stage builds on.
+    `package` is a verified one (`NodeCache.load`, or one the server just built). Without
+    in-memory quantization the weights stay float32, holding exactly the values the
+    transported (quantized) base decodes to: what the export stage builds on.
     """
-    package = store.load(base_id)
+    base_id = package.base_id
     manifest = package.manifest
     task = get_task(manifest["task"])
     config_dict = dict(manifest["config"])
@@ -46,7 +49,10 @@ def load_base(store: NodeCache, base_id: str, num_labels: int, in_memory_quantiz
         quantize_in_memory(model, manifest["quantization"], skip=task.head_modules + ("lm_head",))
     model.requires_grad_(False)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(store.tokenizer_dir(base_id)))
+    with tempfile.TemporaryDirectory(prefix="fedpeft-tokenizer-") as folder:  # transformers reads tokenizers from files
+        for name, data in package.files.items():
+            (Path(folder) / name).write_bytes(data)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return Base(base_id, task, model, tokenizer, manifest["quantization"], int(manifest["fp32_bytes"]))
 
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
 
+from fedpeft.core.wire.envelope import DeltaBinding
+
 from .data import DataSpec
 from .loop import TrainSettings
 
@@ -47,3 +49,8 @@ class Job:
             local_only_epochs=int(config["local-only-epochs"]),
             run_id=str(config["run-id"]),
         )
+
+    @property
+    def binding(self) -> DeltaBinding:
+        """The run-wide part of what this job's deltas are bound to."""
+        return DeltaBinding(self.run_id, self.base_id, self.template_id)

@@ -9,7 +9,7 @@ Flower ArrayRecord, bound to the signature by the header's per-tensor SHA-256.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,23 +25,34 @@ ENVELOPE_KEY = "signed-delta"
 
 
 @dataclass(frozen=True)
+class DeltaBinding:
+    """What a delta is bound to: the run, its round, the base, the template, and the global
+    adapter (`parent_id`) it was trained from. A client signs it; the server expects it."""
+
+    run_id: str
+    base_id: str
+    template_id: str
+    server_round: int = 0  # 0 and "": the run-wide part, before a round gives them values
+    parent_id: str = ""
+
+    def for_round(self, server_round: int, parent_id: str) -> DeltaBinding:
+        return replace(self, server_round=server_round, parent_id=parent_id)
+
+
+@dataclass(frozen=True)
 class DeltaClaim:
     """What a client states about its delta; everything here is covered by the signature."""
 
-    run_id: str
-    server_round: int
-    base_id: str
-    template_id: str
-    parent_id: str
+    binding: DeltaBinding
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def build_header(claim: DeltaClaim, signer_id: str, arrays: Mapping[str, np.ndarray]) -> delta_pb2.DeltaHeader:
+    b = claim.binding
     header = delta_pb2.DeltaHeader(
-        format_version=FORMAT_VERSION, run_id=claim.run_id, server_round=claim.server_round,
-        key_id=signer_id, base_id=claim.base_id, template_id=claim.template_id,
-        parent_id=claim.parent_id, num_examples=claim.num_examples,
+        format_version=FORMAT_VERSION, run_id=b.run_id, server_round=b.server_round, key_id=signer_id,
+        base_id=b.base_id, template_id=b.template_id, parent_id=b.parent_id, num_examples=claim.num_examples,
     )
     header.metrics.update({k: float(v) for k, v in claim.metrics.items()})
     for name in sorted(arrays):

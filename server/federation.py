@@ -1,0 +1,266 @@
+"""One federation run as named steps: prepare, distribute, federate, personalize, publish.
+
+`run_federation` strings them together; each step is a function of what the steps
+before it produced, so a reader (or a test) can follow or run one step alone.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from fedpeft.core.adapters.state import Arrays
+from fedpeft.core.adapters.template import AdapterTemplate, create_template
+from fedpeft.core.base.model import Base, load_base
+from fedpeft.core.base.package import BasePackage
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.config import FederationConfig
+from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.training.job import Job
+from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
+from fedpeft.core.trust.release import Release
+from fedpeft.core.wire.records import from_record, install_content, to_record
+
+from . import report
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .publish import write_adapter
+from .run_log import RunLog
+from .strategy import StrategyHooks, build_strategy
+from .verify import DeltaVerifier, VerifyPolicy
+
+
+@dataclass
+class RunSetup:
+    """What `prepare` builds before any node is asked: base, template, job, keys, checkpoint."""
+
+    config: FederationConfig
+    labels: list[str]
+    out: Path
+    package: BasePackage
+    base: Base
+    template: AdapterTemplate
+    job: Job
+    keyring: Keyring
+    operator_key: Ed25519PrivateKey
+    checkpoint: Checkpoint | None
+
+    @property
+    def done(self) -> int:
+        """Rounds completed before this process started (a resumed run)."""
+        return self.checkpoint.round if self.checkpoint else 0
+
+    @property
+    def initial(self) -> Arrays:
+        return self.checkpoint.adapter if self.checkpoint else dict(self.template.init)
+
+
+@dataclass
+class Roster:
+    """The nodes that hold the run's base and template, and how many needed the base sent."""
+
+    ready: set[int] = field(default_factory=set)
+    base_sent_to: int = 0
+
+
+def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume: bool = False) -> RunSetup:
+    """Package the base, build the template, and load the checkpoint a resumed run goes on from."""
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(config.model.task)
+    package = BasePackage.from_pretrained(config.model.folder(), task, config.model.quantization)
+    base = load_base(package, num_labels=len(labels))
+    template = create_template(base.model, task, config.template_spec(), list(labels))
+    checkpoint_path = out / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(checkpoint_path) if resume else None
+    if checkpoint is not None and (checkpoint.base_id, checkpoint.template_id) != (package.base_id, template.template_id):
+        raise ConfigError(f"{checkpoint_path} belongs to another run (base {checkpoint.base_id[:12]}, template "
+                          f"{checkpoint.template_id[:12]}; this config makes {package.base_id[:12]}, "
+                          f"{template.template_id[:12]}): choose another run.out or remove it")
+    job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
+              config.personalization.epochs, config.personalization.local_only_epochs,
+              run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16))
+    sec = config.security
+    keyring = Keyring.from_json(checkpoint.keyring_json) if checkpoint else _enrolled_keys(sec.keyring)
+    setup = RunSetup(config, list(labels), out, package, base, template, job, keyring,
+                     load_operator_key(Path(sec.operator_key)), checkpoint)
+    print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
+          f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "
+          f"template {template.template_id[:12]} ({template.method})", flush=True)
+    if checkpoint is not None:
+        print(f"[fedpeft] resuming run {job.run_id[:12]} after round {setup.done}/{config.federation.rounds}, "
+              f"global adapter {checkpoint.adapter_id[:12]}", flush=True)
+    return setup
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedPeftError(f"only {len(nodes)} of the {minimum} required nodes connected within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: float) -> list[Message]:
+    """Send one message per node and keep the replies that carry no error."""
+    messages = [Message(content_for(node), message_type=message_type, dst_node_id=node) for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    for reply in replies:
+        if reply.has_error():
+            log(INFO, "node %d failed %s: %s", reply.metadata.src_node_id, message_type, reply.error.reason)
+    return [r for r in replies if not r.has_error()]
+
+
+def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) -> None:
+    """Send the template to every node and the base to nodes that lack it in their cache."""
+    job, timeout = setup.job, setup.config.federation.round_timeout
+    ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
+    status = ask(grid, nodes, "query.status", lambda _: RecordDict({"config": ids}), timeout)
+    needs = {r.metadata.src_node_id: r.content.config_records["status"] for r in status}
+    lacking_base = {n for n, s in needs.items() if not s["has-base"]}
+    lacking = sorted(n for n, s in needs.items() if not s["has-base"] or not s["has-template"])
+
+    def content(node: int) -> RecordDict:
+        record = install_content(setup.template, setup.package if node in lacking_base else None)
+        record["config"] = ids
+        return record
+
+    installed = ask(grid, lacking, "query.install", content, timeout)
+    roster.ready |= (set(needs) - set(lacking)) | {r.metadata.src_node_id for r in installed}
+    roster.base_sent_to += len(lacking_base)
+
+
+def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLog]:
+    """The rounds: Flower's strategy with signed-delta verification; a checkpoint after each."""
+    fed, sec, job, template = setup.config.federation, setup.config.security, setup.job, setup.template
+    run_log = RunLog(setup.out / "metrics.jsonl", fed.rounds, rows=list(setup.checkpoint.rows) if setup.checkpoint else [])
+
+    def bring_up_new_nodes(round_grid: Grid) -> None:
+        """A node that joins (or returns) mid-run gets the template, and the base if it lacks it."""
+        joined = sorted(set(round_grid.get_node_ids()) - roster.ready)
+        if joined:
+            before = (len(roster.ready), roster.base_sent_to)
+            distribute(round_grid, joined, setup, roster)
+            print(f"[fedpeft] {len(roster.ready) - before[0]} node(s) joined; base sent to "
+                  f"{roster.base_sent_to - before[1]}", flush=True)
+
+    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round:  # 0 is Flower's look at the initial adapter, before any round
+            Checkpoint(setup.done + server_round, job.run_id, job.base_id, job.template_id, from_record(arrays),
+                       setup.keyring.to_json(), strategy.state_arrays(), run_log.rows).save(setup.out / CHECKPOINT_FILE)
+
+    tensors = {n: (template.init[n].dtype.str, template.init[n].shape) for n in template.trainable_names}
+    verifier = DeltaVerifier(setup.keyring, VerifyPolicy(sec.max_update_norm, sec.max_examples, sec.max_message_bytes))
+    hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
+                          on_evaluate=run_log.evaluate_done)
+    strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, job.binding, tensors, verifier,
+                              sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done)
+    if setup.checkpoint is not None:
+        strategy.restore_state(setup.checkpoint.strategy_state)
+    result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
+                            train_config=job.to_config(), evaluate_config=job.to_config(), evaluate_fn=save_checkpoint)
+    return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
+
+
+def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> list[dict[str, Any]]:
+    """Every ready node's test accuracy of the initial, global, personalized and local-only adapters."""
+    print("[fedpeft] personalization: evaluating on every client's test split", flush=True)
+    replies = ask(grid, sorted(roster.ready & set(grid.get_node_ids())), "query.personalize",
+                  lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}),
+                  setup.config.federation.round_timeout)
+    return sorted(
+        ({"client": str(r.content.config_records["client"]["name"]),
+          "examples": int(r.content.metric_records["metrics"]["num-examples"]),
+          **{arm: float(r.content.metric_records["metrics"][f"{arm}-acc"]) for arm in report.ARMS}}
+         for r in replies),
+        key=lambda c: c["client"],
+    )
+
+
+def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
+    """The global adapter as a PEFT folder with a release signed by the operator key."""
+    release = write_adapter(setup.out / "adapter", setup.base, setup.template, final, setup.operator_key,
+                            version=setup.config.federation.rounds, model=setup.config.model, stats=stats,
+                            valid_days=setup.config.security.release_days)
+    print(f"[fedpeft] published adapter release v{release.version} ({release.release_id[:12]}), "
+          f"signed by operator key {key_id(setup.operator_key.public_key())[:12]}", flush=True)
+    return release
+
+
+def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], stats: dict[str, Any],
+              release: Release, run_log: RunLog, roster: Roster) -> dict[str, Any]:
+    """summary.json, clients.json and the plots."""
+    template, package = setup.template, setup.package
+    uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
+    summary = {
+        "rounds": setup.config.federation.rounds,
+        "clients": len(clients),
+        "resumed_after_round": setup.done,
+        "labels": setup.labels,
+        "base_id": package.base_id,
+        "template_id": template.template_id,
+        "adapter_method": template.method,
+        "quantization": setup.config.model.quantization,
+        "initial_accuracy": stats["initial"]["weighted_mean"],
+        "global_accuracy": stats["global"]["weighted_mean"],
+        "personalized_accuracy": stats["personalized"]["weighted_mean"],
+        "local_only_accuracy": stats["local_only"]["weighted_mean"],
+        "personalization": stats,
+        "release_id": release.release_id,
+        "adapter_id": tensors_id(final),
+        "rejected": run_log.rejected_totals(),
+        "rejections": [{"round": r["round"], **x} for r in run_log.rows for x in r.get("rejections", [])],
+        "unchanged_rounds": [r["round"] for r in run_log.rows if r.get("unchanged")],
+        "bytes_up_per_client_round": sum(uploads) / len(uploads) if uploads else 0,
+        "base_fp32_bytes": package.fp32_bytes,
+        "base_download_bytes": package.download_bytes,
+        "base_sent_to": roster.base_sent_to,  # nodes this server process sent the base to (the rest had it cached)
+        "trainable_params": int(sum(template.init[n].size for n in template.trainable_names)),
+        "total_params": int(sum(p.numel() for p in setup.base.model.parameters())),
+    }
+    out = setup.out
+    report.write_json(out / "summary.json", summary)
+    report.write_json(out / "clients.json", clients)
+    report.plot_curves(run_log.rows, summary["initial_accuracy"], out / "curves.png")
+    report.plot_clients(clients, out / "clients.png")
+    return summary
+
+
+def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...], out: Path,
+                   resume: bool = False) -> dict[str, Any]:
+    """The whole run; writes adapter/, metrics.jsonl, summary.json and plots into `out`.
+
+    After every completed round the server state goes to `out/checkpoint.safetensors`;
+    with `resume`, a run whose checkpoint is there goes on from its last completed round.
+    """
+    setup = prepare(config, labels, out, resume)
+    roster = Roster()
+    nodes = wait_for_nodes(grid, config.federation.min_clients, config.federation.round_timeout)
+    distribute(grid, nodes, setup, roster)
+    print(f"[fedpeft] base sent to {roster.base_sent_to} of {len(nodes)} nodes", flush=True)
+    final, run_log = federate(grid, setup, roster)
+    clients = personalize(grid, setup, final, roster)
+    stats, table = report.personalization_table(clients)
+    print(table, flush=True)
+    release = publish(setup, final, stats)
+    return summarize(setup, final, clients, stats, release, run_log, roster)
+
+
+def _enrolled_keys(path: str) -> Keyring:
+    if not path:
+        raise ConfigError("security.keyring is not set: enroll client keys with `fedpeft keys enroll`")
+    keyring = Keyring.load(Path(path))
+    if not keyring.keys:
+        raise ConfigError(f"keyring {path} enrolls no client keys; deltas could not be verified")
+    return keyring

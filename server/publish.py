@@ -1,0 +1,70 @@
+"""The published adapter folder: PEFT files, a signed release, and a model card.
+
+PEFT's `save_pretrained` records the base as the absolute path it was loaded from and
+repeats `modules_to_save` (it extends that list in place on every injection); the folder
+we publish names its base by a portable name and by `base_id` instead, and lists each
+module once. The model card replaces PEFT's empty template with the run's figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedpeft.core.adapters.state import Arrays, set_adapter_arrays
+from fedpeft.core.adapters.template import AdapterTemplate
+from fedpeft.core.base.model import Base
+from fedpeft.core.config import ModelSection
+from fedpeft.core.trust.release import Release, sign_release
+
+CARD_NAME = "README.md"
+
+
+def write_adapter(folder: Path, base: Base, template: AdapterTemplate, arrays: Arrays, key: Ed25519PrivateKey, *,
+                  version: int, model: ModelSection, stats: dict[str, Any], valid_days: float) -> Release:
+    peft_model = template.attach(base.model)
+    set_adapter_arrays(peft_model, arrays)
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = model.portable_name()
+    if config.modules_to_save:
+        config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
+    peft_model.save_pretrained(str(folder))
+    release = sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
+                           labels=template.labels, parent=None,
+                           metrics={"global_accuracy": stats["global"]["weighted_mean"]}, valid_days=valid_days)
+    (Path(folder) / CARD_NAME).write_text(model_card(release, template, model, stats))
+    return release
+
+
+def model_card(release: Release, template: AdapterTemplate, model: ModelSection, stats: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {arm} | {s['weighted_mean']:.3f} | {s['mean']:.3f} | {s['worst_decile']:.3f} |"
+                     for arm, s in stats.items())
+    labels = ", ".join(template.labels) or "(none: a causal LM)"
+    return f"""---
+base_model: {model.portable_name()}
+library_name: peft
+tags: [fedpeft, federated-learning, {template.method}]
+---
+
+# fedpeft adapter, release v{release.version}
+
+A {template.method} adapter trained by federated averaging of signed client deltas over the
+frozen, {model.quantization}-quantized base `{model.portable_name()}`.
+
+- base_id: `{release.base_id}` (SHA-256 of the base manifest; the adapter fits only this base)
+- template_id: `{release.template_id}`
+- release: `{release.release_id}`, expires {release.manifest['expires']}
+- labels: {labels}
+
+Test accuracy over the clients' own test splits (weighted mean, plain mean, worst decile):
+
+| adapter | weighted | mean | worst 10% |
+|---|---|---|---|
+{rows}
+
+Verify before use: `fedpeft verify FOLDER --key operator.pub --base-id {release.base_id[:12]}...`;
+load with `fedpeft.load_adapter(FOLDER, key=operator.pub)`. This card is not signed;
+`release.json` and `release.sig` are.
+"""
