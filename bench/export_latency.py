@@ -28,7 +28,8 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 
 import fedpeft  # noqa: F401
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage

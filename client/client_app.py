@@ -18,7 +18,8 @@ from fedpeft.core.training.data import ClientData, client_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
-from fedpeft.core.wire.records import from_record, package_from_content, template_from_content, to_record
+from fedpeft.core.wire.install import package_from_content, template_from_content
+from fedpeft.core.wire.records import from_record, to_record
 
 from . import identity, runtime, task
 

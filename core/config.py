@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -10,10 +11,11 @@ from typing import Any
 
 import tomli_w
 
-from fedpeft.core.adapters.template import TemplateSpec
+from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.training.data import DataSpec
-from fedpeft.core.training.loop import TrainSettings
+from fedpeft.core.training.settings import TrainSettings
 
+from .choices import METHODS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
 from .errors import ConfigError
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
@@ -117,12 +119,25 @@ class FederationConfig:
             if unknown:
                 raise ConfigError(f"{origin}: unknown key(s) {unknown} in [{name}]; known: {sorted(known)}"
                                   + (" (the seed is set in [run])" if "seed" in unknown else ""))
+            for item in fields(section_cls):
+                if item.name in body:
+                    _check_type(f"{origin}: [{name}] {item.name}", body[item.name], item.type)
             built[name] = section_cls(**body)
         config = cls(**built)
         config.check()
         return config
 
     def check(self) -> None:
+        """Every value, before anything loads: a bad one fails in seconds, with one line."""
+        check_choice("federation.strategy", self.federation.strategy, STRATEGIES)
+        check_choice("adapter.method", self.adapter.method, METHODS)
+        check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)
+        check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
+        for section in fields(self):
+            for item in fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section.name}.{item.name} must be a finite number, got {value}")
         positive = {
             "federation.rounds": self.federation.rounds,
             "data.clients": self.data.clients,
@@ -172,6 +187,22 @@ class FederationConfig:
 
     def train_settings(self) -> TrainSettings:
         return replace(self.train, seed=self.run.seed)
+
+
+# TOML values per annotation of the config dataclasses (`from __future__ import annotations`
+# keeps them as strings); a wrong type fails here, named, instead of deep inside the run.
+_TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+    "list[str]": (list,), "list[str] | None": (list, type(None)), "dict[str, Any]": (dict,),
+}
+
+
+def _check_type(where: str, value: Any, annotation: str) -> None:
+    allowed = _TOML_TYPES[annotation]
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ConfigError(f"{where} must be {annotation}, got {type(value).__name__} {value!r}")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
 
 
 def load_config(path: str | Path | None) -> FederationConfig:

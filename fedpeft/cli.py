@@ -1,11 +1,13 @@
-"""The `fedpeft` command line."""
+"""fedpeft: federated adapters over a quantized frozen base, signed deltas, signed releases, ONNX export."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
+from fedpeft.core.choices import METHODS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
@@ -48,7 +50,7 @@ def _simulate(args: argparse.Namespace) -> None:
     from .simulate import simulate
 
     config = _run_config(args)
-    _print_summary(simulate(config), config.run.out)
+    _print_summary(simulate(config, args.verbose), config.run.out)
 
 
 def _deploy_local(args: argparse.Namespace) -> None:
@@ -267,70 +269,87 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file (default: the bundled simulations/default.toml)")
     parser.add_argument("--data", help="CSV or JSONL file with text, label and optional client_id columns")
     parser.add_argument("--model", help="transformers model folder (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--partitioner", choices=["natural", "iid", "dirichlet"])
-    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--partitioner", choices=PARTITIONERS, help="how rows become clients (natural: by client_id)")
+    parser.add_argument("--rounds", type=int, help="federated rounds")
     parser.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
     parser.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
-    parser.add_argument("--local-epochs", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--strategy")
-    parser.add_argument("--method", help="adapter method: ffa-lora, lora or ia3")
-    parser.add_argument("--quantization", help="base quantization: int8, int4 or none")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--local-epochs", type=int, help="epochs each client trains per round")
+    parser.add_argument("--learning-rate", type=float, help="clients' AdamW learning rate")
+    parser.add_argument("--strategy", choices=list(STRATEGIES), help="how the server combines verified deltas")
+    parser.add_argument("--method", choices=METHODS, help="adapter method (core/adapters/methods/)")
+    parser.add_argument("--quantization", choices=QUANTIZATION_MODES, help="how the frozen base is quantized")
+    parser.add_argument("--seed", type=int, help="the run's one seed (data, template, training)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
 
 
+def _command(group, name: str, text: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with an example."""
+    return group.add_parser(name, help=text, description=text, epilog=f"example:\n  {example}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _group(commands, name: str, text: str, dest: str):
+    return commands.add_parser(name, help=text, description=text).add_subparsers(dest=dest, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedpeft", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedpeft {version('fedpeft')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sim = commands.add_parser("simulate", help="run a federation on Flower's simulation engine")
+    sim = _command(commands, "simulate", "run a federation on Flower's simulation engine",
+                   "fedpeft simulate --clients 20 --rounds 10 --method lora --out runs/lora")
     _run_arguments(sim)
-    sim.add_argument("--clients", type=int)
+    sim.add_argument("--clients", type=int, help="simulated clients (data partitions; natural: from the data)")
+    sim.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and the libraries' logs here too")
     sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
     sim.set_defaults(run=_simulate)
 
-    deploy = commands.add_parser("deploy", help="run the federation on Flower's Deployment Engine").add_subparsers(
-        dest="deploy_command", required=True)
-    local = deploy.add_parser("local", help="a SuperLink and N SuperNodes as processes on 127.0.0.1 (TLS, node auth)")
+    deploy = _group(commands, "deploy", "run the federation on Flower's Deployment Engine", "deploy_command")
+    local = _command(deploy, "local", "a SuperLink and N SuperNodes as processes on 127.0.0.1 (TLS, node auth)",
+                     "fedpeft deploy local --nodes 3 --rounds 3 --out runs/deploy")
     _run_arguments(local)
     local.add_argument("--nodes", type=int, default=2, help="SuperNodes, one data partition each (default 2)")
     local.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
     local.set_defaults(run=_deploy_local)
-    submit = deploy.add_parser("run", help="submit the federation to a running SuperLink (on its machine) and wait")
+    submit = _command(deploy, "run", "submit the federation to a running SuperLink (on its machine) and wait",
+                      "fedpeft deploy run --superlink SERVER:9092 --ca-cert tls/ca.crt --keyring keyring.json")
     _run_arguments(submit)
     submit.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     submit.add_argument("--ca-cert", required=True, help="CA certificate that signed the SuperLink's (fedpeft certs)")
     submit.add_argument("--keyring", help="enrollment list of the SuperNodes' signing keys (fedpeft keys enroll)")
     submit.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
     submit.set_defaults(run=_deploy_run)
-    node_key = deploy.add_parser("node-key", help="a SuperNode authentication key (P-384, OpenSSH) and its .pub")
+    node_key = _command(deploy, "node-key", "a SuperNode authentication key (P-384, OpenSSH) and its .pub",
+                        "fedpeft deploy node-key --out node-auth.key")
     node_key.add_argument("--out", required=True, help="private key file to write (refuses to overwrite)")
     node_key.set_defaults(run=_deploy_node_key)
 
-    keys = commands.add_parser("keys", help="Ed25519 keys: create them, enroll client keys").add_subparsers(
-        dest="keys_command", required=True)
-    new = keys.add_parser("new", help="write NAME.key (mode 600) and NAME.pub")
+    keys = _group(commands, "keys", "Ed25519 keys: create them, enroll client keys", "keys_command")
+    new = _command(keys, "new", "write NAME.key (mode 600) and NAME.pub", "fedpeft keys new keys/client-7.key")
     new.add_argument("path", help="private key file to create, e.g. keys/client-0.key")
     new.add_argument("--passphrase-env", metavar="VAR", help="encrypt the key with the passphrase in $VAR")
     new.set_defaults(run=_keys_new)
-    enroll = keys.add_parser("enroll", help="add a client public key to the server's enrollment list")
+    enroll = _command(keys, "enroll", "add a client public key to the server's enrollment list",
+                      "fedpeft keys enroll keys/client-7.pub --name client-7 --keyring keys/enrolled.json")
     enroll.add_argument("public_key", help="a .pub file written by `fedpeft keys new`")
     enroll.add_argument("--name", required=True, help="the client's name in logs and reports")
     enroll.add_argument("--keyring", required=True, help="enrollment list (JSON; created if absent)")
     enroll.set_defaults(run=_keys_enroll)
-    listing = keys.add_parser("list", help="show the enrolled keys")
-    listing.add_argument("--keyring", required=True)
+    listing = _command(keys, "list", "show the enrolled keys", "fedpeft keys list --keyring keys/enrolled.json")
+    listing.add_argument("--keyring", required=True, help="enrollment list (JSON)")
     listing.set_defaults(run=_keys_list)
 
-    verify = commands.add_parser("verify", help="check a published adapter folder's signed release")
+    verify = _command(commands, "verify", "check a published adapter folder's signed release",
+                      "fedpeft verify runs/default/adapter --key keys/operator.pub")
     verify.add_argument("folder", help="adapter folder with release.json and release.sig")
     verify.add_argument("--key", required=True, help="the operator's public key (.pub)")
     verify.add_argument("--base-id", help="also require the release to be made for this base")
     verify.set_defaults(run=_verify)
 
-    exp = commands.add_parser("export", help="ONNX models of a base with an adapter, signed, for ONNX Runtime")
+    exp = _command(commands, "export", "ONNX models of a base with an adapter, signed, for ONNX Runtime",
+                   "fedpeft export runs/default/adapter --key keys/operator.pub --out runs/export")
     exp.add_argument("adapter", help="adapter folder (PEFT format, with release.json/.sig)")
     exp.add_argument("--out", required=True, help="export folder to create")
     exp.add_argument("--key", help="operator public key that signed the adapter's release")
@@ -349,19 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--onto", metavar="EXPORT", help="write only an .onnx_adapter for this existing export folder")
     exp.set_defaults(run=_export)
 
-    pred = commands.add_parser("predict", help="classify texts with an export folder (ONNX Runtime, no torch)")
+    pred = _command(commands, "predict", "classify texts with an export folder (ONNX Runtime, no torch)",
+                    'fedpeft predict runs/export "the battery on my phone died" --key keys/operator.pub')
     pred.add_argument("folder", help="export folder")
-    pred.add_argument("texts", nargs="+")
+    pred.add_argument("texts", nargs="+", help="texts to classify")
     pred.add_argument("--key", help="operator public key that signed the export")
     pred.add_argument("--no-verify", action="store_true", help="skip the signature check")
-    pred.add_argument("--model", default="int8", choices=["fp32", "int8", "base"])
+    pred.add_argument("--model", default="int8", choices=["fp32", "int8", "base"],
+                      help="which exported model runs (base: the base graph with an .onnx_adapter)")
     pred.add_argument("--adapter", help="a folder from `fedpeft export --onto` to apply to the base model")
     pred.set_defaults(run=_predict)
 
-    certs = commands.add_parser("certs", help="write a private CA and a server certificate (TLS for registry, SuperLink)")
+    certs = _command(commands, "certs", "write a private CA and a server certificate (TLS for registry, SuperLink)",
+                     "fedpeft certs --out tls --host 127.0.0.1")
     certs.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
     certs.add_argument("--host", action="append", required=True, help="IP or DNS name of the server (repeatable)")
-    certs.add_argument("--valid-days", type=int, default=365)
+    certs.add_argument("--valid-days", type=int, default=365, help="certificate lifetime (default 365)")
     certs.set_defaults(run=_certs)
 
     def registry_address(sub: argparse.ArgumentParser) -> None:
@@ -373,49 +395,54 @@ def build_parser() -> argparse.ArgumentParser:
         registry_address(sub)
         sub.add_argument("--operator-key", required=True, help=f"operator private key (passphrase in ${OPERATOR_ENV})")
 
-    registry = commands.add_parser("registry", help="adapter registry: serve, publish, promote, roll back").add_subparsers(
-        dest="registry_command", required=True)
-    serve = registry.add_parser("serve", help="run the registry (gRPC, TLS) until SIGTERM")
+    registry = _group(commands, "registry", "adapter registry: serve, publish, promote, roll back", "registry_command")
+    serve = _command(registry, "serve", "run the registry (gRPC, TLS) until SIGTERM",
+                     "fedpeft registry serve --store registry --operators operators.json "
+                     "--tls-cert tls/server.pem --tls-key tls/server.key")
     serve.add_argument("--store", required=True, help="folder of blobs and the SQLite index (created if absent)")
     serve.add_argument("--operators", required=True, help="keyring of operator public keys allowed to publish")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50061, help="0: any free port (printed)")
     serve.add_argument("--tls-cert", help="server certificate (PEM), e.g. server.pem from `fedpeft certs`")
     serve.add_argument("--tls-key", help="its private key (PEM)")
     serve.add_argument("--insecure", action="store_true", help="plaintext; for a trusted laptop only")
     serve.set_defaults(run=_registry_serve)
-    pub = registry.add_parser("publish", help="publish a signed adapter folder as the next version of its base")
+    pub = _command(registry, "publish", "publish a signed adapter folder as the next version of its base",
+                   "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "
+                   "--ca-cert tls/ca.crt --channel canary")
     pub.add_argument("adapter", help="adapter folder with release.json/.sig (e.g. runs/default/adapter)")
     operator(pub)
-    pub.add_argument("--channel", default="canary")
+    pub.add_argument("--channel", default="canary", help="channel the release starts on (default canary)")
     pub.add_argument("--onnx-adapter", help="also ship this `fedpeft export --onto` folder's .onnx_adapter")
     pub.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
     pub.set_defaults(run=_registry_publish)
     for name, version_flag, run, text in (
             ("promote", "--version", _registry_promote, "make a published version the current one of a channel"),
             ("rollback", "--to-version", _registry_rollback, "republish an earlier version's weights as a new version")):
-        change = registry.add_parser(name, help=text)
+        change = _command(registry, name, text, f"fedpeft registry {name} {version_flag} 1 --channel stable "
+                                                "--base-id BASE --operator-key keys/operator.key --ca-cert tls/ca.crt")
         operator(change)
-        change.add_argument("--base-id", required=True)
-        change.add_argument(version_flag, type=int, required=True)
-        change.add_argument("--channel", required=True)
+        change.add_argument("--base-id", required=True, help="the base whose releases this changes (summary.json)")
+        change.add_argument(version_flag, type=int, required=True, help="release version")
+        change.add_argument("--channel", required=True, help="e.g. stable, canary")
         if name == "rollback":
-            change.add_argument("--valid-days", type=float, default=30.0)
+            change.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
         change.set_defaults(run=run)
-    lst = registry.add_parser("list", help="show the published releases and their channels")
+    lst = _command(registry, "list", "show the published releases and their channels",
+                   "fedpeft registry list --ca-cert tls/ca.crt")
     registry_address(lst)
-    lst.add_argument("--base-id")
+    lst.add_argument("--base-id", help="only the releases of this base")
     lst.set_defaults(run=_registry_list)
 
-    device = commands.add_parser("device", help="a device's adapter slot: pull from the registry, roll back").add_subparsers(
-        dest="device_command", required=True)
+    device = _group(commands, "device", "a device's adapter slot: pull from the registry, roll back", "device_command")
     for name, run, text in (("pull", _device_pull, "install the channel's release if it is newer and checks out"),
                             ("rollback", _device_rollback, "go back to the previous adapter")):
-        sub = device.add_parser(name, help=text)
+        sub = _command(device, name, text, f"fedpeft device {name} --state device --key keys/operator.pub --base-id BASE"
+                                           + (" --ca-cert tls/ca.crt" if name == "pull" else ""))
         sub.add_argument("--state", required=True, help="the device's adapter folder (state.json, releases/)")
         sub.add_argument("--key", required=True, help="the operator public key the device trusts")
         sub.add_argument("--base-id", required=True, help="the base this device runs")
-        sub.add_argument("--channel", default="stable")
+        sub.add_argument("--channel", default="stable", help="channel to follow (default stable)")
         if name == "pull":
             registry_address(sub)
         sub.set_defaults(run=run)
@@ -426,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except FedPeftError as exc:
+    except (FedPeftError, OSError) as exc:  # OSError: a path that is missing, unreadable or unwritable
         print(f"fedpeft: error: {exc}", file=sys.stderr)
         return 1 if args.command in ("verify", "predict", "device") else 2
     return 0

@@ -24,7 +24,7 @@ from fedpeft.core.trust.keys import (
 )
 
 
-def simulate(config: FederationConfig) -> dict:
+def simulate(config: FederationConfig, verbose: bool = False) -> dict:
     out = Path(config.run.out)
     spec = config.data_spec()
     _, labels = load_rows(spec)  # bad data fails here, with its reason, before Flower starts
@@ -41,6 +41,7 @@ def simulate(config: FederationConfig) -> dict:
     from fedpeft.server.server_app import make_server_app
     from fedpeft.simulations.misbehaving import PLAN_ENV, choose_plan, expected_rejections, misbehaving_mod
 
+    from .console import LOG_NAME, quiet, ray_init_args
     from .server import report
 
     plan = choose_plan(nodes, config.simulation.misbehaving, config.run.seed, config.simulation.behaviours,
@@ -59,12 +60,16 @@ def simulate(config: FederationConfig) -> dict:
             KEYS_DIR_ENV: str(work / "keys"),       # ... and signs with keys/client-<partition>.key
             PLAN_ENV: json.dumps(plan) if plan["partitions"] else None,
         }
-        with _environment(environment):
+        print(f"[fedpeft] starting Flower's simulation engine; its log and warnings go to {out / LOG_NAME}"
+              + ("" if verbose else " (--verbose shows them here)"), flush=True)
+        with _environment(environment), quiet(out / LOG_NAME, verbose):
             run_simulation(
                 server_app=make_server_app(config, labels, out),
                 client_app=make_client_app([misbehaving_mod] if plan["partitions"] else None),
                 num_supernodes=nodes,
-                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                "init_args": ray_init_args(verbose)},
+                verbose_logging=verbose,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

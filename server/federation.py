@@ -29,7 +29,8 @@ from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
 from fedpeft.core.trust.release import Release
-from fedpeft.core.wire.records import from_record, install_content, to_record
+from fedpeft.core.wire.install import install_content
+from fedpeft.core.wire.records import from_record, to_record
 
 from . import report
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
@@ -232,7 +233,7 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], sta
     out = setup.out
     report.write_json(out / "summary.json", summary)
     report.write_json(out / "clients.json", clients)
-    report.plot_curves(run_log.rows, summary["initial_accuracy"], out / "curves.png")
+    report.plot_curves(run_log.rows, summary["initial_accuracy"], summary["global_accuracy"], out / "curves.png")
     report.plot_clients(clients, out / "clients.png")
     return summary
 

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 ARMS = ("initial", "global", "personalized", "local_only")
 
@@ -36,29 +37,38 @@ def personalization_table(clients: list[dict[str, Any]]) -> tuple[dict[str, dict
     return stats, "\n".join(lines)
 
 
-def plot_curves(rows: list[dict[str, Any]], initial_accuracy: float, path: Path) -> None:
+def plot_curves(rows: list[dict[str, Any]], initial_accuracy: float, final_accuracy: float, path: Path) -> None:
+    """Validation accuracy after each round, the test-split accuracy of the template (round
+    0) and of the final global adapter apart from it, and the clients' training loss."""
     rounds = [r["round"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_acc.plot([0, *rounds], [initial_accuracy, *[r["val_accuracy"] for r in rows]], marker="o")
-    ax_acc.set(title="Global adapter accuracy (round 0: template, test split;\nthen validation split)",
-               xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    ax_acc.plot(rounds, [r["val_accuracy"] for r in rows], marker="o", label="global adapter, validation splits")
+    ax_acc.plot([0, rounds[-1] if rounds else 0], [initial_accuracy, final_accuracy], linestyle="none", marker="s",
+                color="tab:green", label="test splits: template (0), final global")
+    ax_acc.set(title="Global adapter accuracy", xlabel="round", ylabel="accuracy", ylim=(0, 1))
+    ax_acc.legend(loc="lower right", fontsize=8)
     ax_loss.plot(rounds, [r["train_loss"] for r in rows], marker="o", color="tab:red")
     ax_loss.set(title="Mean local training loss", xlabel="round", ylabel="loss")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_clients(clients: list[dict[str, Any]], path: Path) -> None:
-    names = [c["client"] for c in clients]
+    """Each client's test accuracy for the four adapters, with its test-split size."""
+    names = [f"{c['client']}\n(n={c['examples']})" for c in clients]
     x = np.arange(len(names))
     width = 0.2
-    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4.5))
     for i, arm in enumerate(ARMS):
-        ax.bar(x + (i - 1.5) * width, [c[arm] for c in clients], width, label=arm)
-    ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set(title="Test accuracy per client", ylabel="accuracy", ylim=(0, 1))
-    ax.legend(ncol=4, fontsize=8)
+        ax.bar(x + (i - 1.5) * width, [c[arm] for c in clients], width, label=arm.replace("_", "-"))
+    ax.set_xticks(x, names, rotation=45 if len(names) > 10 else 0, ha="right" if len(names) > 10 else "center",
+                  fontsize=8)
+    ax.set(ylabel="test accuracy", ylim=(0, 1))
+    ax.set_title("Test accuracy per client (n: test examples)", pad=24)
+    ax.legend(ncol=len(ARMS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

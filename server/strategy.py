@@ -17,26 +17,18 @@ from logging import WARNING
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, FedYogi, Krum
+from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from fedpeft.core.adapters.state import Arrays, apply_delta
+from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
-
-STRATEGIES = {
-    "fedavg": FedAvg,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedmedian": FedMedian,
-    "fedtrimmedavg": FedTrimmedAvg,
-    "krum": Krum,
-}
-
 
 SERVER_OPTIMIZER_STATE = ("m_t", "v_t")  # flwr.serverapp.strategy.FedOpt's moments
 
@@ -209,9 +201,7 @@ def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaB
                    tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
                    options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0):
     """A delta-taking, delta-verifying version of the named Flower strategy."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    flower_cls = STRATEGIES[name]
+    flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,

@@ -6,12 +6,13 @@ import torch
 
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
+from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.adapters.state import apply_delta, get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import DataSpec, client_data
 from fedpeft.core.training.job import Job
-from fedpeft.core.training.loop import TrainSettings
+from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.hashing import tensors_id
 

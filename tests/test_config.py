@@ -1,3 +1,7 @@
+import re
+import subprocess
+import sys
+
 import pytest
 
 from fedpeft.core.config import FederationConfig, load_config
@@ -59,3 +63,43 @@ def test_invalid_toml_and_missing_model_are_named(tmp_path):
     config = load_config(None).with_overrides(**{"model.path": str(tmp_path)})
     with pytest.raises(ConfigError, match="no config.json"):
         config.model.folder()
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("federation.strategy", "fedsgd", "federation.strategy 'fedsgd'"),
+    ("adapter.method", "dora", "adapter.method 'dora'"),
+    ("model.quantization", "int3", "model.quantization 'int3'"),
+    ("data.partitioner", "random", "data.partitioner 'random'"),
+    ("security.max_update_norm", float("nan"), "security.max_update_norm must be a finite number"),
+    ("federation.round_timeout", float("inf"), "federation.round_timeout must be a finite number"),
+])
+def test_unknown_choices_and_non_finite_numbers_are_named(key, value, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(None).with_overrides(**{key: value})
+
+
+def test_toml_values_of_the_wrong_type_are_named(tmp_path):
+    path = tmp_path / "c.toml"
+    for body, named in (('[federation]\nrounds = "five"\n', "[federation] rounds must be int, got str"),
+                        ("[adapter]\ntarget_modules = [1]\n", "target_modules must be a list of strings"),
+                        ("[simulation]\nmisbehaving = true\n", "[simulation] misbehaving must be float, got bool")):
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            load_config(path)
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--strategy", "fedsgd"], "invalid choice: 'fedsgd'"),
+    (["--config", "missing.toml"], "cannot read config"),
+    (["--data", "missing.csv"], "missing.csv"),
+    (["--max-update-norm", "nan"], "must be a finite number"),
+])
+def test_bad_simulate_input_fails_in_seconds_with_one_line_and_writes_nothing(tmp_path, args, named):
+    """Before Ray, torch or any model loads: no traceback, no output folder, no key file."""
+    proc = subprocess.run([sys.executable, "-m", "fedpeft.cli", "simulate", *args, "--out", "out"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

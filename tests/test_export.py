@@ -14,8 +14,9 @@ import pytest
 import torch
 from peft import PeftModel
 
+from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task

@@ -20,7 +20,8 @@ import torch
 from peft import PeftModel
 from safetensors.numpy import load_file, save_file
 
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair

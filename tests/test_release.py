@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from peft import PeftModel
 
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair

@@ -2,7 +2,8 @@
 
 from fedpeft.client import runtime
 from fedpeft.client.task import local_update
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.training.data import DataSpec, client_data
 from fedpeft.core.training.job import Job

@@ -8,13 +8,17 @@ import sys
 import pytest
 from peft import PeftModel
 
+from fedpeft import load_adapter
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
+from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import DataSpec, client_data
-from fedpeft.core.training.loop import TrainSettings, evaluate
+from fedpeft.core.training.loop import evaluate
+from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.trust.keys import load_public_key
 from fedpeft.core.trust.release import verify_release
+from fedpeft.server.report import ARMS
 
 ROUNDS, CLIENTS, BAD = 3, 4, 1
 # One of the four clients misbehaves: it tampers in round 1, replays its round-1 reply in
@@ -54,6 +58,15 @@ def test_outputs_are_written(run):
     assert [r["rejected"] for r in rows] == [{"tensor-hash-mismatch": 1}, {"wrong-round": 1}, {"non-finite": 1}]
     assert f"round {ROUNDS}/{ROUNDS}" in stdout
     assert "personalized" in stdout
+
+
+def test_console_shows_fedpeft_progress_and_the_log_file_the_rest(run):
+    out, stdout = run
+    lines = stdout.splitlines()
+    assert all(line.startswith("[fedpeft]") or line.split()[0] in ("adapter", *ARMS) for line in lines), lines
+    assert len(lines) < 25
+    log = (out / "run.log").read_text()
+    assert "flwr" in log and "Registered 4 nodes" in log
 
 
 def test_summary_has_the_promised_keys_and_budgets(run):
@@ -123,3 +136,25 @@ def test_bad_data_stops_before_the_federation_starts(tmp_path):
     assert proc.returncode == 2
     assert "'label'" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_load_adapter_verifies_the_release_and_finds_its_base(run, tiny_bert_dir):
+    out, _ = run
+    summary = json.loads((out / "summary.json").read_text())
+    key = out.parent / "keys" / "operator.pub"
+    loaded = load_adapter(out / "adapter", key=key, model=tiny_bert_dir)
+    assert loaded.release.release_id == summary["release_id"] and loaded.labels == summary["labels"]
+    spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
+    tests = [client_data(spec, p).test for p in range(CLIENTS)]
+    base_task = get_task("seq-cls")
+    correct = sum(round(evaluate(loaded.model, base_task, loaded.tokenizer, t, TrainSettings()).accuracy * len(t))
+                  for t in tests)
+    assert correct / sum(len(t) for t in tests) == pytest.approx(summary["global_accuracy"], abs=1e-9)
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_bert_dir.name  # no path of the training machine
+    assert len(config["modules_to_save"]) == len(set(config["modules_to_save"]))
+    assert summary["base_id"] in (out / "adapter" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="made for base"):
+        load_adapter(out / "adapter", key=key, model=tiny_bert_dir, quantization="int4")
+    with pytest.raises(ConfigError, match="give its transformers folder"):
+        load_adapter(out / "adapter")

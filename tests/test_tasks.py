@@ -4,7 +4,8 @@ import pytest
 
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
-from fedpeft.core.adapters.template import TemplateSpec, create_template
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.cache import NodeCache
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
@@ -12,7 +13,7 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import DataSpec, client_data
 from fedpeft.core.training.job import Job
-from fedpeft.core.training.loop import TrainSettings
+from fedpeft.core.training.settings import TrainSettings
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4", "none"])

@@ -14,26 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
+from peft import PeftModel, get_peft_config, get_peft_model
 
 from fedpeft.core.base.tasks import Task
 from fedpeft.core.trust.hashing import manifest_id, tensor_manifest
 
 from .methods import get_method
+from .spec import TemplateSpec
 from .state import get_adapter_arrays, set_adapter_arrays
-
-
-@dataclass(frozen=True)
-class TemplateSpec:
-    method: str = "ffa-lora"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] | None = None  # None: PEFT's default for the architecture
-    seed: int = 0
-
-    def peft_config(self, task: Task) -> PeftConfig:
-        return get_method(self.method).peft_config(self, task)
 
 
 @dataclass

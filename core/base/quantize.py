@@ -25,17 +25,14 @@ from torchao.quantization.quant_primitives import (
     quantize_affine,
 )
 
-from fedpeft.core.errors import ConfigError
+from fedpeft.core.choices import QUANTIZATION_MODES, check_choice
 
-QUANTIZATION_MODES = ("int8", "int4", "none")
 INT4_GROUP_SIZE = 32
 _RANGES = {"int8": (-128, 127), "int4": (-8, 7)}
 
 
 def check_mode(mode: str) -> str:
-    if mode not in QUANTIZATION_MODES:
-        raise ConfigError(f"unknown quantization {mode!r}; choose one of {QUANTIZATION_MODES}")
-    return mode
+    return check_choice("quantization", mode, QUANTIZATION_MODES)
 
 
 def _block_size(mode: str, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from datasets import Dataset, disable_progress_bars
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
-
+from fedpeft.core.choices import PARTITIONERS
 from fedpeft.core.errors import DataError
 
 from . import synthetic_data
 
-PARTITIONERS = ("natural", "iid", "dirichlet")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 MIN_CLIENT_EXAMPLES = 5
 
-disable_progress_bars()  # partitioning a small table is instant; its bars only clutter the log
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,11 @@ def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partiti
         raise DataError(f"unknown partitioner {spec.partitioner!r}; choose one of {PARTITIONERS}")
     if spec.partitioner == "natural" and any(not r.get("client_id") for r in rows):
         raise DataError("natural partitioning needs a 'client_id' value on every row")
+    # Imported here: a config check (core/config.py) needs DataSpec, not datasets' 2 s import.
+    from datasets import Dataset, disable_progress_bars
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
+    disable_progress_bars()  # partitioning a small table is instant; its bars only clutter the log
     table = Dataset.from_dict({
         "label": [r["label"] for r in rows],
         "client_id": [r.get("client_id", "") for r in rows],
@@ -147,10 +150,11 @@ def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partiti
             min_partition_size=0, seed=spec.seed,
         )
     partitioner.dataset = table
-    total = partitioner.num_partitions
-    if not 0 <= partition_id < total:
-        raise DataError(f"partition {partition_id} does not exist: the data has {total} client partitions")
-    part = partitioner.load_partition(partition_id)
+    with open(os.devnull, "w") as sink, redirect_stderr(sink):  # NaturalIdPartitioner draws a tqdm bar
+        total = partitioner.num_partitions
+        if not 0 <= partition_id < total:
+            raise DataError(f"partition {partition_id} does not exist: the data has {total} client partitions")
+        part = partitioner.load_partition(partition_id)
     name = part["client_id"][0] if spec.partitioner == "natural" and len(part) else f"partition-{partition_id}"
     return name, sorted(part["index"])
 

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord
 from fedpeft.core.wire.envelope import DeltaBinding
 
 from .data import DataSpec
-from .loop import TrainSettings
+from .settings import TrainSettings
 
 
 @dataclass(frozen=True)

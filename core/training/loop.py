@@ -10,15 +10,7 @@ import torch
 from fedpeft.core.base.tasks import Task
 
 from .data import TextSplit
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 1
-    batch_size: int = 16
-    learning_rate: float = 1e-2
-    max_length: int = 48
-    seed: int = 0
+from .settings import TrainSettings
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""Adapter methods, one module each, registered by name (the way peft registers its tuners).
+"""Adapter methods, one module each, registered by file name (the way peft keeps one tuner
+a folder): `ffa_lora.py` is the method "ffa-lora" and defines `METHOD`.
 
-A method says which PEFT config a `TemplateSpec` becomes and which of the adapter's
-tensors clients train and send. Every module in this folder is imported here, so a new
-method is one new file with an `@register`-ed class: nothing else changes.
+A new method is one new file here; nothing else changes. Listing the names imports no
+module, so the CLI can offer them as choices without loading peft.
 """
 
 from __future__ import annotations
@@ -10,10 +10,21 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import AdapterMethod, get_method, method_names, register
+from fedpeft.core.errors import ConfigError
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "registry":
-        importlib.import_module(f"{__name__}.{_module.name}")
+from ._base import AdapterMethod
 
-__all__ = ["AdapterMethod", "get_method", "method_names", "register"]
+_NAMES = sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def method_names() -> list[str]:
+    return list(_NAMES)
+
+
+def get_method(name: str) -> AdapterMethod:
+    if name not in _NAMES:
+        raise ConfigError(f"unknown adapter method {name!r}; choose one of {_NAMES}")
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}").METHOD
+
+
+__all__ = ["AdapterMethod", "get_method", "method_names"]

@@ -8,12 +8,11 @@ for this; freezing A is ours.
 from __future__ import annotations
 
 from .lora import LoRA
-from .registry import register
 
 
-@register
 class FFALoRA(LoRA):
-    name = "ffa-lora"
-
     def trains(self, tensor_name: str) -> bool:
         return ".lora_A." not in tensor_name
+
+
+METHOD = FFALoRA()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from peft import IA3Config
 
-from .registry import AdapterMethod, register
+from ._base import AdapterMethod
 
 
-@register
 class IA3(AdapterMethod):
-    name = "ia3"
-
     def peft_config(self, spec, task) -> IA3Config:
         return IA3Config(task_type=task.peft_task_type, target_modules=spec.target_modules)
+
+
+METHOD = IA3()

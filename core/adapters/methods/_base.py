@@ -1,24 +1,18 @@
-"""The method interface and the registry of methods by name."""
+"""What every adapter method provides."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
-
-from peft import PeftConfig, PeftModel
-
-from fedpeft.core.errors import ConfigError
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fedpeft.core.adapters.template import TemplateSpec
-    from fedpeft.core.base.tasks import Task
+    from peft import PeftConfig, PeftModel
 
-_METHODS: dict[str, AdapterMethod] = {}
+    from fedpeft.core.adapters.spec import TemplateSpec
+    from fedpeft.core.base.tasks import Task
 
 
 class AdapterMethod:
     """One adapter method: its PEFT config, and which of its tensors clients train."""
-
-    name: ClassVar[str]
 
     def peft_config(self, spec: TemplateSpec, task: Task) -> PeftConfig:
         raise NotImplementedError
@@ -32,18 +26,3 @@ class AdapterMethod:
         for name, param in peft_model.named_parameters():
             if param.requires_grad and not self.trains(name):
                 param.requires_grad_(False)
-
-
-def register(cls: type[AdapterMethod]) -> type[AdapterMethod]:
-    _METHODS[cls.name] = cls()
-    return cls
-
-
-def method_names() -> list[str]:
-    return sorted(_METHODS)
-
-
-def get_method(name: str) -> AdapterMethod:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown adapter method {name!r}; choose one of {method_names()}")
-    return _METHODS[name]

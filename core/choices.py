@@ -1,0 +1,26 @@
+"""The names a run may choose from, importable without torch, peft or Flower: the CLI
+offers them as choices and the config is checked against them before anything loads."""
+
+from __future__ import annotations
+
+from fedpeft.core.adapters.methods import method_names
+from fedpeft.core.errors import ConfigError
+
+QUANTIZATION_MODES = ("int8", "int4", "none")
+PARTITIONERS = ("natural", "iid", "dirichlet")
+# fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
+STRATEGIES = {
+    "fedavg": "FedAvg",
+    "fedadam": "FedAdam",
+    "fedyogi": "FedYogi",
+    "fedmedian": "FedMedian",
+    "fedtrimmedavg": "FedTrimmedAvg",
+    "krum": "Krum",
+}
+METHODS = tuple(method_names())
+
+
+def check_choice(what: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise ConfigError(f"unknown {what} {value!r}; choose one of {list(allowed)}")
+    return value

@@ -1,0 +1,53 @@
+"""Quiet by default: the console shows fedpeft's own progress lines; Flower's log, Python
+warnings, transformers and datasets chatter go to the run's log file. `--verbose` puts
+everything back on the console.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOG_NAME = "run.log"
+_THIRD_PARTY = ("flwr", "py.warnings", "transformers", "datasets", "torchao", "ray")
+
+
+def ray_init_args(verbose: bool) -> dict:
+    """Ray's start-up options: with log_to_driver off, worker output stays in Ray's own
+    session logs (/tmp/ray/session_latest/logs) instead of the console."""
+    return {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
+
+
+@contextmanager
+def quiet(log_path: Path, verbose: bool = False) -> Iterator[None]:
+    """Send third-party logging and warnings to `log_path` for the duration (not when verbose)."""
+    if verbose:
+        yield
+        return
+    from flwr.common.logger import console_handler
+    from transformers.utils import logging as transformers_logging
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    flower = logging.getLogger("flwr")
+    loggers = [logging.getLogger(name) for name in _THIRD_PARTY]
+    saved = [(logger, logger.propagate) for logger in loggers]
+    flower.removeHandler(console_handler)
+    for logger in loggers:
+        logger.addHandler(file_handler)
+        logger.propagate = False  # nothing reaches Python's last-resort console handler
+    logging.captureWarnings(True)
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, propagate in saved:
+            logger.removeHandler(file_handler)
+            logger.propagate = propagate
+        flower.addHandler(console_handler)
+        transformers_logging.enable_progress_bar()
+        file_handler.close()
