@@ -25,13 +25,13 @@ def _npy_layout(dtype_name: str, shape: tuple[int, ...]) -> tuple[np.dtype, byte
     array of this dtype and shape, and the data size; None for dtypes not mapped directly."""
     try:
         dtype = np.dtype(dtype_name)
-    except TypeError:
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            return None
+        buffer = io.BytesIO()
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except (TypeError, ValueError):  # not a dtype numpy knows, or a header too long for .npy 1.0
         return None
-    if dtype.hasobject:
-        return None
-    buffer = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    np.lib.format.write_array_header_1_0(buffer, header)
     return dtype, buffer.getvalue(), dtype.itemsize * math.prod(shape)
 
 
@@ -51,6 +51,27 @@ def decode_array(array: Array) -> np.ndarray:
     if len(data) != len(header) + size or not data.startswith(header):
         return array.numpy()
     return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(array.shape)
+
+
+def decode_signed_array(array: Array, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor a signed manifest announced, or ValueError: nothing else is parsed.
+
+    Untrusted bytes never reach `np.load` (which follows pickles, zip archives and headers
+    of any size): the stype, dtype, shape and byte length must be exactly what was
+    signed, and the .npy header byte for byte the one numpy writes for them.
+    """
+    if array.stype != "numpy.ndarray":
+        raise ValueError(f"serialization {array.stype!r}, expected numpy.ndarray")
+    if array.dtype != dtype or tuple(array.shape) != tuple(shape):
+        raise ValueError(f"sent as {array.dtype}{tuple(array.shape)}, signed as {dtype}{tuple(shape)}")
+    layout = _npy_layout(dtype, tuple(shape))
+    if layout is None:
+        raise ValueError(f"dtype {dtype!r} is not a plain numeric type")
+    kind, header, size = layout
+    data = array.data
+    if not isinstance(data, bytes) or len(data) != len(header) + size or not data.startswith(header):
+        raise ValueError(f"{len(data) if isinstance(data, bytes) else 'no'} bytes do not hold a {dtype}{tuple(shape)} tensor")
+    return np.frombuffer(data, dtype=kind, offset=len(header)).reshape(shape)
 
 
 def record_bytes(record: ArrayRecord) -> int:

@@ -1,0 +1,89 @@
+"""Every non-delta reply the server reads, checked in one place against a fixed schema.
+
+A client's reply is untrusted bytes even when its node is authenticated: extra metric
+keys make Flower's aggregation raise, a NaN poisons an average, a claimed billion
+examples buys the logged accuracy. Each function returns clean values or raises
+`BadReply` with a named reason; callers drop such a reply and count it, never raise.
+(Deltas are checked by server/verify.py.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from flwr.app import RecordDict
+
+BAD_REPLY_REASONS = ("malformed", "bad-metrics", "bad-example-count")
+LOSS_RANGE = (0.0, 1e6)
+TRAIN_METRICS = {"train-loss": LOSS_RANGE, "steps": (0.0, 1e9)}  # in the signed delta header
+EVALUATE_METRICS = {"eval-loss": LOSS_RANGE, "eval-acc": (0.0, 1.0)}
+MAX_CLIENT_NAME = 128
+
+
+class BadReply(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in BAD_REPLY_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def checked_metrics(metrics: Mapping, schema: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """Exactly the schema's keys, each a finite number in its range."""
+    if set(metrics) != set(schema):
+        raise BadReply("bad-metrics", f"keys {sorted(map(str, metrics))[:6]}, expected {sorted(schema)}")
+    clean = {}
+    for key, (low, high) in schema.items():
+        value = metrics[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise BadReply("bad-metrics", f"{key} = {value!r}, expected a number in [{low:g}, {high:g}]")
+        clean[key] = float(value)
+    return clean
+
+
+def example_count(value, max_examples: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_examples:
+        raise BadReply("bad-example-count", f"{value!r}, allowed 1..{max_examples}")
+    return value
+
+
+def _one_metric_record(content: RecordDict):
+    records = list(content.metric_records.values())
+    if len(records) != 1:
+        raise BadReply("malformed", f"expected one MetricRecord, got {len(records)}")
+    return records[0]
+
+
+def evaluate_reply(content: RecordDict, max_examples: int) -> tuple[int, dict[str, float]]:
+    """(examples, metrics) of an `evaluate` reply."""
+    metrics = dict(_one_metric_record(content))
+    examples = example_count(metrics.pop("num-examples", None), max_examples)
+    return examples, checked_metrics(metrics, EVALUATE_METRICS)
+
+
+def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: int) -> dict:
+    """One client's row of the personalization report."""
+    metrics = dict(_one_metric_record(content))
+    examples = example_count(metrics.pop("num-examples", None), max_examples)
+    accuracies = checked_metrics(metrics, {f"{arm}-acc": (0.0, 1.0) for arm in arms})
+    client = content.config_records.get("client")
+    name = client.get("name") if client is not None else None
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_CLIENT_NAME:
+        raise BadReply("malformed", f"client name {str(name)[:40]!r}")
+    return {"client": name, "examples": examples, **{arm: accuracies[f"{arm}-acc"] for arm in arms}}
+
+
+def status_reply(content: RecordDict) -> tuple[bool, bool]:
+    """(has base, has template) of a `query.status` reply."""
+    status = content.config_records.get("status")
+    values = (status.get("has-base"), status.get("has-template")) if status is not None else (None, None)
+    if not all(isinstance(v, bool) for v in values):
+        raise BadReply("malformed", "a status reply needs booleans has-base and has-template")
+    return values
+
+
+def install_reply(content: RecordDict) -> None:
+    status = content.config_records.get("status")
+    if status is None or status.get("installed") is not True:
+        raise BadReply("malformed", "an install reply must say installed = true")
