@@ -84,7 +84,7 @@ def main() -> None:
     deltas, envelopes = [], []
     for i in range(args.deltas):
         delta = {n: (rng.normal(size=global_arrays[n].shape) * 1e-3).astype(np.float32) for n in trained}
-        claim = DeltaClaim(binding, 10 + i % 7, {"train-loss": 1.0})
+        claim = DeltaClaim(binding, 10 + i % 7, {"train-loss": 1.0, "steps": 1})
         deltas.append(delta)
         envelopes.append(sign_delta(keys[i % args.keys], claim, delta))
     tensors = {n: (global_arrays[n].dtype.str, global_arrays[n].shape) for n in trained}

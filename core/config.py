@@ -75,6 +75,7 @@ class SecuritySection:
     operator_key: str = "keys/operator.key"  # signs published adapters; a simulation creates it if absent
     max_update_norm: float = 0.0           # L2 bound on a delta; 0 means none
     max_examples: int = 100_000            # a delta claiming more examples is implausible
+    max_weight_ratio: float = 2.0          # a client weighs at most this x the round's median example count (0: no cap)
     max_message_bytes: int = 0             # 0: twice the expected delta size plus 64 KiB
     min_accepted: int = 2                  # fewer accepted deltas leave the global adapter unchanged
     release_days: float = 30.0             # a published adapter's release expires after this
@@ -151,7 +152,7 @@ class FederationConfig:
             raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
         if not 0 <= self.simulation.misbehaving < 1:
             raise ConfigError(f"simulation.misbehaving must be in [0, 1), got {self.simulation.misbehaving}")
-        for key in ("max_update_norm", "max_message_bytes", "min_accepted"):
+        for key in ("max_update_norm", "max_message_bytes", "min_accepted", "max_weight_ratio"):
             if getattr(self.security, key) < 0:
                 raise ConfigError(f"security.{key} must not be negative, got {getattr(self.security, key)}")
         if self.security.max_examples < 1 or self.security.release_days <= 0:

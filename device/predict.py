@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tokenizers import Tokenizer
 
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.trust.release import RELEASE_NAME, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, read_signed
 
 EXPORT_TYPE = "fedpeft/onnx-export"  # defined here, not in exporter.py, so devices need no torch
@@ -65,6 +66,9 @@ class Predictor:
         self.manifest = open_export(Path(folder), public_key)
         adapter_file = Path(folder) / self.manifest["adapter"]
         if adapter is not None:
+            if public_key is not None and (Path(adapter) / f"{RELEASE_NAME}.json").exists():
+                # a device slot's folder (device/slot.py): the release it came in must still be valid
+                verify_release(Path(adapter), public_key, base_id=self.manifest["base_id"])
             adapter_manifest = open_export(adapter, public_key, self.manifest["base_id"], ADAPTER_EXPORT_NAME,
                                            ADAPTER_EXPORT_TYPE)
             adapter_file = Path(adapter) / adapter_manifest["adapter"]

@@ -84,11 +84,29 @@ class Device:
                                                  "the newest this device has installed")
         return release
 
-    def pull(self, client: RegistryClient, progress: Callable[[int, int], None] | None = None) -> PullResult:
+    def current_release(self, now: datetime | None = None) -> Release | None:
+        """The installed release, verified again now (signature, expiry, files): a device
+        runs nothing that has expired since it was installed (TUF's freeze attack: a
+        registry that keeps answering "not modified" cannot keep it on stale weights)."""
+        if self.current is None:
+            return None
+        try:
+            return verify_release(self.current, self.operator_key, base_id=self.base_id, now=now)
+        except ManifestError as error:
+            if error.reason != "expired":
+                raise
+            raise ManifestError("expired", f"the installed release v{self.version} has expired and the registry "
+                                           f"offers nothing newer: {error.detail}") from error
+
+    def pull(self, client: RegistryClient, progress: Callable[[int, int], None] | None = None,
+             now: datetime | None = None) -> PullResult:
+        """Install the channel's release if it is newer and checks out; ManifestError names a refusal,
+        including an installed release that has expired while the registry offers nothing newer."""
         signed = client.latest(self.base_id, self.channel, self.version)
         if signed is None:
+            self.current_release(now)
             return PullResult("not-modified", self.version, self.state["current"] and self.state["current"]["release_id"])
-        release = self.check(signed.manifest, signed.signature)
+        release = self.check(signed.manifest, signed.signature, now)
         self.downloads.mkdir(parents=True, exist_ok=True)
         received = resumed = 0
         for name, entry in release.files.items():

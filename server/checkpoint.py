@@ -1,10 +1,12 @@
 """The server's state after each completed round, so a killed server resumes its run.
 
 One safetensors file holds the global adapter and the strategy's tensors (FedAdam's
-moments...); its metadata holds the round, the run's identity, the enrollment list and
-the metrics rows so far. It is replaced atomically (core/atomic.py): after a kill -9 the
-file is the last completed round's, never a half-written one. It stays on the server and
-is not signed; the hash of all its tensors, stored beside them, catches a damaged file.
+moments...); its metadata holds the round, the run's identity and the metrics rows so
+far. It is replaced atomically (core/trust/atomic.py): after a kill -9 the file is the
+last completed round's, never a half-written one. It stays on the server and is not
+signed; one hash over its tensors and its metadata, stored beside them, catches a damaged
+or edited file. The enrollment list is not in it: a resumed run reads the keyring file,
+so a key revoked since the last round stays revoked.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from safetensors.numpy import save
 from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.atomic import write_atomic
-from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.trust.hashing import canonical_json, sha256_hex, tensors_id
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = 1
+FORMAT = 2  # 1 kept the enrollment list and hashed only the tensors
 _META = "fedpeft-checkpoint"
 
 
@@ -35,7 +37,6 @@ class Checkpoint:
     base_id: str
     template_id: str
     adapter: Arrays         # the global adapter after `round`
-    keyring_json: str       # the enrollment list the run verifies deltas against
     strategy_state: dict[str, Arrays] = field(default_factory=dict)  # strategy attribute -> tensors
     rows: list[dict[str, Any]] = field(default_factory=list)          # metrics.jsonl rows so far
 
@@ -48,10 +49,16 @@ class Checkpoint:
         for attr, arrays in self.strategy_state.items():
             tensors.update({f"strategy/{attr}/{n}": a for n, a in arrays.items()})
         tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        meta = {"format": FORMAT, "tensors_id": tensors_id(tensors), "round": self.round, "run_id": self.run_id, "base_id": self.base_id,
-                "template_id": self.template_id, "keyring": self.keyring_json,
-                "rows": self.rows}
+        meta = {"format": FORMAT, "round": self.round, "run_id": self.run_id, "base_id": self.base_id,
+                "template_id": self.template_id, "rows": self.rows}
+        meta["state_id"] = _state_id(tensors, meta)
         write_atomic(path, save(tensors, metadata={_META: json.dumps(meta)}))
+
+
+def _state_id(tensors: Arrays, meta: dict[str, Any]) -> str:
+    """One hash over every tensor and every metadata field but itself."""
+    return sha256_hex(canonical_json({"tensors": tensors_id(tensors),
+                                      "meta": {k: v for k, v in meta.items() if k != "state_id"}}))
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -65,7 +72,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"unsupported format {meta.get('format')!r}")
-        expected = str(meta["tensors_id"])
+        expected = str(meta["state_id"])
         adapter = {k.removeprefix("adapter/"): v for k, v in tensors.items() if k.startswith("adapter/")}
         state: dict[str, Arrays] = {}
         for key, value in tensors.items():
@@ -73,10 +80,11 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
                 _, attr, name = key.split("/", 2)
                 state.setdefault(attr, {})[name] = value
         checkpoint = Checkpoint(int(meta["round"]), str(meta["run_id"]), str(meta["base_id"]),
-                                str(meta["template_id"]), adapter, str(meta["keyring"]), state, list(meta["rows"]))
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+                                str(meta["template_id"]), adapter, state, list(meta["rows"]))
+        actual = _state_id(tensors, meta)
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"checkpoint {path} is unreadable: {exc}") from exc
-    if tensors_id(tensors) != expected:
-        raise IntegrityError(f"checkpoint {path}: its tensors do not match the hash stored with them")
+    if actual != expected:
+        raise IntegrityError(f"checkpoint {path}: its tensors or metadata do not match the hash stored with them")
     return checkpoint
 

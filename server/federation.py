@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from fedpeft.core.wire.records import from_record, to_record
 from . import report
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .publish import write_adapter
+from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
 from .strategy import StrategyHooks, build_strategy
 from .verify import DeltaVerifier, VerifyPolicy
@@ -71,6 +72,12 @@ class Roster:
 
     ready: set[int] = field(default_factory=set)
     base_sent_to: int = 0
+    bad_replies: dict[str, int] = field(default_factory=dict)  # "phase: reason" -> count, outside the rounds
+
+    def drop(self, phase: str, node: int, bad: BadReply) -> None:
+        log(WARNING, "dropped %s reply from node %d (%s)", phase, node, bad)
+        key = f"{phase}: {bad.reason}"
+        self.bad_replies[key] = self.bad_replies.get(key, 0) + 1
 
 
 def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume: bool = False) -> RunSetup:
@@ -90,8 +97,7 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
               config.personalization.epochs, config.personalization.local_only_epochs,
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16))
     sec = config.security
-    keyring = Keyring.from_json(checkpoint.keyring_json) if checkpoint else _enrolled_keys(sec.keyring)
-    setup = RunSetup(config, list(labels), out, package, base, template, job, keyring,
+    setup = RunSetup(config, list(labels), out, package, base, template, job, _enrolled_keys(sec.keyring),
                      load_operator_key(Path(sec.operator_key)), checkpoint)
     print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
           f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "
@@ -127,18 +133,28 @@ def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) ->
     """Send the template to every node and the base to nodes that lack it in their cache."""
     job, timeout = setup.job, setup.config.federation.round_timeout
     ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
-    status = ask(grid, nodes, "query.status", lambda _: RecordDict({"config": ids}), timeout)
-    needs = {r.metadata.src_node_id: r.content.config_records["status"] for r in status}
-    lacking_base = {n for n, s in needs.items() if not s["has-base"]}
-    lacking = sorted(n for n, s in needs.items() if not s["has-base"] or not s["has-template"])
+    needs: dict[int, tuple[bool, bool]] = {}  # node -> (has base, has template)
+    for reply in ask(grid, nodes, "query.status", lambda _: RecordDict({"config": ids}), timeout):
+        try:
+            needs[reply.metadata.src_node_id] = status_reply(reply.content)
+        except BadReply as bad:
+            roster.drop("status", reply.metadata.src_node_id, bad)
+    lacking_base = {n for n, (has_base, _) in needs.items() if not has_base}
+    lacking = sorted(n for n, (has_base, has_template) in needs.items() if not has_base or not has_template)
 
     def content(node: int) -> RecordDict:
         record = install_content(setup.template, setup.package if node in lacking_base else None)
         record["config"] = ids
         return record
 
-    installed = ask(grid, lacking, "query.install", content, timeout)
-    roster.ready |= (set(needs) - set(lacking)) | {r.metadata.src_node_id for r in installed}
+    installed = set()
+    for reply in ask(grid, lacking, "query.install", content, timeout):
+        try:
+            install_reply(reply.content)
+            installed.add(reply.metadata.src_node_id)
+        except BadReply as bad:
+            roster.drop("install", reply.metadata.src_node_id, bad)
+    roster.ready |= (set(needs) - set(lacking)) | installed
     roster.base_sent_to += len(lacking_base)
 
 
@@ -159,14 +175,15 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         if server_round:  # 0 is Flower's look at the initial adapter, before any round
             Checkpoint(setup.done + server_round, job.run_id, job.base_id, job.template_id, from_record(arrays),
-                       setup.keyring.to_json(), strategy.state_arrays(), run_log.rows).save(setup.out / CHECKPOINT_FILE)
+                       strategy.state_arrays(), run_log.rows).save(setup.out / CHECKPOINT_FILE)
 
     tensors = {n: (template.init[n].dtype.str, template.init[n].shape) for n in template.trainable_names}
     verifier = DeltaVerifier(setup.keyring, VerifyPolicy(sec.max_update_norm, sec.max_examples, sec.max_message_bytes))
     hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
                           on_evaluate=run_log.evaluate_done)
     strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, job.binding, tensors, verifier,
-                              sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done)
+                              sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
+                              max_weight_ratio=sec.max_weight_ratio)
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
     result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
@@ -180,13 +197,13 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> l
     replies = ask(grid, sorted(roster.ready & set(grid.get_node_ids())), "query.personalize",
                   lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}),
                   setup.config.federation.round_timeout)
-    return sorted(
-        ({"client": str(r.content.config_records["client"]["name"]),
-          "examples": int(r.content.metric_records["metrics"]["num-examples"]),
-          **{arm: float(r.content.metric_records["metrics"][f"{arm}-acc"]) for arm in report.ARMS}}
-         for r in replies),
-        key=lambda c: c["client"],
-    )
+    clients = []
+    for reply in replies:
+        try:
+            clients.append(personalize_reply(reply.content, report.ARMS, setup.config.security.max_examples))
+        except BadReply as bad:
+            roster.drop("personalize", reply.metadata.src_node_id, bad)
+    return sorted(clients, key=lambda c: c["client"])
 
 
 def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
@@ -220,7 +237,8 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], sta
         "personalization": stats,
         "release_id": release.release_id,
         "adapter_id": tensors_id(final),
-        "rejected": run_log.rejected_totals(),
+        "rejected": run_log.totals("rejected"),
+        "bad_replies": {**run_log.totals("eval_rejected", "evaluate: "), **roster.bad_replies},
         "rejections": [{"round": r["round"], **x} for r in run_log.rows for x in r.get("rejections", [])],
         "unchanged_rounds": [r["round"] for r in run_log.rows if r.get("unchanged")],
         "bytes_up_per_client_round": sum(uploads) / len(uploads) if uploads else 0,

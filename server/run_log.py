@@ -40,12 +40,14 @@ class RunLog:
             "rejections": list(traffic.rejections),
             "unchanged": traffic.unchanged,
             "max_update_norm": round(traffic.max_norm, 6),
+            "capped_weights": traffic.capped,
         }
 
-    def evaluate_done(self, server_round: int, metrics: MetricRecord | None) -> None:
+    def evaluate_done(self, server_round: int, metrics: MetricRecord | None, rejected: dict[str, int]) -> None:
         row = {
             **self._pending,
             "round": server_round,
+            "eval_rejected": dict(rejected),
             "val_accuracy": float(metrics["eval-acc"]) if metrics else None,
             "val_loss": float(metrics["eval-loss"]) if metrics else None,
             "seconds": round(time.monotonic() - self._started, 2),
@@ -55,13 +57,13 @@ class RunLog:
             fh.write(json.dumps(row) + "\n")
         print(progress_line(row, self.rounds), flush=True)
 
-    def rejected_totals(self) -> dict[str, int]:
+    def totals(self, key: str, prefix: str = "") -> dict[str, int]:
+        """Counts summed over the rounds of a per-round {reason: count} field."""
         totals: dict[str, int] = {}
         for row in self.rows:
-            for reason, count in row.get("rejected", {}).items():
-                totals[reason] = totals.get(reason, 0) + count
+            for reason, count in row.get(key, {}).items():
+                totals[prefix + reason] = totals.get(prefix + reason, 0) + count
         return dict(sorted(totals.items()))
-
 
 def progress_line(row: dict[str, Any], rounds: int) -> str:
     """One metrics.jsonl row as the line a run prints after each round."""

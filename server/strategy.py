@@ -10,6 +10,8 @@ server optimizers the pseudo-gradient is then the mean delta).
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -28,6 +30,7 @@ from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
+from .replies import BadReply, evaluate_reply
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
 
 SERVER_OPTIMIZER_STATE = ("m_t", "v_t")  # flwr.serverapp.strategy.FedOpt's moments
@@ -45,6 +48,7 @@ class RoundTraffic:
     rejections: list[dict] = field(default_factory=list)  # {"client", "reason", "detail"}
     unchanged: bool = False  # too few accepted deltas: the global adapter stayed as it was
     max_norm: float = 0.0    # largest L2 norm among accepted deltas
+    capped: int = 0          # accepted deltas whose weight was cut to the round's cap
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
@@ -57,7 +61,7 @@ class StrategyHooks:
 
     on_configure: Callable[[Grid], None] | None = None  # before each round: bring newly joined nodes up to date
     on_train: Callable[[int, MetricRecord | None, RoundTraffic], None] | None = None
-    on_evaluate: Callable[[int, MetricRecord | None], None] | None = None
+    on_evaluate: Callable[[int, MetricRecord | None, dict[str, int]], None] | None = None
 
 
 class DeltaStrategyMixin:
@@ -65,7 +69,8 @@ class DeltaStrategyMixin:
 
     `binding` is the run-wide part of what every delta is bound to; `tensors` the trained
     tensors with their dtype and shape. `min_accepted` deltas are needed for a round to
-    change the global adapter. A resumed run sets `round_offset` to the rounds already
+    change the global adapter. A client's weight is its signed example count, capped at
+    `max_weight_ratio` times the round's median count (0: no cap). A resumed run sets `round_offset` to the rounds already
     completed: Flower counts the rounds of `start()` from 1, deltas are bound to the run's
     round number. The remaining keyword arguments are the Flower strategy's.
     """
@@ -74,10 +79,11 @@ class DeltaStrategyMixin:
 
     def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
                  verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
-                 round_offset: int = 0, **flower_options) -> None:
+                 round_offset: int = 0, max_weight_ratio: float = 0.0, **flower_options) -> None:
         super().__init__(**flower_options)
         self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
         self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
+        self.max_weight_ratio = max_weight_ratio
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -104,7 +110,12 @@ class DeltaStrategyMixin:
             self.traffic.replies += 1
             self.traffic.bytes_up += size
             try:
-                delta = self.verifier.verify(msg.content, self.expectation, size)
+                try:
+                    delta = self.verifier.verify(msg.content, self.expectation, size)
+                except RejectedDelta:
+                    raise
+                except Exception as exc:  # a check that breaks on crafted input must not end the round
+                    raise RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
                 if delta.key_id in signers:
                     raise RejectedDelta("duplicate", "a second delta signed by the same key this round", delta.client)
             except RejectedDelta as rejection:
@@ -116,6 +127,20 @@ class DeltaStrategyMixin:
             self.traffic.max_norm = max(self.traffic.max_norm, delta.norm)
             self.traffic.accepted += 1
             yield msg, delta
+
+    def weighted(self, server_round: int, replies: Iterable[Message]) -> list[tuple[Message, VerifiedDelta, int]]:
+        """Accepted deltas with their weights: no client's weight exceeds `max_weight_ratio`
+        times the round's median signed count, so an inflated count cannot buy the average.
+        The decoded tensors are views into the replies' bytes, which Flower holds for the
+        round anyway: keeping them for a second pass costs no copy."""
+        accepted = list(self.verified_replies(server_round, replies))
+        if not accepted:
+            return []
+        cap = math.inf
+        if self.max_weight_ratio:
+            cap = max(1, math.floor(self.max_weight_ratio * statistics.median(d.num_examples for _, d in accepted)))
+        self.traffic.capped = sum(d.num_examples > cap for _, d in accepted)
+        return [(msg, delta, min(delta.num_examples, cap)) for msg, delta in accepted]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -148,14 +173,14 @@ class DeltaStrategyMixin:
         sums: dict[str, np.ndarray] = {}
         metric_sums: dict[str, float] = {}  # example-weighted, as Flower's FedAvg weights metrics
         total = 0
-        for _, delta in self.verified_replies(server_round, replies):
-            weight = np.float64(delta.num_examples)  # float64 sums: no drift over many deltas
+        for _, delta, count in self.weighted(server_round, replies):
+            weight = np.float64(count)  # float64 sums: no drift over many deltas
             for name, value in delta.arrays.items():
                 if name in sums:
                     sums[name] += value * weight
                 else:
                     sums[name] = value * weight
-            total += delta.num_examples
+            total += count
             for key, value in delta.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + weight * value
         if not total:
@@ -164,11 +189,11 @@ class DeltaStrategyMixin:
         return mean, MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()}, "num-examples": total})
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
-        """Any other Flower strategy, given `global + delta` weighted by the signed example count."""
+        """Any other Flower strategy, given `global + delta` weighted by the capped signed example count."""
         accepted = []
-        for msg, delta in self.verified_replies(server_round, replies):
+        for msg, delta, count in self.weighted(server_round, replies):
             msg.content = RecordDict({"arrays": to_record(apply_delta(self.global_arrays, delta.arrays)),
-                                      "metrics": _signed_metrics(delta)})
+                                      "metrics": MetricRecord({**delta.metrics, "num-examples": count})})
             accepted.append(msg)
         if not accepted:
             return None, None
@@ -176,11 +201,30 @@ class DeltaStrategyMixin:
         return (from_record(arrays) if arrays is not None else None), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Flower's evaluation average over replies that pass server/replies.py, weights capped as in training."""
         server_round += self.round_offset
-        metrics = super().aggregate_evaluate(server_round, replies)
+        clean: list[tuple[Message, int, dict[str, float]]] = []
+        rejected: dict[str, int] = {}
+        for msg in replies:
+            if msg.has_error():
+                continue
+            try:
+                examples, metrics = evaluate_reply(msg.content, self.verifier.policy.max_examples)
+            except BadReply as bad:
+                log(WARNING, "round %d: dropped evaluate reply from node %d (%s)", server_round,
+                    msg.metadata.src_node_id, bad)
+                rejected[bad.reason] = rejected.get(bad.reason, 0) + 1
+                continue
+            clean.append((msg, examples, metrics))
+        cap = math.inf
+        if clean and self.max_weight_ratio:
+            cap = max(1, math.floor(self.max_weight_ratio * statistics.median(n for _, n, _ in clean)))
+        for msg, examples, metrics in clean:
+            msg.content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": min(examples, cap)})})
+        aggregated = super().aggregate_evaluate(server_round, [m for m, _, _ in clean]) if clean else None
         if self.hooks.on_evaluate is not None:
-            self.hooks.on_evaluate(server_round, metrics)
-        return metrics
+            self.hooks.on_evaluate(server_round, aggregated, rejected)
+        return aggregated
 
     def state_arrays(self) -> dict[str, Arrays]:
         """The tensors a Flower server optimizer carries between rounds (FedAdam's m_t, v_t)."""
@@ -193,18 +237,15 @@ class DeltaStrategyMixin:
             setattr(self, attr, dict(arrays))
 
 
-def _signed_metrics(delta: VerifiedDelta) -> MetricRecord:
-    return MetricRecord({**delta.metrics, "num-examples": delta.num_examples})
-
-
 def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,
                    tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
-                   options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0):
+                   options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0,
+                   max_weight_ratio: float = 0.0):
     """A delta-taking, delta-verifying version of the named Flower strategy."""
     flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
+        round_offset=round_offset, max_weight_ratio=max_weight_ratio, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )

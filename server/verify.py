@@ -21,14 +21,16 @@ from google.protobuf.message import DecodeError
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import Keyring, verify_signature
 from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION, DeltaBinding
-from fedpeft.core.wire.records import decode_array
+from fedpeft.core.wire.records import NotAsSigned, decode_signed_array
 from fedpeft.protos import delta_pb2
+
+from .replies import TRAIN_METRICS, BadReply, checked_metrics
 
 REASONS = (
     "too-large", "malformed", "no-signature", "unknown-key", "bad-signature", "wrong-run", "wrong-round",
     "wrong-base", "wrong-template", "wrong-parent", "bad-example-count", "unexpected-tensor",
     "missing-tensor", "bad-dtype", "bad-shape", "tensor-hash-mismatch", "non-finite", "norm-too-large",
-    "duplicate",
+    "bad-metrics", "duplicate", "crashed-check",
 )
 
 
@@ -128,9 +130,13 @@ class DeltaVerifier:
         self._check_binding(header, expect, client)
         if not 1 <= header.num_examples <= self.policy.max_examples:
             raise RejectedDelta("bad-example-count", f"{header.num_examples}, allowed 1..{self.policy.max_examples}", client)
+        try:
+            metrics = checked_metrics(header.metrics, TRAIN_METRICS)
+        except BadReply as exc:
+            raise RejectedDelta("bad-metrics", exc.detail, client) from exc
         manifest = self._check_manifest(header, expect, client)
         arrays, norm = self._check_tensors(content, manifest, client)
-        return VerifiedDelta(signed.key_id, client, arrays, int(header.num_examples), dict(header.metrics), norm)
+        return VerifiedDelta(signed.key_id, client, arrays, int(header.num_examples), metrics, norm)
 
     @staticmethod
     def _check_binding(header: delta_pb2.DeltaHeader, expect: RoundExpectation, client: str) -> None:
@@ -178,13 +184,12 @@ class DeltaVerifier:
         arrays: dict[str, np.ndarray] = {}
         squares = 0.0
         for name, entry in manifest.items():
-            try:
-                array = decode_array(record[name])
+            try:  # only as the signed manifest (already matched to this round's tensors) says
+                array = decode_signed_array(record[name], entry.dtype, tuple(entry.shape))
+            except NotAsSigned as exc:
+                raise RejectedDelta("tensor-hash-mismatch", f"{name}: {exc}", client) from exc
             except ValueError as exc:
-                raise RejectedDelta("malformed", f"{name} does not decode: {exc}", client) from exc
-            if array.dtype.str != entry.dtype or tuple(array.shape) != tuple(entry.shape):
-                raise RejectedDelta("tensor-hash-mismatch",
-                                    f"{name}: sent {array.dtype.str}{array.shape}, signed {entry.dtype}{tuple(entry.shape)}", client)
+                raise RejectedDelta("malformed", f"{name}: {exc}", client) from exc
             if tensor_sha256(array) != entry.sha256:
                 raise RejectedDelta("tensor-hash-mismatch", f"{name}: bytes differ from the signed SHA-256", client)
             flat = array.reshape(-1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.trust.keys import Keyring, load_public_key, new_key_pair, public_key_path
+from fedpeft.core.trust.keys import Keyring
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.server.checkpoint import Checkpoint, load_checkpoint
 from fedpeft.server.strategy import build_strategy
@@ -15,14 +15,11 @@ from fedpeft.server.verify import DeltaVerifier, VerifyPolicy
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Checkpoint:
-    keyring = Keyring(tmp_path / "keyring.json")
-    new_key_pair(tmp_path / "c0.key")
-    keyring.enroll("client-0", load_public_key(public_key_path(tmp_path / "c0.key")))
     rng = np.random.default_rng(0)
     adapter = {"layer.lora_B": rng.normal(size=(8, 4)).astype(np.float32),
                "head.weight": rng.normal(size=(4, 8)).astype(np.float32)}
     state = {"m_t": {n: a * 0.1 for n, a in adapter.items()}, "v_t": {n: a * a for n, a in adapter.items()}}
-    return Checkpoint(2, "ab" * 16, "b" * 64, "c" * 64, adapter, keyring.to_json(), state,
+    return Checkpoint(2, "ab" * 16, "b" * 64, "c" * 64, adapter, state,
                       [{"round": 1, "accepted": 3}, {"round": 2, "accepted": 2}])
 
 
@@ -36,7 +33,6 @@ def test_round_trip_keeps_every_field_bit_exact(tmp_path, checkpoint):
     for attr in ("m_t", "v_t"):
         for name, value in checkpoint.strategy_state[attr].items():
             assert np.array_equal(loaded.strategy_state[attr][name], value)
-    assert Keyring.from_json(loaded.keyring_json).keys.keys() == Keyring.from_json(checkpoint.keyring_json).keys.keys()
 
 
 def test_absent_checkpoint_is_none(tmp_path):
@@ -96,3 +92,56 @@ def test_fedadam_moments_go_into_the_checkpoint_and_come_back(checkpoint):
     assert all(np.array_equal(state["v_t"][n], checkpoint.strategy_state["v_t"][n]) for n in checkpoint.adapter)
     with pytest.raises(ConfigError, match="'eta'"):
         strategy.restore_state({"eta": {}})
+
+
+@pytest.mark.parametrize("field,value", [("round", 7), ("run_id", "cd" * 16), ("rows", [])])
+def test_edited_metadata_no_longer_matches_the_stored_hash(tmp_path, checkpoint, field, value):
+    """The round, the run's identity and the metrics are covered by the hash, not only the tensors."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    with safe_open(path, framework="np") as handle:
+        meta = json.loads(handle.metadata()["fedpeft-checkpoint"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta[field] = value
+    save_file(tensors, str(path), metadata={"fedpeft-checkpoint": json.dumps(meta)})
+    with pytest.raises(IntegrityError, match="do not match the hash"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_holds_no_enrollment_list(tmp_path, checkpoint):
+    """A resumed run verifies deltas against the keyring file as it is now (server/federation.py
+    prepare): a key revoked after the checkpoint was written stays revoked."""
+    from safetensors import safe_open
+
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save(path)
+    with safe_open(path, framework="np") as handle:
+        assert "keyring" not in json.loads(handle.metadata()["fedpeft-checkpoint"])
+
+
+def test_resume_trusts_the_keyring_file_not_the_keys_enrolled_when_the_checkpoint_was_written(tmp_path, tiny_bert_dir):
+    from fedpeft.core.config import load_config
+    from fedpeft.core.training.synthetic_data import LABELS
+    from fedpeft.core.trust.keys import load_public_key, new_key_pair, public_key_path
+    from fedpeft.server.federation import prepare
+
+    keyring = Keyring(tmp_path / "keyring.json")
+    for name in ("client-0", "client-1"):
+        new_key_pair(tmp_path / f"{name}.key")
+        keyring.enroll(name, load_public_key(public_key_path(tmp_path / f"{name}.key")))
+    keyring.save()
+    new_key_pair(tmp_path / "operator.key")
+    config = load_config(None).with_overrides(**{"model.path": str(tiny_bert_dir), "security.keyring": str(keyring.path),
+                                                 "security.operator_key": str(tmp_path / "operator.key")})
+    first = prepare(config, LABELS, tmp_path / "out")
+    Checkpoint(1, first.job.run_id, first.job.base_id, first.job.template_id, dict(first.template.init), {},
+               [{"round": 1}]).save(tmp_path / "out" / "checkpoint.safetensors")
+    revoked = Keyring.load(keyring.path)
+    revoked.keys.pop(next(k for k, v in revoked.keys.items() if v.name == "client-1"))
+    revoked.save()
+    resumed = prepare(config, LABELS, tmp_path / "out", resume=True)
+    assert resumed.done == 1 and resumed.job.run_id == first.job.run_id
+    assert sorted(e.name for e in resumed.keyring.keys.values()) == ["client-0"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +207,18 @@ def test_device_refuses_expired_metadata(registry, material, tmp_path, tiny_pack
         expires = datetime.fromisoformat(v2.manifest["expires"])
         time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
         _refused(device, client, "expired")
+
+
+def test_a_frozen_registry_cannot_keep_a_device_on_an_expired_release(registry, material, tmp_path, tiny_package):
+    """The registry answers "not modified" for ever; once the installed release expires the
+    device says so (TUF's freeze attack) instead of running it silently."""
+    with _client(registry, material) as client:
+        device = _install_v1(registry, material, tmp_path, tiny_package.base_id, client)
+        assert device.pull(client).status == "not-modified"
+        expires = datetime.fromisoformat(device.current_release().manifest["expires"])
+        with pytest.raises(ManifestError, match="expired") as refused:
+            device.pull(client, now=expires + timedelta(seconds=1))
+        assert refused.value.reason == "expired" and device.version == 1
 
 
 def test_device_refuses_a_release_for_another_base(registry, material, tmp_path, tiny_package):

@@ -57,7 +57,7 @@ def _keyring() -> Keyring:
 def _claim(num_examples: int = 10, **binding_changes) -> DeltaClaim:
     """An honest claim for this round; `binding_changes` alter what it is bound to."""
     binding = dataclasses.replace(BINDING.for_round(ROUND, tensors_id(GLOBAL)), **binding_changes)
-    return DeltaClaim(binding, num_examples, {"train-loss": 1.0})
+    return DeltaClaim(binding, num_examples, {"train-loss": 1.0, "steps": 1})
 
 
 def _content(delta: dict[str, np.ndarray], signed: bytes | None) -> RecordDict:
@@ -76,9 +76,10 @@ def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey = KEYS[0], **cl
 
 
 def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
-              min_accepted: int = 1, **options):
+              min_accepted: int = 1, max_weight_ratio: float = 0.0, **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
-    strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options)
+    strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
+                              max_weight_ratio=max_weight_ratio)
     # What configure_train sets up for a round, without a Grid to send through.
     strategy.global_arrays = {k: v.copy() for k, v in GLOBAL.items()}
     strategy.traffic = RoundTraffic()

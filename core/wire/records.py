@@ -53,6 +53,10 @@ def decode_array(array: Array) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(array.shape)
 
 
+class NotAsSigned(ValueError):
+    """A tensor that decodes, but as another dtype or shape than the one signed."""
+
+
 def decode_signed_array(array: Array, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """The tensor a signed manifest announced, or ValueError: nothing else is parsed.
 
@@ -62,12 +66,12 @@ def decode_signed_array(array: Array, dtype: str, shape: tuple[int, ...]) -> np.
     """
     if array.stype != "numpy.ndarray":
         raise ValueError(f"serialization {array.stype!r}, expected numpy.ndarray")
-    if array.dtype != dtype or tuple(array.shape) != tuple(shape):
-        raise ValueError(f"sent as {array.dtype}{tuple(array.shape)}, signed as {dtype}{tuple(shape)}")
     layout = _npy_layout(dtype, tuple(shape))
     if layout is None:
         raise ValueError(f"dtype {dtype!r} is not a plain numeric type")
     kind, header, size = layout
+    if array.dtype != str(kind) or tuple(array.shape) != tuple(shape):  # Flower names dtypes as numpy prints them
+        raise NotAsSigned(f"sent as {array.dtype}{tuple(array.shape)}, signed as {kind}{tuple(shape)}")
     data = array.data
     if not isinstance(data, bytes) or len(data) != len(header) + size or not data.startswith(header):
         raise ValueError(f"{len(data) if isinstance(data, bytes) else 'no'} bytes do not hold a {dtype}{tuple(shape)} tensor")
