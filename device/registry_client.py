@@ -66,7 +66,14 @@ class RegistryClient:
         return None if reply.not_modified else reply.release
 
     def releases(self, base_id: str = "") -> list[pb.ReleaseEntry]:
-        return list(self._call("List", pb.ListRequest(base_id=base_id)).releases)
+        """Every release (of one base), page by page."""
+        entries, token = [], ""
+        while True:
+            reply = self._call("List", pb.ListRequest(base_id=base_id, page_token=token))
+            entries.extend(reply.releases)
+            if not reply.next_page_token:
+                return entries
+            token = reply.next_page_token
 
     def promote(self, statement: bytes, signature: bytes) -> pb.PromoteReply:
         return self._call("Promote", pb.PromoteRequest(promotion=pb.SignedManifest(manifest=statement,

@@ -195,7 +195,8 @@ def _registry_serve(args: argparse.Namespace) -> None:
 
     run(ServeSettings(store=Path(args.store), operators=Path(args.operators), host=args.host, port=args.port,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-                      tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure))
+                      tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure,
+                      publish_deadline=args.publish_deadline))
 
 
 def _registry_publish(args: argparse.Namespace) -> None:
@@ -406,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="server certificate (PEM), e.g. server.pem from `fedpeft certs`")
     serve.add_argument("--tls-key", help="its private key (PEM)")
     serve.add_argument("--insecure", action="store_true", help="plaintext; for a trusted laptop only")
+    serve.add_argument("--publish-deadline", type=float, default=300.0,
+                       help="seconds a publish stream may take before it is cut and its files discarded")
     serve.set_defaults(run=_registry_serve)
     pub = _command(registry, "publish", "publish a signed adapter folder as the next version of its base",
                    "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "

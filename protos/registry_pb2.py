@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"{\n\x0ePublishRequest\x12\x33\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04part\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"\x1e\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"=\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"V\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\x83\x03\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"{\n\x0ePublishRequest\x12\x33\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04part\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"V\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"V\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\x83\x03\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREPLY']._serialized_start=290
   _globals['_PUBLISHREPLY']._serialized_end=365
   _globals['_LISTREQUEST']._serialized_start=367
-  _globals['_LISTREQUEST']._serialized_end=397
-  _globals['_RELEASEENTRY']._serialized_start=399
-  _globals['_RELEASEENTRY']._serialized_end=482
-  _globals['_LISTREPLY']._serialized_start=484
-  _globals['_LISTREPLY']._serialized_end=545
-  _globals['_LATESTREQUEST']._serialized_start=547
-  _globals['_LATESTREQUEST']._serialized_end=623
-  _globals['_LATESTREPLY']._serialized_start=625
-  _globals['_LATESTREPLY']._serialized_end=711
-  _globals['_FETCHREQUEST']._serialized_start=713
-  _globals['_FETCHREQUEST']._serialized_end=759
-  _globals['_PROMOTEREQUEST']._serialized_start=761
-  _globals['_PROMOTEREQUEST']._serialized_end=830
-  _globals['_PROMOTEREPLY']._serialized_start=832
-  _globals['_PROMOTEREPLY']._serialized_end=900
-  _globals['_REGISTRY']._serialized_start=903
-  _globals['_REGISTRY']._serialized_end=1290
+  _globals['_LISTREQUEST']._serialized_end=417
+  _globals['_RELEASEENTRY']._serialized_start=419
+  _globals['_RELEASEENTRY']._serialized_end=502
+  _globals['_LISTREPLY']._serialized_start=504
+  _globals['_LISTREPLY']._serialized_end=590
+  _globals['_LATESTREQUEST']._serialized_start=592
+  _globals['_LATESTREQUEST']._serialized_end=668
+  _globals['_LATESTREPLY']._serialized_start=670
+  _globals['_LATESTREPLY']._serialized_end=756
+  _globals['_FETCHREQUEST']._serialized_start=758
+  _globals['_FETCHREQUEST']._serialized_end=804
+  _globals['_PROMOTEREQUEST']._serialized_start=806
+  _globals['_PROMOTEREQUEST']._serialized_end=875
+  _globals['_PROMOTEREPLY']._serialized_start=877
+  _globals['_PROMOTEREPLY']._serialized_end=945
+  _globals['_REGISTRY']._serialized_start=948
+  _globals['_REGISTRY']._serialized_end=1335
 # @@protoc_insertion_point(module_scope)

@@ -43,10 +43,12 @@ class PublishReply(_message.Message):
     def __init__(self, release_id: _Optional[str] = ..., version: _Optional[int] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("base_id",)
+    __slots__ = ("base_id", "page_token")
     BASE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     base_id: str
-    def __init__(self, base_id: _Optional[str] = ...) -> None: ...
+    page_token: str
+    def __init__(self, base_id: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ReleaseEntry(_message.Message):
     __slots__ = ("release", "channels")
@@ -57,10 +59,12 @@ class ReleaseEntry(_message.Message):
     def __init__(self, release: _Optional[_Union[SignedManifest, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListReply(_message.Message):
-    __slots__ = ("releases",)
+    __slots__ = ("releases", "next_page_token")
     RELEASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     releases: _containers.RepeatedCompositeFieldContainer[ReleaseEntry]
-    def __init__(self, releases: _Optional[_Iterable[_Union[ReleaseEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, releases: _Optional[_Iterable[_Union[ReleaseEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class LatestRequest(_message.Message):
     __slots__ = ("base_id", "channel", "installed_version")

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -30,8 +31,11 @@ from fedpeft.core.trust.signed_files import ManifestError
 from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
+from fedpeft.protos import registry_pb2 as pb
+from fedpeft.protos import registry_pb2_grpc
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.service import LIST_PAGE
 
 grpc = pytest.importorskip("grpc")
 
@@ -374,3 +378,97 @@ def test_serve_refuses_to_start_without_tls_or_operators(material, tmp_path):
     no_ops = subprocess.run(command + ["--operators", str(tmp_path / "none.json"), "--insecure"],
                             capture_output=True, text=True)
     assert no_ops.returncode == 2 and "no operator key" in no_ops.stderr
+
+
+def _replay_publishes(registry, material, signed: pb.SignedManifest, count: int, stall: float = 0.0) -> list:
+    """`count` anonymous Publish streams at once, each sending `signed` and one chunk of a blob
+    it lists, then holding the stream `stall` seconds; returns each stream's gRPC status code."""
+    import asyncio
+
+    blob = json.loads(signed.manifest)["files"]["adapter_model.safetensors"]["sha256"]
+    credentials = grpc.ssl_channel_credentials((material / "tls" / "ca.crt").read_bytes())
+
+    async def attempt(stub) -> grpc.StatusCode:
+        async def messages():
+            yield pb.PublishRequest(release=signed)
+            yield pb.PublishRequest(chunk=pb.BlobChunk(sha256=blob, offset=0, data=b"x" * 1024))
+            await asyncio.sleep(stall)  # then hold the stream open, as a slow or hostile caller would
+
+        try:
+            await stub.Publish(messages(), timeout=60)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+
+    async def run() -> list:
+        channels = [grpc.aio.secure_channel(registry.address, credentials) for _ in range(10)]
+        stubs = [registry_pb2_grpc.RegistryStub(c) for c in channels]
+        codes = await asyncio.gather(*(attempt(stubs[i % 10]) for i in range(count)))
+        for channel in channels:
+            await channel.close()
+        return codes
+
+    return asyncio.run(run())
+
+
+def test_1000_concurrent_anonymous_publishes_hold_nothing_and_devices_are_still_served(registry, material, tmp_path,
+                                                                                         tiny_package):
+    """Releases are public (List): anyone can replay one into Publish. Each replay is refused
+    before any file opens (ALREADY_EXISTS) or turned away at once (RESOURCE_EXHAUSTED); a
+    device pull meanwhile answers within a second and nothing is left in incoming/."""
+    with _client(registry, material) as client:
+        operator.publish(client, _operator(material), material / "adapter-1", "stable")
+        signed = client.releases(tiny_package.base_id)[0].release
+        device = _device(tmp_path / "device", material, tiny_package.base_id)
+        assert device.pull(client).version == 1
+    latencies = []
+    stop = threading.Event()
+
+    def poll():
+        with _client(registry, material) as client:
+            while not stop.is_set():
+                start = time.monotonic()
+                assert device.pull(client).status == "not-modified"
+                latencies.append(time.monotonic() - start)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        codes = _replay_publishes(registry, material, signed, 1000, stall=1.0)
+    finally:
+        stop.set()
+        poller.join()
+    assert set(codes) <= {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
+    assert len(codes) == 1000 and latencies and max(latencies) < 1.0, (len(latencies), max(latencies or [0]))
+    assert list((registry.root / "store" / "incoming").iterdir()) == []
+
+
+def test_a_publish_stream_that_stalls_is_cut_at_its_deadline(material, tmp_path, tiny_package):
+    registry = RegistryProcess(tmp_path, material / "operators.json", material / "tls",
+                               extra=("--publish-deadline", "2")).start()
+    try:
+        fresh = tmp_path / "fresh"
+        shutil.copytree(material / "adapter-2", fresh)
+        release = sign_release(fresh, _operator(material), version=5, base_id=tiny_package.base_id,
+                               template_id="c" * 64, labels=list(LABELS), parent=None, metrics={}, valid_days=1)
+        signed = pb.SignedManifest(manifest=(fresh / "release.json").read_bytes(),
+                                   signature=(fresh / "release.sig").read_bytes())
+        start = time.monotonic()
+        assert _replay_publishes(registry, material, signed, 1, stall=30) == [grpc.StatusCode.DEADLINE_EXCEEDED]
+        assert time.monotonic() - start < 15
+        assert list((registry.root / "store" / "incoming").iterdir()) == []
+        with _client(registry, material) as client:
+            assert client.releases(release.base_id) == []
+    finally:
+        registry.stop()
+
+
+def test_list_answers_in_pages_and_the_client_reads_them_all(registry, material):
+    key = _operator(material)
+    with _client(registry, material) as client:
+        for _ in range(LIST_PAGE + 3):
+            operator.publish(client, key, material / "adapter-1", "stable")
+        first = client._call("List", pb.ListRequest())
+        assert len(first.releases) == LIST_PAGE and first.next_page_token
+        versions = [json.loads(e.release.manifest)["version"] for e in client.releases()]
+    assert versions == list(range(1, LIST_PAGE + 4))

@@ -14,8 +14,8 @@ from pathlib import Path
 class RegistryProcess:
     """Start, kill -9 and restart a registry over the same store; `address` is HOST:PORT."""
 
-    def __init__(self, root: Path, operators: Path, tls: Path) -> None:
-        self.root, self.operators, self.tls = Path(root), Path(operators), Path(tls)
+    def __init__(self, root: Path, operators: Path, tls: Path, extra: tuple[str, ...] = ()) -> None:
+        self.root, self.operators, self.tls, self.extra = Path(root), Path(operators), Path(tls), extra
         self.process: subprocess.Popen | None = None
         self.port = 0  # the first start picks a free port; restarts reuse it
         self.log: list[str] = []
@@ -28,7 +28,7 @@ class RegistryProcess:
     def start(self) -> RegistryProcess:
         command = [sys.executable, "-m", "fedpeft.cli", "registry", "serve", "--store", str(self.root / "store"),
                    "--operators", str(self.operators), "--port", str(self.port),
-                   "--tls-cert", str(self.tls / "server.pem"), "--tls-key", str(self.tls / "server.key")]
+                   "--tls-cert", str(self.tls / "server.pem"), "--tls-key", str(self.tls / "server.key"), *self.extra]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         first = self.process.stdout.readline()
         if "listening on" not in first:

@@ -15,7 +15,7 @@ from fedpeft.core.trust.keys import Keyring
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
-from .service import RegistryService
+from .service import PUBLISH_DEADLINE_S, RegistryService
 from .store import RegistryStore
 
 
@@ -28,6 +28,7 @@ class ServeSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False      # plaintext, for a laptop only; must be asked for
+    publish_deadline: float = PUBLISH_DEADLINE_S  # seconds a publish stream may take
 
 
 def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -47,7 +48,7 @@ async def serve(settings: ServeSettings) -> None:
     store = RegistryStore(settings.store)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(store, operators), server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(store, operators, settings.publish_deadline), server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:

@@ -3,11 +3,18 @@
 Publish and Promote accept only statements signed by an operator key of the registry's
 operator list; the signature is checked over the received bytes before they are parsed.
 Anyone who can reach the service may read: devices do not trust the registry, they
-check every release and blob themselves (client/device.py).
+check every release and blob themselves (device/slot.py).
+
+Releases are public, so anyone can replay one into Publish. What an anonymous caller can
+hold is bounded: a publish stream must open with a signed release the registry does not
+have and that is newer than its base's latest (checked before any file is opened), at
+most MAX_PUBLISHES streams run at once (more are refused at once), and each must finish
+within the publish deadline. List answers in pages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -23,13 +30,17 @@ from fedpeft.protos import registry_pb2_grpc
 from .store import BlobWriter, RegistryStore, StoredRelease, StoreError
 
 log = logging.getLogger("fedpeft.registry")
+MAX_PUBLISHES = 4         # publish streams at once; each holds at most one writer per file its release lists
+PUBLISH_DEADLINE_S = 300  # a publish stream that takes longer is cut and its files discarded
+LIST_PAGE = 100
 STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "malformed": grpc.StatusCode.INVALID_ARGUMENT, "expired": grpc.StatusCode.INVALID_ARGUMENT,
     "blob-mismatch": grpc.StatusCode.DATA_LOSS, "missing-blob": grpc.StatusCode.FAILED_PRECONDITION,
     "exists": grpc.StatusCode.ALREADY_EXISTS, "stale-version": grpc.StatusCode.FAILED_PRECONDITION,
     "stale-promotion": grpc.StatusCode.FAILED_PRECONDITION, "unknown-release": grpc.StatusCode.NOT_FOUND,
     "not-operator": grpc.StatusCode.PERMISSION_DENIED, "wrong-key": grpc.StatusCode.PERMISSION_DENIED,
-    "bad-signature": grpc.StatusCode.PERMISSION_DENIED,
+    "bad-signature": grpc.StatusCode.PERMISSION_DENIED, "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too-slow": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -38,8 +49,9 @@ def _signed(stored: StoredRelease) -> pb.SignedManifest:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore, operators: Keyring) -> None:
-        self.store, self.operators = store, operators
+    def __init__(self, store: RegistryStore, operators: Keyring, publish_deadline: float = PUBLISH_DEADLINE_S) -> None:
+        self.store, self.operators, self.publish_deadline = store, operators, publish_deadline
+        self.publishing = 0  # streams in Publish now (handlers share one event loop: a plain count)
 
     def _operator_key(self, signature: bytes, what: str):
         signer, _ = signer_of(signature, what)
@@ -53,29 +65,39 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         await context.abort(STATUS.get(error.reason, grpc.StatusCode.INVALID_ARGUMENT), str(error))
 
     async def Publish(self, request_iterator: AsyncIterator[pb.PublishRequest], context) -> pb.PublishReply:
+        if self.publishing >= MAX_PUBLISHES:
+            await self._refuse(context, "Publish", StoreError("busy", f"{MAX_PUBLISHES} publishes are running; "
+                                                                      "try again later"))
+        self.publishing += 1
         writers: dict[str, BlobWriter] = {}
         received = 0
         try:
-            first = await anext(aiter(request_iterator), None)
-            if first is None or not first.HasField("release"):
-                raise StoreError("malformed", "a publish stream starts with the signed release")
-            operator = self._operator_key(first.release.signature, "release")
-            release = check_release(first.release.manifest, first.release.signature, operator.public_key)
-            sizes = {entry["sha256"]: entry["size"] for entry in release.files.values()}
-            async for message in request_iterator:
-                chunk = message.chunk
-                if not message.HasField("chunk") or chunk.sha256 not in sizes:
-                    raise StoreError("malformed", f"chunk of a blob the release does not list: {chunk.sha256[:12]!r}")
-                if chunk.sha256 not in writers:
-                    writers[chunk.sha256] = self.store.new_blob(chunk.sha256, sizes[chunk.sha256])
-                writers[chunk.sha256].write(chunk.offset, chunk.data)
-                received += len(chunk.data)
-            for writer in writers.values():
-                writer.finish()
-            self.store.add_release(release, first.release.manifest, first.release.signature)
+            async with asyncio.timeout(self.publish_deadline):
+                first = await anext(aiter(request_iterator), None)
+                if first is None or not first.HasField("release"):
+                    raise StoreError("malformed", "a publish stream starts with the signed release")
+                operator = self._operator_key(first.release.signature, "release")
+                release = check_release(first.release.manifest, first.release.signature, operator.public_key)
+                self.store.check_new(release)  # a replayed or stale release opens no file
+                sizes = {entry["sha256"]: entry["size"] for entry in release.files.values()}
+                async for message in request_iterator:
+                    chunk = message.chunk
+                    if not message.HasField("chunk") or chunk.sha256 not in sizes:
+                        raise StoreError("malformed", f"chunk of a blob the release does not list: {chunk.sha256[:12]!r}")
+                    if chunk.sha256 not in writers:
+                        writers[chunk.sha256] = self.store.new_blob(chunk.sha256, sizes[chunk.sha256])
+                    writers[chunk.sha256].write(chunk.offset, chunk.data)
+                    received += len(chunk.data)
+                for writer in writers.values():
+                    writer.finish()
+                self.store.add_release(release, first.release.manifest, first.release.signature)
+        except TimeoutError:
+            await self._refuse(context, "Publish", StoreError("too-slow", f"the publish stream took more than "
+                                                                          f"{self.publish_deadline:g} s"))
         except (StoreError, ManifestError) as error:
             await self._refuse(context, "Publish", error)
         finally:  # a refused, failed or cancelled (client gone) publish leaves no open file behind
+            self.publishing -= 1
             for writer in writers.values():
                 writer.discard()
         log.info("registry: published v%d (%s) of base %s by %s, %d bytes", release.version, release.release_id[:12],
@@ -83,8 +105,18 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         return pb.PublishReply(release_id=release.release_id, version=release.version, bytes_received=received)
 
     async def List(self, request: pb.ListRequest, context) -> pb.ListReply:
-        return pb.ListReply(releases=[pb.ReleaseEntry(release=_signed(r), channels=r.channels)
-                                      for r in self.store.releases(request.base_id)])
+        """One page of releases; `next_page_token` ("BASE_ID:VERSION" of the last one) asks for the next."""
+        after = ("", 0)
+        if request.page_token:
+            base_id, _, version = request.page_token.rpartition(":")
+            if not version.isdigit() or len(base_id) > 64:
+                await self._refuse(context, "List", StoreError("malformed", "page_token is not BASE_ID:VERSION"))
+            after = (base_id, int(version))
+        page = self.store.releases(request.base_id, after=after, limit=LIST_PAGE + 1)
+        more = len(page) > LIST_PAGE
+        page = page[:LIST_PAGE]
+        return pb.ListReply(releases=[pb.ReleaseEntry(release=_signed(r), channels=r.channels) for r in page],
+                            next_page_token=f"{page[-1].base_id}:{page[-1].version}" if more else "")
 
     async def GetLatest(self, request: pb.LatestRequest, context) -> pb.LatestReply:
         try:

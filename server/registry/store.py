@@ -132,28 +132,37 @@ class RegistryStore:
         row = self.db.execute("SELECT MAX(version) FROM releases WHERE base_id = ?", (base_id,)).fetchone()
         return int(row[0] or 0)
 
+    def check_new(self, release: Release) -> None:
+        """Refuse a release the store has, or one not above its base's latest version: checked
+        before a publish opens any file (a replayed public release costs the registry nothing)
+        and again when it is indexed."""
+        if self.db.execute("SELECT 1 FROM releases WHERE release_id = ?", (release.release_id,)).fetchone():
+            raise StoreError("exists", f"release {release.release_id[:12]} is already published")
+        latest = self.latest_version(release.base_id)
+        if release.version <= latest:
+            raise StoreError("stale-version", f"version {release.version} is not above the latest published "
+                                              f"version {latest} of base {release.base_id[:12]}")
+
     def add_release(self, release: Release, manifest: bytes, signature: bytes) -> None:
         """Index a verified release whose blobs are all stored; versions only go up per base."""
         missing = [name for name, entry in release.files.items() if not self.has_blob(entry["sha256"])]
         if missing:
             raise StoreError("missing-blob", f"release v{release.version} lists files the registry lacks: {missing}")
         with self._transaction():
-            if self.db.execute("SELECT 1 FROM releases WHERE release_id = ?", (release.release_id,)).fetchone():
-                raise StoreError("exists", f"release {release.release_id[:12]} is already published")
-            latest = self.latest_version(release.base_id)
-            if release.version <= latest:
-                raise StoreError("stale-version", f"version {release.version} is not above the latest published "
-                                                  f"version {latest} of base {release.base_id[:12]}")
+            self.check_new(release)
             self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (
                 release.release_id, release.base_id, release.version, manifest, signature, _now()))
 
-    def releases(self, base_id: str = "", release_id: str = "") -> list[StoredRelease]:
-        """Releases of one base (or all), oldest first, with the channels they are current in."""
+    def releases(self, base_id: str = "", release_id: str = "", after: tuple[str, int] = ("", 0),
+                 limit: int = -1) -> list[StoredRelease]:
+        """Releases of one base (or all) ordered by (base, version), from the first one after
+        `after`, at most `limit` (-1: all), with the channels they are current in."""
         rows = self.db.execute(
             "SELECT r.release_id, r.base_id, r.version, r.manifest, r.signature, GROUP_CONCAT(c.channel) "
             "FROM releases r LEFT JOIN channels c ON c.release_id = r.release_id "
-            "WHERE (? = '' OR r.base_id = ?) AND (? = '' OR r.release_id = ?) "
-            "GROUP BY r.release_id ORDER BY r.base_id, r.version", (base_id, base_id, release_id, release_id))
+            "WHERE (? = '' OR r.base_id = ?) AND (? = '' OR r.release_id = ?) AND (r.base_id, r.version) > (?, ?) "
+            "GROUP BY r.release_id ORDER BY r.base_id, r.version LIMIT ?",
+            (base_id, base_id, release_id, release_id, after[0], after[1], limit))
         return [StoredRelease(*row[:5], tuple(sorted(row[5].split(","))) if row[5] else ()) for row in rows]
 
     def release(self, release_id: str) -> StoredRelease | None:
