@@ -17,8 +17,10 @@ from fedpeft.core.training.settings import TrainSettings
 
 from .choices import METHODS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
 from .errors import ConfigError
+from .trust.files import UnreadableFile, read_small
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
+CONFIG_FILE_BYTES = 1024 * 1024
 SEEDED_SECTIONS = ("adapter", "train")  # their dataclasses carry a seed; [run] seed sets it
 
 
@@ -212,9 +214,9 @@ def load_config(path: str | Path | None) -> FederationConfig:
         text, origin = resources.files("fedpeft.simulations").joinpath("default.toml").read_text(), "default.toml"
     else:
         try:
-            text, origin = Path(path).read_text(), str(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+            text, origin = read_small(Path(path), CONFIG_FILE_BYTES).decode(), str(path)
+        except (UnreadableFile, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {exc}") from exc
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.trust.tls import read_pem
 from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2 as pb
@@ -39,7 +40,7 @@ class RegistryClient:
         if ca_cert is None:
             self.channel = grpc.insecure_channel(address, options)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert).read_bytes())
+            credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(Path(ca_cert), "certificate"))
             self.channel = grpc.secure_channel(address, credentials, options)
         self.stub = registry_pb2_grpc.RegistryStub(self.channel)
         self.timeout_s = timeout_s

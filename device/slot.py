@@ -12,7 +12,6 @@ nothing the device uses changes. Imports no torch: ONNX devices apply the releas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.atomic import staged_folder, write_atomic
+from fedpeft.core.trust.files import UnreadableFile, file_sha256, read_small
 from fedpeft.core.trust.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError
 
@@ -56,10 +56,10 @@ class Device:
         if not path.exists():
             return {"base_id": self.base_id, "current": None, "previous": None, "floor": 0, "seen": []}
         try:
-            state = json.loads(path.read_text())
+            state = json.loads(read_small(path))
             if state["base_id"] != self.base_id:
                 raise ValueError(f"it belongs to base {state['base_id'][:12]}, not {self.base_id[:12]}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (UnreadableFile, ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"device state {path} is unusable: {exc}") from exc
         return state
 
@@ -117,7 +117,7 @@ class Device:
             if download.size < entry["size"]:
                 raise ManifestError("truncated", f"{name}: the registry's stream ended after {download.size} of "
                                                  f"{entry['size']} bytes (kept; the next pull resumes)")
-            if _file_sha256(part) != entry["sha256"]:
+            if file_sha256(part) != entry["sha256"]:
                 part.unlink()
                 raise ManifestError("file-mismatch", f"{name}: downloaded bytes differ from the signed SHA-256")
         self._install(release, signed.manifest, signed.signature)
@@ -128,7 +128,7 @@ class Device:
         rollback republishes earlier weights): nothing to download, the hash still checked."""
         for entry in (self.state["current"], self.state["previous"]):
             local = self.releases / entry["folder"] / name if entry else None
-            if local is not None and local.is_file() and not part.exists() and _file_sha256(local) == sha256:
+            if local is not None and local.is_file() and not part.exists() and file_sha256(local) == sha256:
                 shutil.copyfile(local, part)
 
     def _install(self, release: Release, manifest: bytes, signature: bytes) -> None:
@@ -168,8 +168,3 @@ class Device:
         for path in self.releases.iterdir() if self.releases.exists() else ():
             if path.name not in keep:  # older releases, and staging folders an interrupted install left
                 shutil.rmtree(path)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

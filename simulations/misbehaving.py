@@ -2,21 +2,25 @@
 
 `fedpeft simulate` with `[simulation] misbehaving = 0.2` picks that share of clients
 (seeded) and wraps the ClientApp in `misbehaving_mod`. Each bad client first trains
-honestly, then turns its reply into one kind of bad delta, so the server's rejection
+honestly, then turns its reply into one kind of bad reply, so the server's rejection
 path runs inside a real federation. The kinds rotate over (round, bad client) slots, so
-a few bad clients over a few rounds send every kind.
+a few bad clients over a few rounds send every kind. All but "unsigned", "unknown-key"
+and "tamper" come from an enrolled client that signs what it sends: a signature says
+who sent a reply, not that it is honest.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import random
+import zipfile
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedpeft.client import identity
@@ -38,7 +42,12 @@ EXPECTED_REASON = {
     "nan": "non-finite",               # a NaN, signed as if it were a real update
     "scale": "norm-too-large",         # the update blown up 1000x and signed (needs a norm bound)
     "replay": "wrong-round",           # last round's signed reply sent again
+    "crafted-tensor": "malformed",     # honest header, a tensor sent as a zip archive (np.load would open it)
+    "extra-metric": "bad-metrics",     # a metric key no other client sends (Flower's aggregation raised on it)
+    "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
+    "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
 }
+INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
 
 
@@ -74,7 +83,8 @@ def expected_rejections(plan: dict, rounds: int) -> dict[str, int]:
     for server_round in range(1, rounds + 1):
         for partition in plan["partitions"]:
             reason = EXPECTED_REASON[behaviour(plan, int(partition), server_round)]
-            counts[reason] = counts.get(reason, 0) + 1
+            if reason is not None:  # accepted (and capped) or spoiled outside the delta
+                counts[reason] = counts.get(reason, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -116,6 +126,22 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
         return _resign(content, key, header, arrays)
     if kind == "scale":
         return _resign(content, key, header, {n: a * np.float32(1000) for n, a in arrays.items()})
+    if kind == "crafted-tensor":
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.writestr(f"{first}.npy", content.array_records["arrays"][first].data)
+        record = ArrayRecord(dict(content.array_records["arrays"]))
+        honest = record[first]
+        record[first] = Array(dtype=honest.dtype, shape=honest.shape, stype=honest.stype, data=archive.getvalue())
+        return RecordDict({"arrays": record, ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
+    if kind == "extra-metric":
+        header.metrics["client-secret-metric"] = 1.0
+        return _resign(content, key, header)
+    if kind == "inflated-count":
+        header.num_examples = INFLATED_COUNT
+        return _resign(content, key, header)
+    if kind == "bad-eval":
+        return content  # the train reply stays honest; misbehaving_mod spoils the evaluate reply
     if kind == "replay":
         if previous is not None:
             return previous
@@ -127,11 +153,18 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
 def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies."""
     reply = call_next(msg, context)
-    if msg.metadata.message_type != "train" or reply.has_error() or PLAN_ENV not in os.environ:
+    kind_of_message = msg.metadata.message_type
+    if kind_of_message not in ("train", "evaluate") or reply.has_error() or PLAN_ENV not in os.environ:
         return reply
     partition = int(context.node_config["partition-id"])
     server_round = int(msg.content.config_records["config"]["server-round"])
     kind = behaviour(json.loads(os.environ[PLAN_ENV]), partition, server_round)
+    if kind_of_message == "evaluate":
+        if kind != "bad-eval":
+            return reply
+        metrics = reply.content.metric_records["metrics"]
+        spoiled = MetricRecord({**metrics, "eval-loss": float("nan"), "client-secret-metric": 1.0})
+        return Message(RecordDict({"metrics": spoiled}), reply_to=msg)
     if kind is None:
         return reply
     previous = None

@@ -158,3 +158,32 @@ def test_load_adapter_verifies_the_release_and_finds_its_base(run, tiny_bert_dir
         load_adapter(out / "adapter", key=key, model=tiny_bert_dir, quantization="int4")
     with pytest.raises(ConfigError, match="give its transformers folder"):
         load_adapter(out / "adapter")
+
+
+HOSTILE = """
+[simulation]
+misbehaving = 0.25
+behaviours = ["crafted-tensor", "extra-metric", "inflated-count", "bad-eval"]
+
+[security]
+operator_key = "keys/operator.key"
+"""
+
+
+def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(tiny_bert_dir, tmp_path):
+    """An enrolled client that signs what it sends: a tensor as a zip archive, an extra
+    metric, 100,000 claimed examples, a NaN-and-extra-key evaluate reply, one per round.
+    At 36a7475 the first two ended the run; here each is counted and the run finishes."""
+    (tmp_path / "run.toml").write_text(HOSTILE)
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
+           "--clients", "4", "--rounds", "4", "--out", "result"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "FEDPEFT_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "result" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "result" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and summary["unchanged_rounds"] == []
+    assert summary["rejected"] == {"bad-metrics": 1, "malformed": 1} == summary["misbehaving"]["expected_rejected"]
+    assert summary["bad_replies"] == {"evaluate: bad-metrics": 1}
+    assert [r["capped_weights"] for r in rows] == [0, 0, 1, 0]
+    assert summary["clients"] == 4

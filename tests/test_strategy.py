@@ -281,23 +281,31 @@ def test_the_envelope_signs_the_bytes_that_travel():
 @pytest.mark.parametrize("kind", misbehaving.BEHAVIOURS)
 def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind):
     """simulations/misbehaving.py's bad clients are caught for the reason they claim."""
-    honest = _deltas(8, 2)
-    previous = _signed(honest[1], KEYS[2], server_round=ROUND - 1)
-    spoiled = misbehaving.spoil(_signed(honest[1], KEYS[2]), kind, KEYS[2], previous)
-    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0))
-    strategy.aggregate_train(ROUND, [_reply(_signed(honest[0], KEYS[0])), _reply(spoiled)])
-    assert strategy.traffic.rejected == {misbehaving.EXPECTED_REASON[kind]: 1}
-    assert strategy.traffic.accepted == 1
+    honest = _deltas(8, 3)
+    previous = _signed(honest[2], KEYS[2], server_round=ROUND - 1)
+    spoiled = misbehaving.spoil(_signed(honest[2], KEYS[2]), kind, KEYS[2], previous)
+    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0, max_examples=misbehaving.INFLATED_COUNT),
+                         max_weight_ratio=2.0)
+    strategy.aggregate_train(ROUND, [_reply(_signed(honest[0], KEYS[0])), _reply(_signed(honest[1], KEYS[1])),
+                                     _reply(spoiled)])
+    reason = misbehaving.EXPECTED_REASON[kind]
+    assert strategy.traffic.rejected == ({reason: 1} if reason else {})
+    assert strategy.traffic.accepted == (2 if reason else 3)
+    assert strategy.traffic.capped == (kind == "inflated-count")
 
 
 def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
     plan = misbehaving.choose_plan(10, 0.2, seed=0, norm_bound=1.0)
     assert len(plan["partitions"]) == 2
-    seen = {misbehaving.behaviour(plan, int(p), r) for p in plan["partitions"] for r in range(1, 5)}
+    rounds = -(-len(misbehaving.BEHAVIOURS) // 2)  # enough (round, client) slots for every kind
+    seen = {misbehaving.behaviour(plan, int(p), r) for p in plan["partitions"] for r in range(1, rounds + 1)}
     assert seen == set(misbehaving.BEHAVIOURS)
     honest = next(p for p in range(10) if str(p) not in plan["partitions"])
     assert misbehaving.behaviour(plan, honest, 1) is None
-    assert sum(misbehaving.expected_rejections(plan, 4).values()) == 8
+    one = misbehaving.choose_plan(10, 0.1, seed=0, norm_bound=1.0)  # one bad client: every kind once
+    expected = misbehaving.expected_rejections(one, len(misbehaving.BEHAVIOURS))
+    assert expected == {"bad-metrics": 1, "malformed": 1, "no-signature": 1, "non-finite": 1, "norm-too-large": 1,
+                        "tensor-hash-mismatch": 1, "unknown-key": 1, "wrong-base": 1, "wrong-round": 1}
     assert "scale" not in misbehaving.choose_plan(10, 0.2, seed=0)["behaviours"]
     with pytest.raises(ConfigError, match="norm bound"):
         misbehaving.choose_plan(10, 0.2, seed=0, behaviours=["scale"])

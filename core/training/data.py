@@ -19,11 +19,13 @@ from pathlib import Path
 
 from fedpeft.core.choices import PARTITIONERS
 from fedpeft.core.errors import DataError
+from fedpeft.core.trust.files import UnreadableFile, read_small
 
 from . import synthetic_data
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 MIN_CLIENT_EXAMPLES = 5
+MAX_DATA_BYTES = 2 * 1024**3  # a data file is read whole: refuse one larger than this before reading
 
 
 
@@ -70,8 +72,10 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .jsonl")
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = read_small(path, MAX_DATA_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        raise DataError(f"{path}: cannot read file ({exc.args[0].split(': ', 1)[-1]})") from exc
+    except UnicodeDecodeError as exc:
         raise DataError(f"{path}: cannot read file ({exc})") from exc
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(raw.splitlines()))

@@ -20,11 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedpeft.core.errors import ConfigError, IntegrityError
 
 from .atomic import write_atomic, write_new_private
+from .files import UnreadableFile, read_small
 from .hashing import sha256_hex
 
 PRIVATE_KEY_MODE = 0o600
 OPERATOR_PASSPHRASE_ENV = "FEDPEFT_OPERATOR_PASSPHRASE"
 KEYRING_FORMAT = 1
+
+KEY_FILE_BYTES = 64 * 1024  # a PEM key is well under 1 KiB
 
 
 def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
@@ -60,9 +63,9 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
     path = Path(path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read private key {path}: {exc.strerror}") from exc
+        data = read_small(path, KEY_FILE_BYTES)
+    except (OSError, UnreadableFile) as exc:
+        raise ConfigError(f"cannot read private key {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     if mode & 0o077:
         raise ConfigError(f"private key {path} is readable by others (mode {mode:o}); run chmod 600 {path}")
     try:
@@ -79,9 +82,9 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
 def load_public_key(path: Path) -> Ed25519PublicKey:
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from exc
+        data = read_small(path, KEY_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise ConfigError(f"cannot read public key {exc}") from exc
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
@@ -136,8 +139,8 @@ class Keyring:
         if not path.exists():
             return cls(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
+            text = read_small(path).decode()
+        except (UnreadableFile, UnicodeDecodeError) as exc:
             raise IntegrityError(f"keyring {path} is unreadable: {exc}") from exc
         return cls.from_json(text, path)
 

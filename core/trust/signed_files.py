@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedpeft.core.errors import IntegrityError
 
+from .files import UnreadableFile, file_sha256, read_small, regular_file_size
 from .hashing import canonical_json, is_sha256_hex, sha256_hex
 from .keys import key_id, verify_signature
 
@@ -47,10 +48,11 @@ def file_entries(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]
 
 
 def read_file(folder: Path, name: str) -> bytes:
+    """A manifest or signature file: regular, and small (core/trust/files.py)."""
     try:
-        return (Path(folder) / name).read_bytes()
-    except OSError as exc:
-        raise ManifestError("missing-file", f"{name}: {exc.strerror}") from exc
+        return read_small(Path(folder) / name)
+    except UnreadableFile as exc:
+        raise ManifestError("missing-file" if exc.reason == "missing-file" else "malformed", f"{name}: {exc}") from exc
 
 
 def sign_manifest(manifest: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
@@ -110,10 +112,15 @@ def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
 
 
 def check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Each listed file's size, then its SHA-256 read as a stream: a file of another size
+    (a link to a device, a FIFO) is refused before it is read."""
     for file_name, entry in files.items():
-        data = read_file(folder, file_name)
-        if len(data) != entry["size"] or sha256_hex(data) != entry["sha256"]:
-            raise ManifestError("file-mismatch", f"{file_name} differs from the signed hash")
+        path = Path(folder) / file_name
+        try:
+            if regular_file_size(path) != entry["size"] or file_sha256(path) != entry["sha256"]:
+                raise ManifestError("file-mismatch", f"{file_name} differs from the signed hash")
+        except UnreadableFile as exc:
+            raise ManifestError("missing-file", f"{file_name}: {exc}") from exc
 
 
 def read_signed(folder: Path, name: str, public_key: Ed25519PublicKey, manifest_type: str,

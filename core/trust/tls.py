@@ -18,8 +18,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedpeft.core.errors import ConfigError
 
 from .atomic import write_new_private
+from .files import UnreadableFile, read_small
 
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
+TLS_FILE_BYTES = 1024 * 1024  # a PEM certificate or key
+
 
 
 def _name(common_name: str) -> x509.Name:
@@ -67,3 +70,17 @@ def write_tls_files(folder: Path, hosts: list[str], valid_days: int = 365) -> di
     write_new_private(paths[SERVER_KEY], server_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return paths
+
+
+def read_pem(path: Path, kind: str) -> bytes:
+    """The bytes of a PEM certificate (`kind` "certificate") or private key ("key"), checked to
+    parse before gRPC gets them: gRPC reports a bad file only as a failed bind or handshake."""
+    try:
+        data = read_small(Path(path), TLS_FILE_BYTES)
+        if kind == "certificate":
+            x509.load_pem_x509_certificates(data)
+        else:
+            serialization.load_pem_private_key(data, password=None)
+    except (UnreadableFile, ValueError, TypeError) as exc:
+        raise ConfigError(f"TLS {kind} {path}: {exc if isinstance(exc, UnreadableFile) else 'not a PEM ' + kind}") from exc
+    return data

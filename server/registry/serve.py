@@ -12,6 +12,7 @@ import grpc
 
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.trust.tls import read_pem
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
@@ -37,7 +38,8 @@ def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
     if not (settings.tls_cert and settings.tls_key):
         raise ConfigError("the registry serves over TLS: give --tls-cert and --tls-key "
                           "(`fedpeft certs` writes a pair), or --insecure on a trusted laptop")
-    return grpc.ssl_server_credentials([(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())])
+    return grpc.ssl_server_credentials([(read_pem(Path(settings.tls_key), "key"),
+                                         read_pem(Path(settings.tls_cert), "certificate"))])
 
 
 async def serve(settings: ServeSettings) -> None:
