@@ -40,6 +40,7 @@ def quiet(log_path: Path, verbose: bool = False) -> Iterator[None]:
         logger.addHandler(file_handler)
         logger.propagate = False  # nothing reaches Python's last-resort console handler
     logging.captureWarnings(True)
+    transformers_logging.disable_default_handler()  # its own stderr handler: the file handler above takes over
     transformers_logging.disable_progress_bar()
     try:
         yield
@@ -49,5 +50,6 @@ def quiet(log_path: Path, verbose: bool = False) -> Iterator[None]:
             logger.removeHandler(file_handler)
             logger.propagate = propagate
         flower.addHandler(console_handler)
+        transformers_logging.enable_default_handler()
         transformers_logging.enable_progress_bar()
         file_handler.close()

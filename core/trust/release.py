@@ -151,6 +151,6 @@ def check_promotion(payload: bytes, signature: bytes, public_key: Ed25519PublicK
         if not (isinstance(statement["release_id"], str) and isinstance(statement["version"], int)):
             raise ValueError("release_id and version")
         datetime.fromisoformat(statement["created"])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise ManifestError("malformed", f"promotion statement: {exc}") from exc
     return statement

@@ -96,6 +96,8 @@ def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
         if manifest["type"] != manifest_type:
             raise ValueError(f"type {manifest['type']!r}, expected {manifest_type!r}")
         expires = datetime.fromisoformat(manifest["expires"])
+        if expires.tzinfo is None:  # a naive time cannot be compared with the clock
+            raise ValueError(f"expires {manifest['expires']!r} names no time zone")
         files = manifest["files"]
         if not isinstance(files, dict):
             raise ValueError("files must be an object")
