@@ -284,6 +284,13 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
 
 
+def _node_count(value: str) -> int:
+    """--nodes, checked before anything (a key, a certificate) is written."""
+    if not value.isdigit() or int(value) < 2:
+        raise argparse.ArgumentTypeError(f"a federation needs at least 2 SuperNodes, got {value!r}")
+    return int(value)
+
+
 def _command(group, name: str, text: str, example: str) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with an example."""
     return group.add_parser(name, help=text, description=text, epilog=f"example:\n  {example}",
@@ -311,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = _command(deploy, "local", "a SuperLink and N SuperNodes as processes on 127.0.0.1 (TLS, node auth)",
                      "fedpeft deploy local --nodes 3 --rounds 3 --out runs/deploy")
     _run_arguments(local)
-    local.add_argument("--nodes", type=int, default=2, help="SuperNodes, one data partition each (default 2)")
+    local.add_argument("--nodes", type=_node_count, default=2, help="SuperNodes, one data partition each (at least 2; "
+                                                                   "default 2)")
     local.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
     local.set_defaults(run=_deploy_local)
     submit = _command(deploy, "run", "submit the federation to a running SuperLink (on its machine) and wait",

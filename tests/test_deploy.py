@@ -147,9 +147,11 @@ def test_deploy_commands_refuse_bad_input_with_a_named_reason(tmp_path, monkeypa
     from fedpeft.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["deploy", "local", "--nodes", "1", "--out", "run"]) == 2
-    assert "at least 2 SuperNodes, got 1" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    with pytest.raises(SystemExit) as refused:
+        main(["deploy", "local", "--nodes", "1", "--out", "run"])
+    assert refused.value.code == 2
+    assert "at least 2 SuperNodes, got '1'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written (no operator key either)
 
     assert main(["deploy", "run", "--superlink", "127.0.0.1:9", "--ca-cert", "ca.crt", "--out", "run"]) == 2
     assert "--keyring" in capsys.readouterr().err

@@ -81,3 +81,19 @@ def test_bad_tls_files_and_state_files_are_one_line_errors_that_leave_nothing(tm
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith(f"fedpeft: error: {named}") or named in proc.stderr, proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_signed_file_entries_stream_files_larger_than_a_manifest(tmp_path):
+    """Export and release manifests list model files of ~100 MB: hashed as streams, not refused."""
+    import hashlib
+
+    from fedpeft.core.trust.files import SMALL_FILE_BYTES
+    from fedpeft.core.trust.signed_files import file_entries
+
+    big = tmp_path / "model.onnx"
+    with open(big, "wb") as handle:
+        handle.truncate(SMALL_FILE_BYTES + 1)
+    entries = file_entries(tmp_path, ["model.onnx"])
+    digest = hashlib.sha256(b"\0" * (SMALL_FILE_BYTES + 1)).hexdigest()
+    assert entries == {"model.onnx": {"sha256": digest, "size": SMALL_FILE_BYTES + 1}}
+    check_files(tmp_path, entries)

@@ -40,10 +40,14 @@ def validity(days: float, now: datetime | None = None) -> dict[str, str]:
 
 
 def file_entries(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 (read as a stream: model files are large) of each named file."""
     entries = {}
     for name in sorted(names):
-        data = read_file(folder, name)
-        entries[name] = {"sha256": sha256_hex(data), "size": len(data)}
+        path = Path(folder) / name
+        try:
+            entries[name] = {"sha256": file_sha256(path), "size": regular_file_size(path)}
+        except UnreadableFile as exc:
+            raise ManifestError("missing-file", f"{name}: {exc}") from exc
     return entries
 
 
