@@ -311,7 +311,9 @@ def _big_adapter(material, tmp_path) -> Path:
     tensors[next(iter(tensors))] = np.random.default_rng(0).standard_normal(8_000_000).astype(np.float32)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     manifest = json.loads((folder / "release.json").read_bytes())
-    sign_release(folder, _operator(material), version=1, base_id=manifest["base_id"],
+    # version 2: newer than the v1 a test installs first, so the registry takes its bytes
+    # (a release that is not newer is refused before any byte is read)
+    sign_release(folder, _operator(material), version=2, base_id=manifest["base_id"],
                  template_id=manifest["template_id"], labels=manifest["labels"], parent=None, metrics={}, valid_days=30)
     return folder
 
