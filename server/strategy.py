@@ -110,15 +110,12 @@ class DeltaStrategyMixin:
             self.traffic.replies += 1
             self.traffic.bytes_up += size
             try:
-                try:
-                    delta = self.verifier.verify(msg.content, self.expectation, size)
-                except RejectedDelta:
-                    raise
-                except Exception as exc:  # a check that breaks on crafted input must not end the round
-                    raise RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                delta = self.verifier.verify(msg.content, self.expectation, size)
                 if delta.key_id in signers:
                     raise RejectedDelta("duplicate", "a second delta signed by the same key this round", delta.client)
-            except RejectedDelta as rejection:
+            except Exception as exc:  # any other exception: a check that broke on crafted input must not end the round
+                rejection = exc if isinstance(exc, RejectedDelta) else \
+                    RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}")
                 client = rejection.client or f"node {msg.metadata.src_node_id}"
                 log(WARNING, "round %d: rejected delta from %s (%s)", server_round, client, rejection)
                 self.traffic.reject(client, rejection)
@@ -134,13 +131,15 @@ class DeltaStrategyMixin:
         The decoded tensors are views into the replies' bytes, which Flower holds for the
         round anyway: keeping them for a second pass costs no copy."""
         accepted = list(self.verified_replies(server_round, replies))
-        if not accepted:
-            return []
-        cap = math.inf
-        if self.max_weight_ratio:
-            cap = max(1, math.floor(self.max_weight_ratio * statistics.median(d.num_examples for _, d in accepted)))
+        cap = self._weight_cap([d.num_examples for _, d in accepted])
         self.traffic.capped = sum(d.num_examples > cap for _, d in accepted)
         return [(msg, delta, min(delta.num_examples, cap)) for msg, delta in accepted]
+
+    def _weight_cap(self, counts: list[int]) -> float:
+        """The most any one reply may weigh this round: `max_weight_ratio` x the median count."""
+        if not counts or not self.max_weight_ratio:
+            return math.inf
+        return max(1, math.floor(self.max_weight_ratio * statistics.median(counts)))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -216,9 +215,7 @@ class DeltaStrategyMixin:
                 rejected[bad.reason] = rejected.get(bad.reason, 0) + 1
                 continue
             clean.append((msg, examples, metrics))
-        cap = math.inf
-        if clean and self.max_weight_ratio:
-            cap = max(1, math.floor(self.max_weight_ratio * statistics.median(n for _, n, _ in clean)))
+        cap = self._weight_cap([n for _, n, _ in clean])
         for msg, examples, metrics in clean:
             msg.content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": min(examples, cap)})})
         aggregated = super().aggregate_evaluate(server_round, [m for m, _, _ in clean]) if clean else None
