@@ -3,8 +3,9 @@
 The folder holds a merged fp32 model, an int8 version (onnxruntime.quantization,
 export/int8.py), a base graph with the adapter tensors as inputs plus the
 adapter as an `.onnx_adapter` file (swap adapters without downloading the base again),
-`.ort` conversions for ONNX Runtime Mobile, the tokenizer, and `export.json` (labels,
-input/output names, opset, parity figures, file hashes) signed by the operator.
+`.ort` conversions for ONNX Runtime Mobile, the training graph devices train the adapter
+with (export/training_graph.py), the tokenizer, and `export.json` (labels, input/output
+names, opset, parity figures, file hashes) signed by the operator.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from peft import PeftModel
 from safetensors.numpy import load_file
 
+from fedpeft.core.adapters.methods import get_method
 from fedpeft.core.adapters.state import get_adapter_arrays
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
@@ -47,8 +49,11 @@ from . import parity
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx, expose_as_inputs
 from .ort_adapter import adapter_input_names, write_onnx_adapter
+from .training_graph import GRADIENT_SUFFIX, LOSS_OUTPUT, TRAIN_INPUTS, export_training_graph, gradient_difference
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
+TRAINING_FILE = "train.onnx"
+GRADIENT_BATCHES = 2  # held-out batches of 8 the training graph's gradients are checked on
 ADAPTER_FILE = "adapter.onnx_adapter"
 TOKENIZER_DIR = "tokenizer"
 
@@ -68,6 +73,7 @@ class ExportRequest:
     parity_examples: int = 256
     limits: parity.ParityLimits = field(default_factory=parity.ParityLimits)
     valid_days: float = 30.0
+    method: str | None = None  # of an unsigned adapter (which tensors devices train); None: all
 
 
 def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
@@ -106,7 +112,9 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
                  f"for base {package.base_id[:12]}")
         base = load_base(package, num_labels=len(labels), in_memory_quantization=False)
         model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
-        manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging, progress)
+        method = (release.method if release else None) or request.method
+        manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging, progress,
+                          method, _int8_weights(package))
         manifest.update({
             "base_id": package.base_id, "quantization": request.quantization, "task": request.task,
             "release_id": release.release_id if release else None,
@@ -141,14 +149,23 @@ def export_adapter_only(request: ExportRequest, export_folder: Path, export_key:
     return manifest
 
 
+def _int8_weights(package: BasePackage) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The base's int8 weights as the package carries them: name -> (values, per-row scales)."""
+    if package.manifest["quantization"] != "int8":
+        return {}
+    return {name.removesuffix(".q"): (values, package.tensors[name.removesuffix(".q") + ".scale"])
+            for name, values in package.tensors.items() if name.endswith(".q")}
+
+
 def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str], adapter_version: int,
-           out: Path, progress) -> dict[str, Any]:
+           out: Path, progress, method: str | None, int8_weights: dict[str, tuple[np.ndarray, np.ndarray]]
+           ) -> dict[str, Any]:
     texts, truth = _held_out(request, labels)
     batches = [_encode(tokenizer, texts[i:i + 32], request.max_length) for i in range(0, len(texts), 32)]
     sample = {k: torch.from_numpy(v) for k, v in batches[0].items()}
     max_positions = int(getattr(model.config, "max_position_embeddings", request.max_length))
 
-    progress("[fedpeft] export 1/5: base graph with adapter inputs + .onnx_adapter")
+    progress("[fedpeft] export 1/6: base graph with adapter inputs + .onnx_adapter")
     names = adapter_input_names(model)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(model, sample, Path(tmp) / "unmerged.onnx", max_positions)
@@ -157,14 +174,20 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     with torch.no_grad():
         reference = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
 
-    progress("[fedpeft] export 2/5: merged fp32 model")
+    training = None
+    if labels:  # classification: devices train the adapter on labelled rows
+        progress("[fedpeft] export 2/6: training graph (loss and adapter gradients)")
+        training, gradient_max_abs = _training_graph(request, model, tokenizer, names, texts, truth, method, int8_weights,
+                                                     out / TRAINING_FILE)
+
+    progress("[fedpeft] export 3/6: merged fp32 model")
     merged = model.merge_and_unload()
     export_onnx(merged, sample, out / MODEL_FILES["fp32"], max_positions)
 
-    progress(f"[fedpeft] export 3/5: int8 quantization ({request.int8_scheme})")
+    progress(f"[fedpeft] export 4/6: int8 quantization ({request.int8_scheme})")
     quantize_int8(out / MODEL_FILES["fp32"], out / MODEL_FILES["int8"], request.int8_scheme)
 
-    progress("[fedpeft] export 4/5: parity on held-out inputs")
+    progress("[fedpeft] export 5/6: parity on held-out inputs")
     sessions = {k: open_session(out / f) for k, f in MODEL_FILES.items()}
     adapter = ort.LoraAdapter()
     adapter.Load(str(out / ADAPTER_FILE))
@@ -177,17 +200,36 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
         int8=lambda b: sessions["int8"].run(None, b)[0],
         adapter=lambda b: sessions["base"].run(None, b, with_adapter)[0],
     )
+    if training is not None:
+        result = replace(result, gradient_max_abs=gradient_max_abs)
     result.check(request.limits)
 
-    progress("[fedpeft] export 5/5: ONNX Runtime Mobile (.ort) conversion, tokenizer")
+    progress("[fedpeft] export 6/6: ONNX Runtime Mobile (.ort) conversion, tokenizer")
     ort_files = _convert_to_ort(out)
     tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     return {
         "type": EXPORT_TYPE, "labels": labels, "inputs": list(INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
         "opset": OPSET, "max_length": request.max_length, "int8_scheme": request.int8_scheme, "pad_token_id": tokenizer.pad_token_id,
         "models": {**MODEL_FILES, "ort": ort_files}, "adapter": ADAPTER_FILE,
-        "adapter_inputs": names, "tokenizer": TOKENIZER_DIR, "parity": result.to_dict(),
+        "adapter_inputs": names, "tokenizer": TOKENIZER_DIR, "parity": result.to_dict(), "training": training,
     }
+
+
+def _training_graph(request: ExportRequest, model: PeftModel, tokenizer, names: dict[str, str], texts: list[str],
+                    truth: list[int], method: str | None, int8_weights, path: Path) -> tuple[dict[str, Any], float]:
+    """Write the training graph; its manifest entry and its gradients' largest difference from PyTorch's."""
+    trains = get_method(method).trains if method else (lambda name: True)
+    trainable = [key for key in names if trains(key)]
+    rows = [(texts[i:i + 8], truth[i:i + 8]) for i in range(0, 8 * (GRADIENT_BATCHES + 1), 8) if len(texts[i:i + 8]) > 1]
+    batches = [{**_encode(tokenizer, t, request.max_length), "labels": np.asarray(y, np.int64)} for t, y in rows]
+    sample = {k: torch.from_numpy(v) for k, v in batches[0].items()}
+    trained = export_training_graph(model, names, trainable, sample, path, request.max_length, int8_weights)
+    session = open_session(path)
+    difference = gradient_difference(model, names, trained, lambda feed: session.run(None, feed), batches[1:])
+    entry = {"graph": TRAINING_FILE, "inputs": list(TRAIN_INPUTS), "loss": LOSS_OUTPUT, "trained": trained,
+             "gradients": [name + GRADIENT_SUFFIX for name in trained], "method": method,
+             "base_weights": "int8" if int8_weights else "float32"}
+    return entry, difference
 
 
 def _held_out(request: ExportRequest, labels: list[str]) -> tuple[list[str], list[int] | None]:

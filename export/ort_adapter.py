@@ -19,13 +19,13 @@ def adapter_input_names(peft_model: PeftModel) -> dict[str, str]:
     """PEFT adapter key -> the ONNX initializer (and graph input) that holds it.
 
     The exporter names initializers after parameters (`model.` + the PeftModel's name);
-    PEFT's adapter keys drop the adapter name ("default") and, for a trained head, the
+    PEFT's adapter keys drop the adapter name ("default", last for IA3's vectors) and, for a trained head, the
     `modules_to_save` wrapper. The mapping must cover exactly PEFT's adapter keys.
     """
     keys = set(get_peft_model_state_dict(peft_model))
     mapping = {}
     for name, _ in peft_model.named_parameters():
-        key = name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+        key = name.replace(".modules_to_save.default.", ".").replace(".default.", ".").removesuffix(".default")
         if key in keys:
             mapping[key] = PREFIX + name
     if set(mapping) != keys:

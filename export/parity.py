@@ -23,6 +23,7 @@ class ParityLimits:
     int8_min_agreement: float = 0.99
     int8_max_accuracy_drop: float = 0.01
     adapter_max_abs: float = 1e-4
+    gradient_max_abs: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Parity:
     int8_agreement: float        # share of predictions int8 ORT and PyTorch agree on
     torch_accuracy: float | None  # None where examples carry no labels (causal LM)
     int8_accuracy: float | None
+    gradient_max_abs: float | None = None  # training graph vs PyTorch: loss and adapter gradients
 
     def check(self, limits: ParityLimits) -> None:
         """Raise IntegrityError naming every limit this export misses."""
@@ -41,6 +43,8 @@ class Parity:
             failures.append(f"fp32 max abs diff {self.fp32_max_abs:.3g} > {limits.fp32_max_abs:.3g}")
         if not self.adapter_max_abs <= limits.adapter_max_abs:
             failures.append(f"adapter-input graph differs from the merged one by {self.adapter_max_abs:.3g}")
+        if self.gradient_max_abs is not None and not self.gradient_max_abs <= limits.gradient_max_abs:
+            failures.append(f"training graph gradients differ from PyTorch's by {self.gradient_max_abs:.3g}")
         if self.int8_agreement < limits.int8_min_agreement:
             failures.append(f"int8 agrees with PyTorch on {self.int8_agreement:.3f} < {limits.int8_min_agreement} "
                             "(the blockwise int8 scheme agrees more often; or lower --min-int8-agreement)")

@@ -32,7 +32,7 @@ def write_adapter(folder: Path, base: Base, template: AdapterTemplate, arrays: A
         config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
     peft_model.save_pretrained(str(folder))
     release = sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
-                           labels=template.labels, parent=None,
+                           method=template.method, labels=template.labels, parent=None,
                            metrics={"global_accuracy": stats["global"]["weighted_mean"]}, valid_days=valid_days)
     (Path(folder) / CARD_NAME).write_text(model_card(release, template, model, stats))
     return release

@@ -67,6 +67,12 @@ class Release:
         return [str(label) for label in self.manifest["labels"]]
 
     @property
+    def method(self) -> str | None:
+        """The adapter method (which tensors clients train); None in releases made before it was recorded."""
+        method = self.manifest.get("method")
+        return str(method) if method is not None else None
+
+    @property
     def files(self) -> dict[str, dict[str, Any]]:
         return dict(self.manifest["files"])
 
@@ -85,12 +91,12 @@ def release_files(folder: Path) -> tuple[str, ...]:
 
 def sign_release(folder: Path, key: Ed25519PrivateKey, *, version: int, base_id: str, template_id: str,
                  labels: list[str], parent: str | None, metrics: dict[str, float], valid_days: float,
-                 now: datetime | None = None) -> Release:
+                 method: str | None = None, now: datetime | None = None) -> Release:
     """Write release.json and release.sig into an adapter folder saved by PEFT."""
     folder = Path(folder)
     manifest = {
         "type": RELEASE_TYPE, "version": int(version), "base_id": base_id, "template_id": template_id,
-        "labels": list(labels), "parent": parent, "files": file_entries(folder, release_files(folder)),
+        "method": method, "labels": list(labels), "parent": parent, "files": file_entries(folder, release_files(folder)),
         "tensors": _adapter_tensors(folder), "metrics": metrics, **validity(valid_days, now),
     }
     return Release(write_signed(folder, RELEASE_NAME, manifest, key), manifest)

@@ -63,8 +63,8 @@ def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, chann
                 raise ConfigError(f"{onnx_adapter} was exported from release {str(onnx_manifest.get('release_id'))[:12]}, "
                                   f"not from {adapter}'s {source.release_id[:12]}")
         release = sign_release(staging, key, version=max((r.version for r in published), default=0) + 1,
-                               base_id=source.base_id, template_id=source.template_id, labels=source.labels,
-                               parent=published[-1].release_id if published else None,
+                               base_id=source.base_id, template_id=source.template_id, method=source.method,
+                               labels=source.labels, parent=published[-1].release_id if published else None,
                                metrics=source.manifest.get("metrics", {}), valid_days=valid_days)
         client.publish(read_file(staging, f"{RELEASE_NAME}.json"), read_file(staging, f"{RELEASE_NAME}.sig"),
                        {entry["sha256"]: staging / name for name, entry in release.files.items()})

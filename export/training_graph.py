@@ -1,0 +1,200 @@
+"""The training graph: `(input_ids, attention_mask, labels, *adapter tensors) -> (loss, *gradients)`.
+
+A device trains its adapter with plain ONNX Runtime and a numpy optimizer
+(device/trainer.py): no PyTorch, and no onnxruntime-training (no longer published). The
+graph is PyTorch's own backward pass, exported:
+
+1. `torch.export` of `model(...).loss`, then `_export_forward_backward`, the joint
+   forward+backward program (torch.export's experimental API; nothing else emits a
+   backward graph ONNX can hold).
+2. The joint program marks the loss and the gradients as special outputs that the ONNX
+   exporter would drop; they are relabelled as user outputs.
+3. The program's module is wrapped with `functional_call`, so every adapter tensor is a
+   graph input named as in the `.onnx_adapter` file, then exported with dynamic batch and
+   sequence axes.
+4. Base weights the package carries as int8 become int8 initializers with per-row
+   scales and a DequantizeLinear: the same values as the PyTorch clients' frozen base,
+   a quarter of the size (hand-written because onnxruntime.quantization quantizes for
+   inference; it would change the values and skip the backward MatMuls).
+
+The graph has no dropout (exported in eval mode), so gradients are deterministic and
+checkable against PyTorch at export time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.utils._pytree as pytree
+from onnx import helper, numpy_helper
+from peft import PeftModel
+from torch.export.experimental import _export_forward_backward
+from torch.export.graph_signature import OutputKind
+
+from fedpeft.core.errors import ConfigError
+
+from .onnx_graph import OPSET, quiet_logger
+
+TRAIN_INPUTS = ("input_ids", "attention_mask", "labels")
+LOSS_OUTPUT = "loss"
+GRADIENT_SUFFIX = ".grad"
+
+
+class _LossModel(torch.nn.Module):
+    """`model(input_ids, attention_mask, labels) -> loss`. Its attribute is `model`, so
+    parameter names get the same `model.` prefix as in the inference graphs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+
+class _GradientModel(torch.nn.Module):
+    """The joint program with the adapter tensors as arguments instead of parameters."""
+
+    def __init__(self, joint: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.joint, self.names = joint, names
+
+    def forward(self, input_ids, attention_mask, labels, *tensors):
+        return torch.func.functional_call(self.joint, dict(zip(self.names, tensors, strict=True)),
+                                          (input_ids, attention_mask, labels), strict=False)
+
+
+def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], trainable: list[str],
+                          sample: Mapping[str, torch.Tensor], path: Path, max_length: int,
+                          int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[str]:
+    """Write the training graph to `path`; returns the graph names of the trained tensors
+    (`trainable`, PEFT keys, as graph names) in the order of the gradient outputs.
+
+    `adapter_inputs` maps every PEFT adapter key to its graph name (export/ort_adapter.py);
+    `int8_weights` maps base state-dict names to (int8 values, per-row scales).
+    """
+    if "labels" not in sample or sample["input_ids"].shape[0] < 2:
+        raise ValueError("the training graph needs a labelled sample batch of at least 2 rows")
+    names = list(adapter_inputs.values())
+    wanted = {adapter_inputs[k] for k in trainable}
+    wrapped = _LossModel(model).eval()
+    for name, parameter in wrapped.named_parameters():
+        parameter.requires_grad_(name in wanted)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    sequence = torch.export.Dim("sequence", min=2, max=max_length)
+    axes = {0: batch, 1: sequence}
+    args = tuple(sample[n] for n in TRAIN_INPUTS)
+    parameters = dict(wrapped.named_parameters())
+    with warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger("torch.export"), _eager_attention(model):
+        warnings.simplefilter("ignore")
+        program = torch.export.export(wrapped, args, dynamic_shapes={"input_ids": axes, "attention_mask": axes,
+                                                                      "labels": {0: batch}}, strict=False)
+        joint = _export_forward_backward(program)
+        trained = _expose_loss_and_gradients(joint)
+        if set(trained) != wanted:
+            raise ConfigError(f"the backward pass computes gradients for {len(trained)} tensors, expected {len(wanted)}")
+        tensors = tuple(parameters[n].detach().clone() for n in names)
+        gradient_model = _GradientModel(joint.module(), names)
+        shapes = {"input_ids": axes, "attention_mask": axes, "labels": {0: batch}, "tensors": tuple(None for _ in names)}
+        exported = torch.export.export(gradient_model, (*args, *tensors), dynamic_shapes=shapes, strict=False)
+        onnx_program = torch.onnx.export(
+            exported, dynamo=True, optimize=False, verbose=False, opset_version=OPSET,
+            input_names=[*TRAIN_INPUTS, *names], output_names=[LOSS_OUTPUT, *[n + GRADIENT_SUFFIX for n in trained]],
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_program.save(str(Path(tmp) / "graph.onnx"), external_data=False)
+        graph = onnx.load(str(Path(tmp) / "graph.onnx"))
+    _give_defaults(graph, {n: t.numpy() for n, t in zip(names, tensors)})
+    if int8_weights:
+        _store_int8(graph, int8_weights)
+    onnx.save(graph, str(path))
+    return trained
+
+
+@contextmanager
+def _eager_attention(model: PeftModel) -> Iterator[None]:
+    """Plain attention ops while exporting: the ONNX exporter has no backward of the
+    fused scaled-dot-product attention kernel."""
+    base = model.get_base_model()
+    before = base.config._attn_implementation
+    base.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
+
+
+def _expose_loss_and_gradients(joint: torch.export.ExportedProgram) -> list[str]:
+    """Relabel the joint program's loss and gradient outputs as user outputs (the ONNX
+    exporter keeps only those); returns the parameters the gradients belong to."""
+    gradients = []
+    for spec in joint.graph_signature.output_specs:
+        if spec.kind == OutputKind.GRADIENT_TO_PARAMETER:
+            gradients.append(spec.target)
+        if spec.kind in (OutputKind.LOSS_OUTPUT, OutputKind.GRADIENT_TO_PARAMETER):
+            spec.kind, spec.target = OutputKind.USER_OUTPUT, None
+    outputs = sum(1 for s in joint.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT)
+    joint.module_call_graph[0].signature.out_spec = pytree.tree_flatten(tuple(range(outputs)))[1]
+    return gradients
+
+
+def _give_defaults(graph: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> None:
+    """Each adapter input also gets its template value as an initializer of the same name
+    (the `.onnx_adapter` convention: a graph runs without an adapter fed)."""
+    present = {i.name for i in graph.graph.initializer}
+    for name, value in tensors.items():
+        if name not in present:
+            graph.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+
+
+def _base_name(graph_name: str) -> str:
+    """`joint.model.base_model.model.X.base_layer.weight` -> the base's `X.weight`."""
+    name = graph_name.split("model.base_model.model.", 1)[-1]
+    return name.replace(".base_layer.", ".")
+
+
+def _store_int8(graph: onnx.ModelProto, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    initializers = graph.graph.initializer
+    nodes = []
+    for index in reversed(range(len(initializers))):
+        initializer = initializers[index]
+        entry = int8_weights.get(_base_name(initializer.name))
+        if entry is None or initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values, scales = entry
+        if tuple(values.shape) != tuple(initializer.dims):
+            raise ConfigError(f"int8 weights of {initializer.name} do not fit its shape {list(initializer.dims)}")
+        name = initializer.name
+        del initializers[index]
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(values, np.int8), name + ".int8"))
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(scales.reshape(-1), np.float32), name + ".scale"))
+        nodes.append(helper.make_node("DequantizeLinear", [name + ".int8", name + ".scale"], [name], axis=0,
+                                      name=name + ".dequantize"))
+    for node in reversed(nodes):
+        graph.graph.node.insert(0, node)
+
+
+def gradient_difference(model: PeftModel, adapter_inputs: Mapping[str, str], trained: list[str],
+                        run: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+                        batches: list[dict[str, np.ndarray]]) -> float:
+    """Largest absolute difference between PyTorch's loss and gradients and the graph's
+    (`run` feeds one batch to it), over `batches`."""
+    wrapped = _LossModel(model).eval()
+    parameters = dict(wrapped.named_parameters())
+    for name in trained:
+        parameters[name].requires_grad_(True)
+    worst = 0.0
+    for batch in batches:
+        loss = wrapped(*(torch.from_numpy(batch[n]) for n in TRAIN_INPUTS))
+        expected = [loss.detach(), *torch.autograd.grad(loss, [parameters[n] for n in trained])]
+        feed = {**batch, **{n: parameters[n].detach().numpy() for n in adapter_inputs.values()}}
+        for want, got in zip(expected, run(feed), strict=True):
+            worst = max(worst, float(np.abs(want.numpy() - got).max()))
+    return worst
