@@ -38,10 +38,10 @@ from fedpeft.core.config import load_config
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
+from fedpeft.device.onnx_adapter import write_onnx_adapter
 from fedpeft.device.predict import open_export, open_session
 from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.int8 import quantize_int8
-from fedpeft.export.ort_adapter import write_onnx_adapter
 from fedpeft.export.parity import ParityLimits
 
 THREADS = 2

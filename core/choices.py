@@ -8,6 +8,7 @@ from fedpeft.core.errors import ConfigError
 
 QUANTIZATION_MODES = ("int8", "int4", "none")
 PARTITIONERS = ("natural", "iid", "dirichlet")
+OPTIMIZERS = ("adamw", "sgd")
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
 STRATEGIES = {
     "fedavg": "FedAvg",

@@ -15,7 +15,7 @@ from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.settings import TrainSettings
 
-from .choices import METHODS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
+from .choices import METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
 from .errors import ConfigError
 from .trust.files import UnreadableFile, read_small
 
@@ -136,6 +136,7 @@ class FederationConfig:
         check_choice("adapter.method", self.adapter.method, METHODS)
         check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)
         check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
+        check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         for section in fields(self):
             for item in fields(getattr(self, section.name)):
                 value = getattr(getattr(self, section.name), item.name)

@@ -56,16 +56,36 @@ def open_export(folder: Path, public_key: Ed25519PublicKey | None, base_id: str 
     return manifest
 
 
+def load_tokenizer(folder: Path, manifest: dict) -> Tokenizer:
+    """The export's tokenizer, padding each batch to its longest row."""
+    tokenizer = Tokenizer.from_file(str(Path(folder) / manifest["tokenizer"] / "tokenizer.json"))
+    tokenizer.enable_padding(pad_id=int(manifest["pad_token_id"] or 0))
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """Graph inputs for `texts`, truncated to `max_length` tokens (specials included), as
+    transformers' tokenizer call with padding=True, truncation=True does."""
+    tokenizer.enable_truncation(max_length)
+    encodings = tokenizer.encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
+
+
 class Predictor:
     """Classify texts with one of the exported models; `adapter` (a folder written by
-    `fedpeft export --onto`) swaps another adapter onto the base graph without loading
-    another model."""
+    `fedpeft export --onto`, or the device's own personal `.onnx_adapter` file) swaps
+    another adapter onto the base graph without loading another model."""
 
     def __init__(self, folder: Path, public_key: Ed25519PublicKey | None, model: str = "int8",
                  adapter: Path | None = None) -> None:
         self.manifest = open_export(Path(folder), public_key)
         adapter_file = Path(folder) / self.manifest["adapter"]
-        if adapter is not None:
+        if adapter is not None and Path(adapter).suffix == ".onnx_adapter":
+            adapter_file = Path(adapter)  # the device's own personal adapter (device/personal.py), not signed
+        elif adapter is not None:
             if public_key is not None and (Path(adapter) / f"{RELEASE_NAME}.json").exists():
                 # a device slot's folder (device/slot.py): the release it came in must still be valid
                 verify_release(Path(adapter), public_key, base_id=self.manifest["base_id"])
@@ -75,6 +95,8 @@ class Predictor:
         models = self.manifest["models"]
         if model not in ("fp32", "int8", "base"):
             raise ConfigError(f"unknown model {model!r}; choose fp32, int8 or base")
+        if model not in models:
+            raise ConfigError(f"this export has no {model} model (a training-only export has none)")
         if adapter is not None and model != "base":
             raise ConfigError("an .onnx_adapter applies to the base model: use model='base'")
         self.session = open_session(Path(folder) / models[model])
@@ -84,17 +106,11 @@ class Predictor:
             self.adapter.Load(str(adapter_file))
             self.run_options = ort.RunOptions()
             self.run_options.add_active_adapter(self.adapter)
-        self.tokenizer = Tokenizer.from_file(str(Path(folder) / self.manifest["tokenizer"] / "tokenizer.json"))
-        self.tokenizer.enable_truncation(int(self.manifest["max_length"]))
-        self.tokenizer.enable_padding(pad_id=int(self.manifest["pad_token_id"] or 0))
+        self.tokenizer = load_tokenizer(Path(folder), self.manifest)
         self.labels = list(self.manifest["labels"])
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        feed = encode(self.tokenizer, texts, int(self.manifest["max_length"]))
         return self.session.run(None, feed, self.run_options)[0]
 
     def predict(self, texts: list[str]) -> list[Prediction]:

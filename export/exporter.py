@@ -36,6 +36,7 @@ from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_par
 from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
+from fedpeft.device.onnx_adapter import write_onnx_adapter
 from fedpeft.device.predict import (
     ADAPTER_EXPORT_NAME,
     ADAPTER_EXPORT_TYPE,
@@ -48,7 +49,7 @@ from fedpeft.device.predict import (
 from . import parity
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx, expose_as_inputs
-from .ort_adapter import adapter_input_names, write_onnx_adapter
+from .ort_adapter import adapter_input_names
 from .training_graph import GRADIENT_SUFFIX, LOSS_OUTPUT, TRAIN_INPUTS, export_training_graph, gradient_difference
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}

@@ -1,13 +1,8 @@
-"""ONNX Runtime adapter files: one trained adapter as an `.onnx_adapter` for a base graph
-whose adapter tensors are inputs (ONNX Runtime multi-LoRA, since ORT 1.20)."""
+"""Graph names of a PEFT model's adapter tensors: the inputs of the base and training
+graphs, and the keys of `.onnx_adapter` files (device/onnx_adapter.py writes those)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
 from peft import PeftModel, get_peft_model_state_dict
 
 from fedpeft.core.errors import IntegrityError
@@ -31,15 +26,3 @@ def adapter_input_names(peft_model: PeftModel) -> dict[str, str]:
     if set(mapping) != keys:
         raise IntegrityError(f"adapter tensors without a graph name: {sorted(keys - set(mapping))[:3]}")
     return mapping
-
-
-def write_onnx_adapter(arrays: Mapping[str, np.ndarray], names: Mapping[str, str], path: Path,
-                       adapter_version: int) -> None:
-    if set(arrays) != set(names):
-        raise IntegrityError(f"adapter does not fit the base graph: {sorted(set(arrays) ^ set(names))[:3]}")
-    adapter = ort.AdapterFormat()
-    adapter.set_adapter_version(adapter_version)
-    adapter.set_model_version(1)
-    adapter.set_parameters({names[k]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.float32))
-                            for k, v in arrays.items()})
-    adapter.export_adapter(str(path))

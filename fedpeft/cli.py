@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from fedpeft.core.choices import METHODS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
+from fedpeft.core.choices import METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
@@ -162,10 +162,49 @@ def _predict(args: argparse.Namespace) -> None:
 
     if args.key is None and not args.no_verify:
         raise ConfigError("give the operator's public key (--key) or pass --no-verify")
-    predictor = Predictor(Path(args.folder), load_public_key(Path(args.key)) if args.key else None, args.model,
-                          Path(args.adapter) if args.adapter else None)
+    model, adapter = args.model, Path(args.adapter) if args.adapter else None
+    if args.state:
+        model, adapter = "base", _slot_adapter(args)
+    predictor = Predictor(Path(args.folder), load_public_key(Path(args.key)) if args.key else None, model, adapter)
     for text, prediction in zip(args.texts, predictor.predict(args.texts)):
         print(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
+
+
+def _slot_adapter(args: argparse.Namespace) -> Path:
+    """What a device slot predicts with: its personal adapter while it was trained from the
+    installed release, else the release's own `.onnx_adapter` (saying why)."""
+    from fedpeft.core.trust.release import ONNX_ADAPTER_FILES
+    from fedpeft.device.personal import personal_adapter
+
+    if not (args.key and args.base_id):
+        raise ConfigError("--state needs the operator key (--key) and the device's base (--base-id)")
+    device = _device(args)
+    device.current_release()  # verified again now
+    personal, why = personal_adapter(device)
+    if personal is not None:
+        return personal
+    print(f"fedpeft: note: {why}", file=sys.stderr)
+    if device.current is None or not (device.current / ONNX_ADAPTER_FILES[0]).exists():
+        raise ConfigError(f"{args.state} has no personal adapter and its release carries no .onnx_adapter")
+    return device.current
+
+
+def _device_train(args: argparse.Namespace) -> None:
+    from fedpeft.core.training.data import labelled_split, read_rows
+    from fedpeft.core.training.settings import TrainSettings
+    from fedpeft.device.personal import PERSONAL_DIR, personalize
+    from fedpeft.device.trainer import DeviceTrainer
+
+    device = _device(args)
+    trainer = DeviceTrainer(Path(args.export), device.operator_key, threads=args.threads)
+    rows = labelled_split(read_rows(args.data), trainer.labels)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             max_length=args.max_length, seed=args.seed, optimizer=args.optimizer)
+    print(f"[fedpeft] personalizing v{device.version} on {len(rows)} local rows, {args.epochs} epochs "
+          f"({args.optimizer}, ONNX Runtime)", flush=True)
+    record = personalize(device, trainer, rows, settings)
+    print(f"personal adapter from v{record.version}: mean training loss {record.loss:.4f}; kept in "
+          f"{device.folder / PERSONAL_DIR} (used by fedpeft predict --state; nothing was sent)")
 
 
 def _certs(args: argparse.Namespace) -> None:
@@ -386,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", default="int8", choices=["fp32", "int8", "base"],
                       help="which exported model runs (base: the base graph with an .onnx_adapter)")
     pred.add_argument("--adapter", help="a folder from `fedpeft export --onto` to apply to the base model")
+    pred.add_argument("--state", help="a device slot: its personal adapter, else its release's .onnx_adapter")
+    pred.add_argument("--base-id", help="the device's base (with --state)")
+    pred.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
     pred.set_defaults(run=_predict)
 
     certs = _command(commands, "certs", "write a private CA and a server certificate (TLS for registry, SuperLink)",
@@ -445,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--base-id", help="only the releases of this base")
     lst.set_defaults(run=_registry_list)
 
-    device = _group(commands, "device", "a device's adapter slot: pull from the registry, roll back", "device_command")
+    device = _group(commands, "device", "a device's adapter slot: pull from the registry, personalize, roll back", "device_command")
     for name, run, text in (("pull", _device_pull, "install the channel's release if it is newer and checks out"),
                             ("rollback", _device_rollback, "go back to the previous adapter")):
         sub = _command(device, name, text, f"fedpeft device {name} --state device --key keys/operator.pub --base-id BASE"
@@ -457,7 +499,32 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pull":
             registry_address(sub)
         sub.set_defaults(run=run)
+    train = _command(device, "train", "personalize the installed adapter on this device's rows (ONNX Runtime, no torch)",
+                     "fedpeft device train --state device --export runs/export --data my-rows.csv "
+                     "--key keys/operator.pub --base-id BASE")
+    train.add_argument("--state", required=True, help="the device's adapter folder (state.json, releases/)")
+    train.add_argument("--key", required=True, help="the operator public key the device trusts")
+    train.add_argument("--base-id", required=True, help="the base this device runs")
+    train.add_argument("--export", required=True, help="export folder with the training graph (fedpeft export)")
+    train.add_argument("--data", required=True, help="CSV or JSONL with text and label columns; never leaves the device")
+    defaults = _train_defaults()
+    train.add_argument("--epochs", type=int, default=2, help="passes over the rows (default 2, as [personalization])")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                       help=f"default {defaults.learning_rate}")
+    train.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per row (truncation)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="numpy AdamW or SGD")
+    train.add_argument("--seed", type=int, default=0, help="batch order")
+    train.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its choice)")
+    train.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
+    train.set_defaults(run=_device_train)
     return parser
+
+
+def _train_defaults():
+    from fedpeft.core.training.settings import TrainSettings
+
+    return TrainSettings()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import random
+from collections.abc import Iterator
 from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,6 +57,23 @@ class TextSplit:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def batches(split: TextSplit, batch_size: int, order: list[int]) -> list[tuple[list[str], list[int]]]:
+    return [
+        ([split.texts[i] for i in order[s:s + batch_size]], [split.labels[i] for i in order[s:s + batch_size]])
+        for s in range(0, len(order), batch_size)
+    ]
+
+
+def training_batches(split: TextSplit, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[list[str], list[int]]]:
+    """Each epoch's batches in a fresh shuffled order: the same sequence for the PyTorch
+    loop and the device trainer given the same seed."""
+    rng = random.Random(seed)
+    for _ in range(epochs):
+        order = list(range(len(split)))
+        rng.shuffle(order)
+        yield from batches(split, batch_size, order)
 
 
 @dataclass
@@ -108,6 +126,13 @@ def label_names(rows: list[dict[str, str]], declared: tuple[str, ...]) -> list[s
     if unknown:
         raise DataError(f"unknown label(s) {unknown[:5]}; the configured labels are {list(declared)}")
     return list(declared)
+
+
+def labelled_split(rows: list[dict[str, str]], labels: list[str]) -> TextSplit:
+    """Rows (a device's own file) as a split over a model's labels; an unknown label is refused."""
+    label_names(rows, tuple(labels))
+    index = {label: i for i, label in enumerate(labels)}
+    return TextSplit([row["text"] for row in rows], [index[row["label"]] for row in rows])
 
 
 @lru_cache(maxsize=4)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 
 from fedpeft.core.base.tasks import Task
 
-from .data import TextSplit
-from .settings import TrainSettings
-
-
-@dataclass
-class TrainResult:
-    loss: float
-    steps: int
-    examples: int
+from .data import TextSplit, batches, training_batches
+from .settings import TrainResult, TrainSettings
 
 
 @dataclass
@@ -27,31 +19,25 @@ class EvalResult:
     examples: int
 
 
-def _batches(split: TextSplit, batch_size: int, order: list[int]) -> list[tuple[list[str], list[int]]]:
-    return [
-        ([split.texts[i] for i in order[s:s + batch_size]], [split.labels[i] for i in order[s:s + batch_size]])
-        for s in range(0, len(order), batch_size)
-    ]
+def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings,
+          dropout: bool = True) -> TrainResult:
+    """AdamW (or SGD) over the parameters that require grad, for `settings.epochs` passes.
 
-
-def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings) -> TrainResult:
-    """AdamW over the parameters that require grad, for `settings.epochs` passes."""
+    `dropout=False` trains in eval mode, as the device trainer's graph does (checks that
+    compare the two use it)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate)
-    rng = random.Random(settings.seed)
+    optimizer = (torch.optim.SGD(params, lr=settings.learning_rate) if settings.optimizer == "sgd"
+                 else torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay))
     torch.manual_seed(settings.seed)
-    model.train()
+    model.train(dropout)
     total, steps = 0.0, 0
-    for _ in range(settings.epochs):
-        order = list(range(len(split)))
-        rng.shuffle(order)
-        for texts, labels in _batches(split, settings.batch_size, order):
-            loss, _, _ = task.score(model, task.batch(tokenizer, texts, labels, settings.max_length))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += float(loss.detach())
-            steps += 1
+    for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
+        loss, _, _ = task.score(model, task.batch(tokenizer, texts, labels, settings.max_length))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += float(loss.detach())
+        steps += 1
     model.eval()
     return TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(split))
 
@@ -60,7 +46,7 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
 def evaluate(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings) -> EvalResult:
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for texts, labels in _batches(split, 64, list(range(len(split)))):
+    for texts, labels in batches(split, 64, list(range(len(split)))):
         loss, right, n = task.score(model, task.batch(tokenizer, texts, labels, settings.max_length))
         loss_sum += float(loss) * n
         correct += right

@@ -1,4 +1,6 @@
-"""Local training hyper-parameters (`[train]`); the server sends them in every job."""
+"""Local training hyper-parameters (`[train]`, sent in every job) and what a training pass reports.
+
+Torch-free: the device trainer (device/trainer.py) uses both."""
 
 from __future__ import annotations
 
@@ -12,3 +14,12 @@ class TrainSettings:
     learning_rate: float = 1e-2
     max_length: int = 48
     seed: int = 0
+    optimizer: str = "adamw"  # or "sgd"; the device trainer runs the same update in numpy
+    weight_decay: float = 0.01  # AdamW's (PyTorch's default)
+
+
+@dataclass
+class TrainResult:
+    loss: float
+    steps: int
+    examples: int

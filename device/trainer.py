@@ -1,0 +1,128 @@
+"""Adapter training on a device: the export's training graph in ONNX Runtime, the optimizer in numpy.
+
+No PyTorch: the graph (export/training_graph.py) returns the loss and the gradients of
+the adapter's trained tensors; AdamW or SGD updates them here with the hyper-parameters
+of the server's `[train]`, over batches drawn in the same order as the PyTorch loop's
+(core/training/data.py `training_batches`). The optimizers are written out because no
+maintained numpy optimizer library exists; they follow torch.optim's update rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.data import TextSplit, batches, training_batches
+from fedpeft.core.training.settings import TrainResult, TrainSettings
+
+from .predict import encode, load_tokenizer, open_export, open_session
+
+Arrays = dict[str, np.ndarray]
+
+
+class AdamW:
+    """torch.optim.AdamW's update (decoupled weight decay, bias-corrected moments)."""
+
+    def __init__(self, learning_rate: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr, self.weight_decay, self.betas, self.eps = learning_rate, weight_decay, betas, eps
+        self.step_count = 0
+        self.m: Arrays = {}
+        self.v: Arrays = {}
+
+    def step(self, params: Arrays, grads: Mapping[str, np.ndarray]) -> None:
+        self.step_count += 1
+        b1, b2 = self.betas
+        correction1, correction2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        for name, grad in grads.items():
+            param = params[name]
+            m = self.m.setdefault(name, np.zeros_like(param))
+            v = self.v.setdefault(name, np.zeros_like(param))
+            param *= np.float32(1 - self.lr * self.weight_decay)
+            m *= np.float32(b1)
+            m += np.float32(1 - b1) * grad
+            v *= np.float32(b2)
+            v += np.float32(1 - b2) * grad * grad
+            denominator = np.sqrt(v) / np.float32(np.sqrt(correction2)) + np.float32(self.eps)
+            param -= np.float32(self.lr / correction1) * m / denominator
+
+
+class SGD:
+    """torch.optim.SGD's update without momentum."""
+
+    def __init__(self, learning_rate: float) -> None:
+        self.lr = learning_rate
+
+    def step(self, params: Arrays, grads: Mapping[str, np.ndarray]) -> None:
+        for name, grad in grads.items():
+            params[name] -= np.float32(self.lr) * grad
+
+
+def optimizer_for(settings: TrainSettings) -> AdamW | SGD:
+    if settings.optimizer == "sgd":
+        return SGD(settings.learning_rate)
+    if settings.optimizer == "adamw":
+        return AdamW(settings.learning_rate, settings.weight_decay)
+    raise ConfigError(f"unknown optimizer {settings.optimizer!r}; choose adamw or sgd")
+
+
+class DeviceTrainer:
+    """An export's training graph (and base graph, where the export has one) ready to
+    train and evaluate adapters given as PEFT-keyed arrays, the form deltas travel in."""
+
+    def __init__(self, folder: Path, public_key: Ed25519PublicKey | None, threads: int = 0) -> None:
+        folder = Path(folder)
+        self.manifest = open_export(folder, public_key)
+        training = self.manifest.get("training")
+        if not training:
+            raise ConfigError(f"{folder} has no training graph: export the adapter again with this version of fedpeft "
+                              "(causal LM exports have none)")
+        self.session = open_session(folder / training["graph"], threads)
+        self.graph_names: dict[str, str] = dict(self.manifest["adapter_inputs"])  # PEFT key -> graph input
+        by_graph_name = {name: key for key, name in self.graph_names.items()}
+        self.trained = [by_graph_name[name] for name in training["trained"]]  # PEFT keys, in gradient order
+        self.labels = list(self.manifest["labels"])
+        self.max_length = int(self.manifest["max_length"])
+        self.tokenizer = load_tokenizer(folder, self.manifest)
+        base = self.manifest["models"].get("base")
+        self.inference = open_session(folder / base, threads) if base else None
+
+    def _feed(self, arrays: Mapping[str, np.ndarray], texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+        if set(arrays) != set(self.graph_names):
+            raise ConfigError(f"adapter tensors do not fit this export: {sorted(set(arrays) ^ set(self.graph_names))[:3]}")
+        feed = encode(self.tokenizer, texts, min(max_length, self.max_length))
+        feed.update({self.graph_names[k]: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
+        return feed
+
+    def loss_and_gradients(self, arrays: Mapping[str, np.ndarray], texts: list[str], labels: list[int],
+                           max_length: int) -> tuple[float, Arrays]:
+        feed = self._feed(arrays, texts, max_length)
+        feed["labels"] = np.asarray(labels, np.int64)
+        loss, *gradients = self.session.run(None, feed)
+        return float(loss), dict(zip(self.trained, gradients, strict=True))
+
+    def train(self, arrays: Mapping[str, np.ndarray], split: TextSplit, settings: TrainSettings) -> tuple[Arrays, TrainResult]:
+        """Train a copy of `arrays` (every adapter tensor; the method's frozen ones stay as
+        they are) for `settings.epochs` passes."""
+        params = {k: np.array(v, np.float32) for k, v in arrays.items()}
+        optimizer = optimizer_for(settings)
+        total, steps = 0.0, 0
+        for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
+            loss, gradients = self.loss_and_gradients(params, texts, labels, settings.max_length)
+            optimizer.step(params, gradients)
+            total += loss
+            steps += 1
+        return params, TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(split))
+
+    def accuracy(self, arrays: Mapping[str, np.ndarray], split: TextSplit, max_length: int) -> float:
+        """Share of `split` the adapter classifies right (the base graph, adapter tensors fed)."""
+        if self.inference is None:
+            raise ConfigError("this export has no base graph to evaluate with")
+        correct = 0
+        for texts, labels in batches(split, 64, list(range(len(split)))):
+            logits = self.inference.run(None, self._feed(arrays, texts, max_length))[0]
+            correct += int((logits.argmax(-1) == np.asarray(labels)).sum())
+        return correct / max(len(split), 1)
