@@ -10,6 +10,8 @@ Message types:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -17,9 +19,10 @@ from flwr.clientapp.typing import Mod
 from fedpeft.core.training.data import ClientData, client_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, DeltaClaim, envelope_record, sign_delta
+from fedpeft.core.wire.envelope import DeltaClaim, delta_content
 from fedpeft.core.wire.install import package_from_content, template_from_content
-from fedpeft.core.wire.records import from_record, to_record
+from fedpeft.core.wire.records import from_record
+from fedpeft.device import client as device_client
 
 from . import identity, runtime, task
 
@@ -66,11 +69,15 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
     global_arrays = from_record(msg.content.array_records["arrays"])
-    delta, result = task.local_update(session, job, data, global_arrays, seed)
+    if _partition(context) in job.device_partitions:  # a simulated device: ONNX Runtime, no torch
+        trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
+        delta, result = device_client.local_update(trainer, job, data.train, global_arrays, seed)
+    else:
+        delta, result = task.local_update(session, job, data, global_arrays, seed)
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
     claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
-    signed = sign_delta(identity.signing_key(dict(context.node_config), _partition(context)), claim, delta)
-    return Message(RecordDict({"arrays": to_record(delta), ENVELOPE_RECORD: envelope_record(signed)}), reply_to=msg)
+    key = identity.signing_key(dict(context.node_config), _partition(context))
+    return Message(delta_content(key, claim, delta), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

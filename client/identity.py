@@ -11,13 +11,14 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.trust.keys import load_private_key, passphrase_from_env
+from fedpeft.core.trust.keys import load_private_key, load_public_key, passphrase_from_env
 
 KEYS_DIR_ENV = "FEDPEFT_KEYS_DIR"
 PASSPHRASE_ENV = "FEDPEFT_KEY_PASSPHRASE"
+OPERATOR_KEY_ENV = "FEDPEFT_OPERATOR_PUB"  # the operator public key a node is provisioned with
 
 
 def simulated_key_path(keys_dir: Path, partition: int) -> Path:
@@ -34,6 +35,14 @@ def key_path(node_config: dict, partition: int) -> Path:
 
 def signing_key(node_config: dict, partition: int) -> Ed25519PrivateKey:
     return _load(key_path(node_config, partition))
+
+
+@lru_cache(maxsize=None)
+def operator_key() -> Ed25519PublicKey:
+    """The operator key that signed what the node runs (a device's training export)."""
+    if not os.environ.get(OPERATOR_KEY_ENV):
+        raise ConfigError(f"this node has no operator key to check exports with: set {OPERATOR_KEY_ENV}")
+    return load_public_key(Path(os.environ[OPERATOR_KEY_ENV]))
 
 
 @lru_cache(maxsize=None)

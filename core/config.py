@@ -87,6 +87,7 @@ class SecuritySection:
 class SimulationSection:
     misbehaving: float = 0.0               # share of simulated clients that send bad deltas
     behaviours: list[str] = field(default_factory=list)  # empty: all of simulations/misbehaving.py
+    device_clients: float = 0.0            # share of simulated clients that train as devices (ONNX Runtime)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class FederationConfig:
             raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
         if not 0 <= self.simulation.misbehaving < 1:
             raise ConfigError(f"simulation.misbehaving must be in [0, 1), got {self.simulation.misbehaving}")
+        if not 0 <= self.simulation.device_clients <= 1:
+            raise ConfigError(f"simulation.device_clients must be in [0, 1], got {self.simulation.device_clients}")
         for key in ("max_update_norm", "max_message_bytes", "min_accepted", "max_weight_ratio"):
             if getattr(self.security, key) < 0:
                 raise ConfigError(f"security.{key} must not be negative, got {getattr(self.security, key)}")

@@ -28,11 +28,12 @@ from safetensors.numpy import load_file
 
 from fedpeft.core.adapters.methods import get_method
 from fedpeft.core.adapters.state import get_adapter_arrays
+from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.errors import ConfigError
-from fedpeft.core.training.data import DataSpec, client_data, load_rows, num_partitions
+from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.training.data import DataSpec, TextSplit, client_data, load_rows, num_partitions
 from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
@@ -129,6 +130,34 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
     return manifest
 
 
+def export_training(package: BasePackage, template: AdapterTemplate, out: Path, operator_key: Ed25519PrivateKey,
+                    rows: TextSplit, max_length: int, valid_days: float = 30.0) -> dict[str, Any]:
+    """A training-only export of an adapter template: the training graph, the tokenizer and
+    a signed export.json, for devices that train from whatever adapter a round sends
+    (simulated device clients); its gradients are checked on `rows`."""
+    with staged_folder(out, replace=True) as staging:
+        base = load_base(package, num_labels=len(template.labels), in_memory_quantization=False)
+        model = template.attach(base.model).eval()
+        names = adapter_input_names(model)
+        training, gradient_max_abs = _training_graph(model, base.tokenizer, names, rows.texts, rows.labels,
+                                                     template.method, _int8_weights(package),
+                                                     staging / TRAINING_FILE, max_length)
+        if not gradient_max_abs <= parity.ParityLimits().gradient_max_abs:
+            raise IntegrityError(f"training graph gradients differ from PyTorch's by {gradient_max_abs:.3g}")
+        base.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+        manifest = {
+            "type": EXPORT_TYPE, "labels": template.labels, "max_length": max_length, "models": {},
+            "pad_token_id": base.tokenizer.pad_token_id, "tokenizer": TOKENIZER_DIR, "adapter_inputs": names,
+            "training": training, "parity": {"gradient_max_abs": gradient_max_abs}, "base_id": package.base_id,
+            "template_id": template.template_id, "quantization": package.manifest["quantization"],
+            **validity(valid_days),
+        }
+        files = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
+        manifest["files"] = file_entries(staging, files)
+        write_signed(staging, EXPORT_NAME, manifest, operator_key)
+    return manifest
+
+
 def export_adapter_only(request: ExportRequest, export_folder: Path, export_key: Ed25519PublicKey,
                         operator_key: Ed25519PrivateKey) -> dict[str, Any]:
     """Another adapter of the same template as an `.onnx_adapter` for an existing export,
@@ -178,8 +207,8 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     training = None
     if labels:  # classification: devices train the adapter on labelled rows
         progress("[fedpeft] export 2/6: training graph (loss and adapter gradients)")
-        training, gradient_max_abs = _training_graph(request, model, tokenizer, names, texts, truth, method, int8_weights,
-                                                     out / TRAINING_FILE)
+        training, gradient_max_abs = _training_graph(model, tokenizer, names, texts, truth, method, int8_weights,
+                                                     out / TRAINING_FILE, request.max_length)
 
     progress("[fedpeft] export 3/6: merged fp32 model")
     merged = model.merge_and_unload()
@@ -216,15 +245,15 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     }
 
 
-def _training_graph(request: ExportRequest, model: PeftModel, tokenizer, names: dict[str, str], texts: list[str],
-                    truth: list[int], method: str | None, int8_weights, path: Path) -> tuple[dict[str, Any], float]:
+def _training_graph(model: PeftModel, tokenizer, names: dict[str, str], texts: list[str], truth: list[int],
+                    method: str | None, int8_weights, path: Path, max_length: int) -> tuple[dict[str, Any], float]:
     """Write the training graph; its manifest entry and its gradients' largest difference from PyTorch's."""
     trains = get_method(method).trains if method else (lambda name: True)
     trainable = [key for key in names if trains(key)]
     rows = [(texts[i:i + 8], truth[i:i + 8]) for i in range(0, 8 * (GRADIENT_BATCHES + 1), 8) if len(texts[i:i + 8]) > 1]
-    batches = [{**_encode(tokenizer, t, request.max_length), "labels": np.asarray(y, np.int64)} for t, y in rows]
+    batches = [{**_encode(tokenizer, t, max_length), "labels": np.asarray(y, np.int64)} for t, y in rows]
     sample = {k: torch.from_numpy(v) for k, v in batches[0].items()}
-    trained = export_training_graph(model, names, trainable, sample, path, request.max_length, int8_weights)
+    trained = export_training_graph(model, names, trainable, sample, path, max_length, int8_weights)
     session = open_session(path)
     difference = gradient_difference(model, names, trained, lambda feed: session.run(None, feed), batches[1:])
     entry = {"graph": TRAINING_FILE, "inputs": list(TRAIN_INPUTS), "loss": LOSS_OUTPUT, "trained": trained,

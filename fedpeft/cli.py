@@ -32,6 +32,7 @@ def _run_config(args: argparse.Namespace):
         "run.seed": args.seed,
         "run.out": args.out,
         "simulation.misbehaving": getattr(args, "misbehaving", None),
+        "simulation.device_clients": getattr(args, "device_clients", None),
         "security.max_update_norm": args.max_update_norm,
     })
 
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clients", type=int, help="simulated clients (data partitions; natural: from the data)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and the libraries' logs here too")
     sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
+    sim.add_argument("--device-clients", type=float,
+                     help="share of clients that train as devices: ONNX Runtime training graph, numpy optimizer")
     sim.set_defaults(run=_simulate)
 
     deploy = _group(commands, "deploy", "run the federation on Flower's Deployment Engine", "deploy_command")

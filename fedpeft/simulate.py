@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedpeft.client.identity import KEYS_DIR_ENV, simulated_key_path
+from fedpeft.client.identity import KEYS_DIR_ENV, OPERATOR_KEY_ENV, simulated_key_path
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import FedPeftError
 from fedpeft.core.training.data import client_data, load_rows, num_partitions
@@ -58,6 +58,7 @@ def simulate(config: FederationConfig, verbose: bool = False) -> dict:
         environment = {
             "FEDPEFT_CACHE": str(work / "nodes"),  # each simulated node caches under node-<id>/
             KEYS_DIR_ENV: str(work / "keys"),       # ... and signs with keys/client-<partition>.key
+            OPERATOR_KEY_ENV: str(public_key_path(Path(config.security.operator_key))),  # devices check exports
             PLAN_ENV: json.dumps(plan) if plan["partitions"] else None,
         }
         print(f"[fedpeft] starting Flower's simulation engine; its log and warnings go to {out / LOG_NAME}"

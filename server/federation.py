@@ -6,9 +6,10 @@ before it produced, so a reader (or a test) can follow or run one step alone.
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.training.data import client_data, num_partitions
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
@@ -39,6 +41,8 @@ from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
 from .strategy import StrategyHooks, build_strategy
 from .verify import DeltaVerifier, VerifyPolicy
+
+DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
 
 
 @dataclass
@@ -97,8 +101,11 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
               config.personalization.epochs, config.personalization.local_only_epochs,
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16))
     sec = config.security
+    operator_key = load_operator_key(Path(sec.operator_key))
+    if config.simulation.device_clients > 0:
+        job = _with_device_clients(job, config, package, template, out / DEVICE_EXPORT, operator_key)
     setup = RunSetup(config, list(labels), out, package, base, template, job, _enrolled_keys(sec.keyring),
-                     load_operator_key(Path(sec.operator_key)), checkpoint)
+                     operator_key, checkpoint)
     print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "
           f"{package.download_bytes / 1e6:.1f} MB of {package.fp32_bytes / 1e6:.1f} MB fp32), "
           f"template {template.template_id[:12]} ({template.method})", flush=True)
@@ -106,6 +113,31 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
         print(f"[fedpeft] resuming run {job.run_id[:12]} after round {setup.done}/{config.federation.rounds}, "
               f"global adapter {checkpoint.adapter_id[:12]}", flush=True)
     return setup
+
+
+def _with_device_clients(job: Job, config: FederationConfig, package: BasePackage, template: AdapterTemplate,
+                         folder: Path, operator_key: Ed25519PrivateKey) -> Job:
+    """Pick the simulated clients that train as devices and give them a signed training
+    export of the template (kept in the run folder; a resumed run reuses it)."""
+    from fedpeft.device.predict import open_export
+    from fedpeft.export.exporter import export_training
+
+    spec = job.data
+    nodes = num_partitions(spec)
+    chosen = sorted(random.Random(config.run.seed).sample(range(nodes), round(config.simulation.device_clients * nodes)))
+    try:
+        manifest = open_export(folder, operator_key.public_key())
+        reusable = (manifest["base_id"], manifest["template_id"]) == (package.base_id, template.template_id)
+    except (FedPeftError, KeyError):
+        reusable = False
+    if not reusable:
+        print("[fedpeft] device clients: exporting the training graph (ONNX, int8 base)", flush=True)
+        manifest = export_training(package, template, folder, operator_key, client_data(spec, 0).train,
+                                   job.train.max_length)
+    print(f"[fedpeft] {len(chosen)} of {nodes} clients train as devices (ONNX Runtime, numpy {job.train.optimizer}): "
+          f"{chosen}; training graph gradients within {manifest['parity']['gradient_max_abs']:.1g} of PyTorch",
+          flush=True)
+    return replace(job, device_partitions=tuple(chosen), device_export=str(folder.resolve()))
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -244,6 +276,7 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], sta
         "bytes_up_per_client_round": sum(uploads) / len(uploads) if uploads else 0,
         "base_fp32_bytes": package.fp32_bytes,
         "base_download_bytes": package.download_bytes,
+        "device_clients": [f"client-{p}" for p in setup.job.device_partitions],  # trained with ONNX Runtime
         "base_sent_to": roster.base_sent_to,  # nodes this server process sent the base to (the rest had it cached)
         "trainable_params": int(sum(template.init[n].size for n in template.trainable_names)),
         "total_params": int(sum(p.numel() for p in setup.base.model.parameters())),

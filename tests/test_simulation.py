@@ -22,11 +22,13 @@ from fedpeft.server.report import ARMS
 
 ROUNDS, CLIENTS, BAD = 3, 4, 1
 # One of the four clients misbehaves: it tampers in round 1, replays its round-1 reply in
-# round 2 (state kept by Flower across rounds) and sends a NaN in round 3.
+# round 2 (state kept by Flower across rounds) and sends a NaN in round 3. Half of them
+# train as devices: the ONNX training graph and a numpy optimizer instead of PyTorch.
 CONFIG = """
 [simulation]
 misbehaving = 0.25
 behaviours = ["tamper", "replay", "nan"]
+device_clients = 0.5
 
 [security]
 operator_key = "keys/operator.key"
@@ -88,6 +90,18 @@ def test_the_federation_learns(run):
     summary = json.loads((run[0] / "summary.json").read_text())
     assert summary["global_accuracy"] >= summary["initial_accuracy"] + 0.25, summary
     assert summary["personalized_accuracy"] >= summary["initial_accuracy"] + 0.25, summary
+
+
+def test_device_clients_train_with_onnx_runtime_and_their_deltas_are_accepted(run):
+    out, stdout = run
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["device_clients"]) == CLIENTS // 2
+    assert f"{CLIENTS // 2} of {CLIENTS} clients train as devices" in stdout
+    export = json.loads((out / "device-export" / "export.json").read_text())
+    assert export["training"]["method"] == "ffa-lora" and export["parity"]["gradient_max_abs"] <= 1e-4
+    honest_devices = set(summary["device_clients"]) - {r["client"] for r in summary["rejections"]}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert honest_devices and all(r["accepted"] == CLIENTS - BAD for r in rows)  # devices' deltas pass every check
 
 
 def test_every_bad_delta_is_rejected_and_counted_in_the_summary(run):

@@ -26,6 +26,9 @@ class Job:
     personal_epochs: int = 2
     local_only_epochs: int = 5
     run_id: str = ""  # nonce the server draws per run; signed deltas are bound to it
+    # Simulation: partitions that train as devices (ONNX Runtime) with this signed training export.
+    device_partitions: tuple[int, ...] = ()
+    device_export: str = ""
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({
@@ -36,6 +39,8 @@ class Job:
             "personal-epochs": self.personal_epochs,
             "local-only-epochs": self.local_only_epochs,
             "run-id": self.run_id,
+            "device-partitions": json.dumps(list(self.device_partitions)),
+            "device-export": self.device_export,
         })
 
     @classmethod
@@ -48,6 +53,8 @@ class Job:
             personal_epochs=int(config["personal-epochs"]),
             local_only_epochs=int(config["local-only-epochs"]),
             run_id=str(config["run-id"]),
+            device_partitions=tuple(int(p) for p in json.loads(str(config["device-partitions"]))),
+            device_export=str(config["device-export"]),
         )
 
     @property

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, RecordDict
 
 from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import key_id
 from fedpeft.protos import delta_pb2
+
+from .records import to_record
 
 FORMAT_VERSION = 1
 ENVELOPE_RECORD = "envelope"   # the ConfigRecord that carries the SignedDelta bytes
@@ -74,3 +76,9 @@ def sign_delta(key: Ed25519PrivateKey, claim: DeltaClaim, arrays: Mapping[str, n
 
 def envelope_record(signed: bytes) -> ConfigRecord:
     return ConfigRecord({ENVELOPE_KEY: signed})
+
+
+def delta_content(key: Ed25519PrivateKey, claim: DeltaClaim, delta: Mapping[str, np.ndarray]) -> RecordDict:
+    """A train reply's content: the delta and its signed envelope. PyTorch clients and
+    devices that train with ONNX Runtime answer alike; the server cannot tell them apart."""
+    return RecordDict({"arrays": to_record(delta), ENVELOPE_RECORD: envelope_record(sign_delta(key, claim, delta))})
