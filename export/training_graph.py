@@ -92,7 +92,8 @@ def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], t
     axes = {0: batch, 1: sequence}
     args = tuple(sample[n] for n in TRAIN_INPUTS)
     parameters = dict(wrapped.named_parameters())
-    with warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger("torch.export"), _eager_attention(model):
+    with (warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger("torch.export"), quiet_logger("onnx_ir"),
+          _eager_attention(model)):
         warnings.simplefilter("ignore")
         program = torch.export.export(wrapped, args, dynamic_shapes={"input_ids": axes, "attention_mask": axes,
                                                                       "labels": {0: batch}}, strict=False)

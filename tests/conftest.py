@@ -5,15 +5,30 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.state import set_adapter_arrays
+from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.model import Base, load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training import synthetic_data
+from fedpeft.core.training.data import DataSpec
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.keys import load_private_key, new_key_pair
+from fedpeft.core.trust.release import sign_release
+from fedpeft.export.exporter import ExportRequest, export
+from fedpeft.export.parity import ParityLimits
+
+DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
+# A 2-layer, 32-wide random BERT is far more fragile under int8 than a real model; the
+# real bundled model is held to the default limits in test_bundled_model.py.
+TINY_LIMITS = ParityLimits(int8_min_agreement=0.8, int8_max_accuracy_drop=0.2)
 
 
 def _synthetic_vocabulary() -> list[str]:
@@ -69,3 +84,27 @@ def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_export(tiny_bert_dir, tiny_package, tmp_path_factory):
+    """A signed ffa-lora adapter with a trained-looking B and head, exported with its training graph."""
+    root = tmp_path_factory.mktemp("device-training")
+    new_key_pair(root / "operator.key")
+    key = load_private_key(root / "operator.key")
+    base = load_base(tiny_package, len(LABELS), in_memory_quantization=False)
+    template = create_template(base.model, get_task("seq-cls"), TemplateSpec(method="ffa-lora", rank=4), list(LABELS))
+    model = template.attach(base.model)
+    rng = np.random.default_rng(1)
+    arrays = {n: (v + (rng.normal(scale=0.3, size=v.shape) if n in template.trainable_names else 0)).astype(np.float32)
+              for n, v in template.init.items()}
+    set_adapter_arrays(model, arrays)
+    model.save_pretrained(str(root / "adapter"))
+    model.unload()
+    sign_release(root / "adapter", key, version=1, base_id=base.base_id, template_id=template.template_id,
+                 method="ffa-lora", labels=list(LABELS), parent=None, metrics={}, valid_days=1)
+    request = ExportRequest(root / "adapter", root / "export", tiny_bert_dir, release_key=key.public_key(), data=DATA,
+                            max_length=32, limits=TINY_LIMITS)
+    manifest = export(request, key, progress=lambda _: None)
+    return {"root": root, "key": key, "package": tiny_package, "template": template, "arrays": arrays,
+            "manifest": manifest, "export": root / "export"}

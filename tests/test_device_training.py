@@ -24,45 +24,23 @@ from fedpeft.core.training.data import DataSpec, TextSplit, client_data
 from fedpeft.core.training.loop import train as torch_train
 from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
-from fedpeft.core.trust.release import sign_release
+from fedpeft.core.trust.keys import Keyring
 from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.device.trainer import DeviceTrainer
-from fedpeft.export.exporter import ExportRequest, _int8_weights, export
+from fedpeft.export.exporter import _int8_weights
 from fedpeft.export.ort_adapter import adapter_input_names
-from fedpeft.export.parity import ParityLimits
 from fedpeft.export.training_graph import export_training_graph, gradient_difference
 from fedpeft.server.registry import operator as registry_operator
 from fedpeft.server.registry.process import RegistryProcess
 
 DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
-TINY_LIMITS = ParityLimits(int8_min_agreement=0.8, int8_max_accuracy_drop=0.2)
 BLOCK_TORCH = "import sys\nfor name in ('torch', 'transformers', 'peft'): sys.modules[name] = None\n"
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_bert_dir, tiny_package, tmp_path_factory):
-    """A signed ffa-lora adapter with a trained-looking B and head, exported with its training graph."""
-    root = tmp_path_factory.mktemp("device-training")
-    new_key_pair(root / "operator.key")
-    key = load_private_key(root / "operator.key")
-    base = load_base(tiny_package, len(LABELS), in_memory_quantization=False)
-    template = create_template(base.model, get_task("seq-cls"), TemplateSpec(method="ffa-lora", rank=4), list(LABELS))
-    model = template.attach(base.model)
-    rng = np.random.default_rng(1)
-    arrays = {n: (v + (rng.normal(scale=0.3, size=v.shape) if n in template.trainable_names else 0)).astype(np.float32)
-              for n, v in template.init.items()}
-    set_adapter_arrays(model, arrays)
-    model.save_pretrained(str(root / "adapter"))
-    model.unload()
-    sign_release(root / "adapter", key, version=1, base_id=base.base_id, template_id=template.template_id,
-                 method="ffa-lora", labels=list(LABELS), parent=None, metrics={}, valid_days=1)
-    request = ExportRequest(root / "adapter", root / "export", tiny_bert_dir, release_key=key.public_key(), data=DATA,
-                            max_length=32, limits=TINY_LIMITS)
-    manifest = export(request, key, progress=lambda _: None)
-    return {"root": root, "key": key, "package": tiny_package, "template": template, "arrays": arrays,
-            "manifest": manifest, "export": root / "export"}
+def setup(trained_export):
+    return trained_export
 
 
 def _torch_model(setup) -> PeftModel:

@@ -48,3 +48,15 @@ def test_device_modules_import_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_every_package_folder_is_installed():
+    """A regular (non-editable) install ships only the packages pyproject.toml lists: a
+    folder missing there works in the editable checkout and breaks every real install."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: package for package, folder in setuptools["package-dir"].items()}
+    found = {".".join((folders[top], *init.parent.relative_to(ROOT / top).parts))
+             for top in folders for init in (ROOT / top).rglob("__init__.py")}
+    assert found == set(setuptools["packages"]), sorted(found ^ set(setuptools["packages"]))
