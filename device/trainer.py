@@ -98,20 +98,25 @@ class DeviceTrainer:
         return feed
 
     def loss_and_gradients(self, arrays: Mapping[str, np.ndarray], texts: list[str], labels: list[int],
-                           max_length: int) -> tuple[float, Arrays]:
+                           max_length: int, dropout: bool = False) -> tuple[float, Arrays]:
+        """Loss and gradients of the trained tensors on one batch; `dropout` applies the
+        model's dropout rates (training), without it the result is deterministic."""
         feed = self._feed(arrays, texts, max_length)
         feed["labels"] = np.asarray(labels, np.int64)
+        feed["dropout"] = np.array(1.0 if dropout else 0.0, np.float32)
         loss, *gradients = self.session.run(None, feed)
         return float(loss), dict(zip(self.trained, gradients, strict=True))
 
-    def train(self, arrays: Mapping[str, np.ndarray], split: TextSplit, settings: TrainSettings) -> tuple[Arrays, TrainResult]:
+    def train(self, arrays: Mapping[str, np.ndarray], split: TextSplit, settings: TrainSettings,
+              dropout: bool = True) -> tuple[Arrays, TrainResult]:
         """Train a copy of `arrays` (every adapter tensor; the method's frozen ones stay as
-        they are) for `settings.epochs` passes."""
+        they are) for `settings.epochs` passes, with dropout as PyTorch's train mode
+        unless `dropout=False`."""
         params = {k: np.array(v, np.float32) for k, v in arrays.items()}
         optimizer = optimizer_for(settings)
         total, steps = 0.0, 0
         for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
-            loss, gradients = self.loss_and_gradients(params, texts, labels, settings.max_length)
+            loss, gradients = self.loss_and_gradients(params, texts, labels, settings.max_length, dropout)
             optimizer.step(params, gradients)
             total += loss
             steps += 1

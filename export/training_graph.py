@@ -1,4 +1,4 @@
-"""The training graph: `(input_ids, attention_mask, labels, *adapter tensors) -> (loss, *gradients)`.
+"""The training graph: `(input_ids, attention_mask, labels, dropout, *adapter tensors) -> (loss, *gradients)`.
 
 A device trains its adapter with plain ONNX Runtime and a numpy optimizer
 (device/trainer.py): no PyTorch, and no onnxruntime-training (no longer published). The
@@ -17,8 +17,9 @@ graph is PyTorch's own backward pass, exported:
    a quarter of the size (hand-written because onnxruntime.quantization quantizes for
    inference; it would change the values and skip the backward MatMuls).
 
-The graph has no dropout (exported in eval mode), so gradients are deterministic and
-checkable against PyTorch at export time.
+Dropout is a graph input, `dropout`: the model's own rates times it. The device trains
+with 1 (as PyTorch's train mode, less attention-probability dropout); with 0 the graph
+is deterministic, which is how its gradients are checked against PyTorch at export.
 """
 
 from __future__ import annotations
@@ -42,21 +43,61 @@ from fedpeft.core.errors import ConfigError
 
 from .onnx_graph import OPSET, quiet_logger
 
-TRAIN_INPUTS = ("input_ids", "attention_mask", "labels")
+TRAIN_INPUTS = ("input_ids", "attention_mask", "labels", "dropout")
 LOSS_OUTPUT = "loss"
 GRADIENT_SUFFIX = ".grad"
 
 
-class _LossModel(torch.nn.Module):
-    """`model(input_ids, attention_mask, labels) -> loss`. Its attribute is `model`, so
-    parameter names get the same `model.` prefix as in the inference graphs."""
+class _Switch:
+    """Where the graph's `dropout` input is put for the dropout layers to read."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    scale: torch.Tensor | float = 0.0
+
+
+class _ScaledDropout(torch.nn.Module):
+    """`nn.Dropout(p)` at rate `p x dropout` (the graph input): 1 trains as PyTorch's
+    train mode does, 0 is exactly the identity (the gradient check at export)."""
+
+    def __init__(self, p: float, switch: _Switch) -> None:
         super().__init__()
-        self.model = model
+        self.p, self.switch = p, switch
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rate = self.p * self.switch.scale
+        return x * (torch.rand_like(x) >= rate).to(x.dtype) / (1 - rate)
+
+
+class _LossModel(torch.nn.Module):
+    """`model(input_ids, attention_mask, labels, dropout) -> loss`. Its attribute is
+    `model`, so parameter names get the same `model.` prefix as in the inference graphs."""
+
+    def __init__(self, model: torch.nn.Module, switch: _Switch | None = None) -> None:
+        super().__init__()
+        self.model, self.switch = model, switch or _Switch()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                dropout: torch.Tensor) -> torch.Tensor:
+        self.switch.scale = dropout
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+
+@contextmanager
+def _scalable_dropout(model: torch.nn.Module, switch: _Switch) -> Iterator[None]:
+    """Swap the model's dropout layers for `_ScaledDropout` while exporting. (Attention
+    probabilities keep no dropout: transformers applies it only in train mode, which
+    would also put it into the gradient check.)"""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attribute, _ScaledDropout(module.p, switch))
+            swapped.append((parent, attribute, module))
+    try:
+        yield
+    finally:
+        for parent, attribute, module in swapped:
+            setattr(parent, attribute, module)
 
 
 class _GradientModel(torch.nn.Module):
@@ -66,9 +107,9 @@ class _GradientModel(torch.nn.Module):
         super().__init__()
         self.joint, self.names = joint, names
 
-    def forward(self, input_ids, attention_mask, labels, *tensors):
+    def forward(self, input_ids, attention_mask, labels, dropout, *tensors):
         return torch.func.functional_call(self.joint, dict(zip(self.names, tensors, strict=True)),
-                                          (input_ids, attention_mask, labels), strict=False)
+                                          (input_ids, attention_mask, labels, dropout), strict=False)
 
 
 def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], trainable: list[str],
@@ -84,26 +125,29 @@ def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], t
         raise ValueError("the training graph needs a labelled sample batch of at least 2 rows")
     names = list(adapter_inputs.values())
     wanted = {adapter_inputs[k] for k in trainable}
-    wrapped = _LossModel(model).eval()
+    switch = _Switch()
+    wrapped = _LossModel(model, switch).eval()
     for name, parameter in wrapped.named_parameters():
         parameter.requires_grad_(name in wanted)
     batch = torch.export.Dim("batch", min=1, max=1024)
     sequence = torch.export.Dim("sequence", min=2, max=max_length)
     axes = {0: batch, 1: sequence}
-    args = tuple(sample[n] for n in TRAIN_INPUTS)
+    args = (*(sample[n] for n in TRAIN_INPUTS[:3]), torch.tensor(1.0))
     parameters = dict(wrapped.named_parameters())
     with (warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger("torch.export"), quiet_logger("onnx_ir"),
-          _eager_attention(model)):
+          _eager_attention(model), _scalable_dropout(model, switch)):
         warnings.simplefilter("ignore")
         program = torch.export.export(wrapped, args, dynamic_shapes={"input_ids": axes, "attention_mask": axes,
-                                                                      "labels": {0: batch}}, strict=False)
+                                                                      "labels": {0: batch}, "dropout": None},
+                                      strict=False)
         joint = _export_forward_backward(program)
         trained = _expose_loss_and_gradients(joint)
         if set(trained) != wanted:
             raise ConfigError(f"the backward pass computes gradients for {len(trained)} tensors, expected {len(wanted)}")
         tensors = tuple(parameters[n].detach().clone() for n in names)
         gradient_model = _GradientModel(joint.module(), names)
-        shapes = {"input_ids": axes, "attention_mask": axes, "labels": {0: batch}, "tensors": tuple(None for _ in names)}
+        shapes = {"input_ids": axes, "attention_mask": axes, "labels": {0: batch}, "dropout": None,
+                  "tensors": tuple(None for _ in names)}
         exported = torch.export.export(gradient_model, (*args, *tensors), dynamic_shapes=shapes, strict=False)
         onnx_program = torch.onnx.export(
             exported, dynamo=True, optimize=False, verbose=False, opset_version=OPSET,
@@ -193,9 +237,10 @@ def gradient_difference(model: PeftModel, adapter_inputs: Mapping[str, str], tra
         parameters[name].requires_grad_(True)
     worst = 0.0
     for batch in batches:
-        loss = wrapped(*(torch.from_numpy(batch[n]) for n in TRAIN_INPUTS))
+        loss = wrapped(*(torch.from_numpy(batch[n]) for n in TRAIN_INPUTS[:3]), 0.0)  # eval mode: no dropout
         expected = [loss.detach(), *torch.autograd.grad(loss, [parameters[n] for n in trained])]
-        feed = {**batch, **{n: parameters[n].detach().numpy() for n in adapter_inputs.values()}}
+        feed = {**batch, "dropout": np.array(0.0, np.float32),
+                **{n: parameters[n].detach().numpy() for n in adapter_inputs.values()}}
         for want, got in zip(expected, run(feed), strict=True):
             worst = max(worst, float(np.abs(want.numpy() - got).max()))
     return worst
