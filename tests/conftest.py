@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,12 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training import synthetic_data
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import load_private_key, new_key_pair
+from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
+from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.parity import ParityLimits
+from fedpeft.server.registry.process import RegistryProcess
 
 DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
 # A 2-layer, 32-wide random BERT is far more fragile under int8 than a real model; the
@@ -108,3 +112,18 @@ def trained_export(tiny_bert_dir, tiny_package, tmp_path_factory):
     manifest = export(request, key, progress=lambda _: None)
     return {"root": root, "key": key, "package": tiny_package, "template": template, "arrays": arrays,
             "manifest": manifest, "export": root / "export"}
+
+
+@contextmanager
+def registry_trusting(folder: Path, key) -> Iterator[tuple[str, Path]]:
+    """A real registry process on 127.0.0.1 over TLS that accepts releases signed by
+    `key`; yields its address and the CA certificate clients check it with."""
+    operators = Keyring(folder / "operators.json")
+    operators.enroll("ops", key.public_key())
+    operators.save()
+    write_tls_files(folder / "tls", ["127.0.0.1"])
+    registry = RegistryProcess(folder, folder / "operators.json", folder / "tls").start()
+    try:
+        yield registry.address, folder / "tls" / "ca.crt"
+    finally:
+        registry.stop()

@@ -10,15 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, registry_trusting
 
 from fedpeft.core.training.data import client_data
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring
-from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.server.registry import operator as registry_operator
-from fedpeft.server.registry.process import RegistryProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,21 +41,16 @@ def test_a_device_environment_without_torch_pulls_trains_and_predicts(trained_ex
     assert _size_mb(site) < 0.2 * _size_mb(full)
 
     key, root = trained_export["key"], trained_export["root"]
-    operators = Keyring(tmp_path / "operators.json")
-    operators.enroll("ops", key.public_key())
-    operators.save()
-    write_tls_files(tmp_path / "tls", ["127.0.0.1"])
-    registry = RegistryProcess(tmp_path, tmp_path / "operators.json", tmp_path / "tls").start()
     rows = tmp_path / "rows.csv"
     train = client_data(DATA, 0).train
     rows.write_text("text,label\n" + "".join(f'"{t}",{LABELS[y]}\n' for t, y in zip(train.texts, train.labels)))
     fedpeft = env / "bin" / "fedpeft"
-    try:
-        with RegistryClient(registry.address, tmp_path / "tls" / "ca.crt") as client:
+    with registry_trusting(tmp_path, key) as (address, ca):
+        with RegistryClient(address, ca) as client:
             release = registry_operator.publish(client, key, root / "adapter", "stable")
         slot = ["--state", str(tmp_path / "device"), "--key", str(root / "operator.pub"), "--base-id", release.base_id]
         commands = [
-            ["device", "pull", *slot, "--registry", registry.address, "--ca-cert", str(tmp_path / "tls" / "ca.crt")],
+            ["device", "pull", *slot, "--registry", address, "--ca-cert", str(ca)],
             ["device", "train", *slot, "--export", str(trained_export["export"]), "--data", str(rows),
              "--max-length", "32"],
             ["predict", str(trained_export["export"]), "the striker scored twice", *slot],
@@ -68,8 +60,6 @@ def test_a_device_environment_without_torch_pulls_trains_and_predicts(trained_ex
             proc = subprocess.run([str(fedpeft), *command], capture_output=True, text=True, timeout=300, cwd=tmp_path)
             assert proc.returncode == 0, (command, proc.stderr[-3000:])
             outputs.append(proc.stdout)
-    finally:
-        registry.stop()
     assert "installed v1" in outputs[0] and "personal adapter from v1" in outputs[1]
     assert outputs[2].split("\t")[0] in LABELS
     record = json.loads((tmp_path / "device" / "personal" / "personal.json").read_text())

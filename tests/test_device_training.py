@@ -13,28 +13,28 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import DATA, registry_trusting
 from peft import PeftModel
 
+from fedpeft.cli import main
 from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.training.data import DataSpec, TextSplit, client_data
+from fedpeft.core.training.data import TextSplit, client_data
 from fedpeft.core.training.loop import train as torch_train
 from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring
-from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.device.personal import personal_adapter
 from fedpeft.device.registry_client import RegistryClient
+from fedpeft.device.slot import Device
 from fedpeft.device.trainer import DeviceTrainer
 from fedpeft.export.exporter import _int8_weights
 from fedpeft.export.ort_adapter import adapter_input_names
 from fedpeft.export.training_graph import export_training_graph, gradient_difference
 from fedpeft.server.registry import operator as registry_operator
-from fedpeft.server.registry.process import RegistryProcess
 
-DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
 BLOCK_TORCH = "import sys\nfor name in ('torch', 'transformers', 'peft'): sys.modules[name] = None\n"
 
 
@@ -128,17 +128,12 @@ def test_training_graphs_of_other_methods_match_pytorch(tiny_package, tmp_path, 
     assert gradient_difference(model, names, trained, lambda feed: session.run(None, feed), batches) <= 1e-4
 
 
-def test_a_device_personalizes_its_release_without_torch_and_predicts_with_it(setup, tmp_path):
+def test_a_device_personalizes_its_release_without_torch_and_predicts_with_it(setup, tmp_path, capsys):
     """Pull a release from a real registry, personalize it on the device's rows with the
     CLI in a process where torch cannot be imported, and predict with the result."""
     key, root = setup["key"], setup["root"]
-    operators = Keyring(tmp_path / "operators.json")
-    operators.enroll("ops", key.public_key())
-    operators.save()
-    write_tls_files(tmp_path / "tls", ["127.0.0.1"])
-    registry = RegistryProcess(tmp_path, tmp_path / "operators.json", tmp_path / "tls").start()
-    try:
-        with RegistryClient(registry.address, tmp_path / "tls" / "ca.crt") as client:
+    with registry_trusting(tmp_path, key) as (address, ca):
+        with RegistryClient(address, ca) as client:
             release = registry_operator.publish(client, key, root / "adapter", "stable")
         client_rows = client_data(DATA, 1)
         rows = tmp_path / "rows.jsonl"
@@ -152,8 +147,7 @@ def test_a_device_personalizes_its_release_without_torch_and_predicts_with_it(se
             "from fedpeft.device.slot import Device\n"
             "from fedpeft.device.personal import personal_adapter\n"
             f"common = {common!r}\n"
-            "assert main(['device', 'pull', *common, '--registry', " + repr(registry.address)
-            + ", '--ca-cert', " + repr(str(tmp_path / "tls" / "ca.crt")) + "]) == 0\n"
+            f"assert main(['device', 'pull', *common, '--registry', {address!r}, '--ca-cert', {str(ca)!r}]) == 0\n"
             f"device = Device(Path({str(tmp_path / 'device')!r}), load_public_key(Path(common[3])), common[5])\n"
             f"assert main(['device', 'train', *common, '--export', {str(setup['export'])!r}, '--data', {str(rows)!r},"
             " '--epochs', '5', '--max-length', '32']) == 0\n"
@@ -162,12 +156,20 @@ def test_a_device_personalizes_its_release_without_torch_and_predicts_with_it(se
             "assert sys.modules['torch'] is None  # blocked: any import of it raised\n"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    finally:
-        registry.stop()
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # A newer release arrives: the personal adapter made from v1 is not used silently.
+        with RegistryClient(address, ca) as client:
+            registry_operator.publish(client, key, root / "adapter", "stable")
+            device = Device(tmp_path / "device", key.public_key(), release.base_id)
+            assert device.pull(client).version == 2
     assert "personal adapter from v1" in proc.stdout
     prediction = [line for line in proc.stdout.splitlines() if line.endswith("the striker scored twice")]
     assert prediction and prediction[0].split("\t")[0] in LABELS
+    path, why = personal_adapter(device)
+    assert path is None and "trained from v1" in why and "now holds v2" in why
+    assert main(["predict", str(setup["export"]), "the striker scored twice", *common]) == 1
+    err = capsys.readouterr().err
+    assert "run fedpeft device train again" in err and "carries no .onnx_adapter" in err
 
 
 def test_personal_accuracy_beats_the_release_on_the_devices_own_test_rows(setup):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, TINY_LIMITS, registry_trusting
 from peft import PeftModel
 
 from fedpeft.core.adapters.spec import TemplateSpec
@@ -23,21 +24,14 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.keys import load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
 from fedpeft.core.trust.signed_files import ManifestError
-from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.predict import Predictor
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.export.exporter import ExportRequest, check_adapter, export, export_adapter_only
 from fedpeft.export.parity import ParityLimits
 from fedpeft.server.registry import operator as registry_operator
-from fedpeft.server.registry.process import RegistryProcess
-
-DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
-# A 2-layer, 32-wide random BERT is far more fragile under int8 than a real model; the
-# real bundled model is held to the default limits in test_bundled_model.py.
-TINY_LIMITS = ParityLimits(int8_min_agreement=0.8, int8_max_accuracy_drop=0.2)
 
 
 def _adapter(folder: Path, base, template, seed: int, key, version: int = 1) -> Path:
@@ -135,13 +129,8 @@ def test_a_device_pulls_an_onnx_adapter_from_the_registry_and_applies_it_without
     onnx_adapter = tmp_path / "onnx-adapter"
     export_adapter_only(ExportRequest(setup["second"], onnx_adapter, setup["request"].model_folder,
                                       release_key=key.public_key(), data=DATA), setup["out"], key.public_key(), key)
-    operators = Keyring(tmp_path / "operators.json")
-    operators.enroll("ops", key.public_key())
-    operators.save()
-    write_tls_files(tmp_path / "tls", ["127.0.0.1"])
-    registry = RegistryProcess(tmp_path, tmp_path / "operators.json", tmp_path / "tls").start()
-    try:
-        with RegistryClient(registry.address, tmp_path / "tls" / "ca.crt") as client:
+    with registry_trusting(tmp_path, key) as (address, ca):
+        with RegistryClient(address, ca) as client:
             release = registry_operator.publish(client, key, setup["second"], "stable", onnx_adapter=onnx_adapter)
         assert "adapter.onnx_adapter" in release.files
         texts = ["the soup was too salty", "my laptop keeps crashing"]
@@ -153,15 +142,13 @@ def test_a_device_pulls_an_onnx_adapter_from_the_registry_and_applies_it_without
             "from fedpeft.device.predict import Predictor\n"
             f"key = load_public_key(Path({str(root / 'operator.pub')!r}))\n"
             f"device = Device(Path({str(tmp_path / 'device')!r}), key, {release.base_id!r})\n"
-            f"with RegistryClient({registry.address!r}, Path({str(tmp_path / 'tls' / 'ca.crt')!r})) as client:\n"
+            f"with RegistryClient({address!r}, Path({str(ca)!r})) as client:\n"
             "    device.pull(client)\n"
             f"logits = Predictor(Path({str(setup['out'])!r}), key, 'base', adapter=device.current).logits({texts!r})\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(json.dumps(logits.tolist()))\n"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    finally:
-        registry.stop()
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_allclose(np.array(json.loads(proc.stdout)), _torch_logits(setup, setup["second"], texts), atol=1e-4)
 
