@@ -94,6 +94,7 @@ class SimulationSection:
 class RunSection:
     seed: int = 0
     out: str = "runs/default"
+    centralized_baseline: bool = True  # also train the adapter on all rows pooled: what federation costs
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ def _run_config(args: argparse.Namespace):
         "model.quantization": args.quantization,
         "model.path": args.model,
         "run.seed": args.seed,
+        "run.centralized_baseline": getattr(args, "centralized_baseline", None),
         "run.out": args.out,
         "simulation.misbehaving": getattr(args, "misbehaving", None),
         "simulation.device_clients": getattr(args, "device_clients", None),
@@ -40,8 +41,9 @@ def _run_config(args: argparse.Namespace):
 def _print_summary(summary: dict, out: str) -> None:
     print(
         f"[fedpeft] done: accuracy initial {summary['initial_accuracy']:.3f}, global {summary['global_accuracy']:.3f}, "
-        f"personalized {summary['personalized_accuracy']:.3f}, local-only {summary['local_only_accuracy']:.3f}; "
-        f"results in {out}"
+        f"personalized {summary['personalized_accuracy']:.3f}, local-only {summary['local_only_accuracy']:.3f}"
+        + (f", centralized {summary['centralized_accuracy']:.3f}" if summary.get("centralized_accuracy") is not None else "")
+        + f"; results in {out}"
     )
     if summary["rejected"]:
         print(f"[fedpeft] rejected deltas by reason: {summary['rejected']}")
@@ -154,7 +156,9 @@ def _export(args: argparse.Namespace) -> None:
     print(f"[fedpeft] export written to {args.out}: fp32 max abs diff {p['fp32_max_abs']:.2g}, adapter-input graph "
           f"{p['adapter_max_abs']:.2g}, int8 agreement {p['int8_agreement']:.3f}"
           + (f", accuracy torch {p['torch_accuracy']:.3f} / int8 {p['int8_accuracy']:.3f}" if p["torch_accuracy"] is not None else "")
-          + f" on {p['examples']} held-out examples; signed export.json")
+          + f" on {p['examples']} held-out examples"
+          + (f"; training graph gradients within {p['gradient_max_abs']:.2g} of PyTorch" if p.get("gradient_max_abs") is not None else "")
+          + "; signed export.json")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -352,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clients", type=int, help="simulated clients (data partitions; natural: from the data)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and the libraries' logs here too")
     sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
+    sim.add_argument("--centralized-baseline", action=argparse.BooleanOptionalAction,
+                     help="also train the adapter on all clients' rows pooled and report it (default: on)")
     sim.add_argument("--device-clients", type=float,
                      help="share of clients that train as devices: ONNX Runtime training graph, numpy optimizer")
     sim.set_defaults(run=_simulate)

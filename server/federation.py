@@ -35,6 +35,7 @@ from fedpeft.core.wire.install import install_content
 from fedpeft.core.wire.records import from_record, to_record
 
 from . import report
+from .centralized import centralized_reference
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
@@ -238,6 +239,16 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> l
     return sorted(clients, key=lambda c: c["client"])
 
 
+def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
+    """The centralized reference (server/centralized.py), trained here on the server."""
+    fed = setup.config.federation
+    reference = centralized_reference(setup.base, setup.template, setup.job, fed.rounds, fed.fraction)
+    print(f"[fedpeft] centralized reference {reference['accuracy']:.3f} (the same adapter, {reference['epochs']} "
+          f"epochs over all {reference['train_examples']} training rows pooled): the global adapter is "
+          f"{global_accuracy - reference['accuracy']:+.3f} from it", flush=True)
+    return reference
+
+
 def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
     """The global adapter as a PEFT folder with a release signed by the operator key."""
     release = write_adapter(setup.out / "adapter", setup.base, setup.template, final, setup.operator_key,
@@ -249,7 +260,7 @@ def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
 
 
 def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], stats: dict[str, Any],
-              release: Release, run_log: RunLog, roster: Roster) -> dict[str, Any]:
+              release: Release, run_log: RunLog, roster: Roster, centralized: dict[str, Any] | None) -> dict[str, Any]:
     """summary.json, clients.json and the plots."""
     template, package = setup.template, setup.package
     uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
@@ -266,6 +277,8 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], sta
         "global_accuracy": stats["global"]["weighted_mean"],
         "personalized_accuracy": stats["personalized"]["weighted_mean"],
         "local_only_accuracy": stats["local_only"]["weighted_mean"],
+        "centralized_accuracy": centralized["accuracy"] if centralized else None,
+        "centralized": centralized,
         "personalization": stats,
         "release_id": release.release_id,
         "adapter_id": tensors_id(final),
@@ -305,8 +318,9 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     clients = personalize(grid, setup, final, roster)
     stats, table = report.personalization_table(clients)
     print(table, flush=True)
+    centralized = centralize(setup, stats["global"]["weighted_mean"]) if config.run.centralized_baseline else None
     release = publish(setup, final, stats)
-    return summarize(setup, final, clients, stats, release, run_log, roster)
+    return summarize(setup, final, clients, stats, release, run_log, roster, centralized)
 
 
 def _enrolled_keys(path: str) -> Keyring:

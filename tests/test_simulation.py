@@ -92,6 +92,19 @@ def test_the_federation_learns(run):
     assert summary["personalized_accuracy"] >= summary["initial_accuracy"] + 0.25, summary
 
 
+def test_the_summary_carries_the_centralized_reference(run):
+    """The same adapter trained on all clients' rows pooled, for as many epochs as the
+    federation gave each row: the reference the global adapter is measured against."""
+    out, stdout = run
+    summary = json.loads((out / "summary.json").read_text())
+    clients = json.loads((out / "clients.json").read_text())
+    reference = summary["centralized"]
+    assert reference["epochs"] == ROUNDS and reference["test_examples"] == sum(c["examples"] for c in clients)
+    assert summary["centralized_accuracy"] == reference["accuracy"] >= summary["initial_accuracy"] + 0.2
+    assert "[fedpeft] centralized reference" in stdout
+    assert any(line.startswith("[fedpeft] done") and "centralized" in line for line in stdout.splitlines())
+
+
 def test_device_clients_train_with_onnx_runtime_and_their_deltas_are_accepted(run):
     out, stdout = run
     summary = json.loads((out / "summary.json").read_text())
