@@ -62,6 +62,7 @@ class FederationSection:
     min_clients: int = 2
     strategy: str = "fedavg"
     round_timeout: float = 600.0
+    evaluation_timeout: float = 0.0  # the personalization phase's deadline; 0: round_timeout x its epochs
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -153,6 +154,8 @@ class FederationConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
+        if self.federation.evaluation_timeout < 0 or self.federation.round_timeout <= 0:
+            raise ConfigError("federation.round_timeout must be positive and federation.evaluation_timeout not negative")
         if not 0 < self.federation.fraction <= 1:
             raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
         if not 0 <= self.simulation.misbehaving < 1:

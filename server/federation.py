@@ -152,13 +152,19 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(1)
 
 
-def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: float) -> list[Message]:
-    """Send one message per node and keep the replies that carry no error."""
+def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: float,
+        failed: dict[int, str] | None = None) -> list[Message]:
+    """Send one message per node and keep the replies that carry no error; `failed`
+    collects why each other node gave none (its error, or no reply by the deadline)."""
     messages = [Message(content_for(node), message_type=message_type, dst_node_id=node) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     for reply in replies:
         if reply.has_error():
             log(INFO, "node %d failed %s: %s", reply.metadata.src_node_id, message_type, reply.error.reason)
+    if failed is not None:
+        failed.update({r.metadata.src_node_id: f"failed: {r.error.reason}" for r in replies if r.has_error()})
+        answered = {r.metadata.src_node_id for r in replies}
+        failed.update({n: f"no reply within {timeout:.0f} s" for n in nodes if n not in answered})
     return [r for r in replies if not r.has_error()]
 
 
@@ -224,19 +230,41 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
 
 
-def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> list[dict[str, Any]]:
-    """Every ready node's test accuracy of the initial, global, personalized and local-only adapters."""
-    print("[fedpeft] personalization: evaluating on every client's test split", flush=True)
-    replies = ask(grid, sorted(roster.ready & set(grid.get_node_ids())), "query.personalize",
-                  lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}),
-                  setup.config.federation.round_timeout)
+def evaluation_timeout(config: FederationConfig) -> float:
+    """The personalization phase's deadline: `federation.evaluation_timeout`, or the round
+    timeout scaled by the phase's epochs against a round's (it trains 2 + 5 epochs by
+    default where a round trains 1, on the same clients)."""
+    if config.federation.evaluation_timeout > 0:
+        return config.federation.evaluation_timeout
+    work = config.personalization.epochs + config.personalization.local_only_epochs
+    return config.federation.round_timeout * max(1.0, work / config.train.epochs)
+
+
+def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> tuple[list[dict[str, Any]], list[dict]]:
+    """Every ready node's test accuracy of the initial, global, personalized and local-only
+    adapters; and the nodes that gave none, each with why."""
+    timeout = evaluation_timeout(setup.config)
+    nodes = sorted(roster.ready & set(grid.get_node_ids()))
+    print(f"[fedpeft] personalization: evaluating on every client's test split ({len(nodes)} clients, "
+          f"deadline {timeout:.0f} s)", flush=True)
+    failed: dict[int, str] = {}
+    replies = ask(grid, nodes, "query.personalize",
+                  lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}), timeout, failed)
     clients = []
     for reply in replies:
         try:
             clients.append(personalize_reply(reply.content, report.ARMS, setup.config.security.max_examples))
         except BadReply as bad:
             roster.drop("personalize", reply.metadata.src_node_id, bad)
-    return sorted(clients, key=lambda c: c["client"])
+            failed[reply.metadata.src_node_id] = f"bad reply: {bad.reason}"
+    missing = [{"node": node, "reason": reason} for node, reason in sorted(failed.items())]
+    if missing:
+        print(f"[fedpeft] {len(missing)} of {len(nodes)} clients did not report: "
+              + "; ".join(f"node {m['node']} ({m['reason']})" for m in missing), flush=True)
+    if not clients:
+        raise FedPeftError(f"no client reported its personalization results within {timeout:.0f} s; the global "
+                           f"adapter is in {setup.out / CHECKPOINT_FILE}")
+    return sorted(clients, key=lambda c: c["client"]), missing
 
 
 def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
@@ -259,14 +287,16 @@ def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
     return release
 
 
-def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], stats: dict[str, Any],
+def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], missing: list[dict], stats: dict[str, Any],
               release: Release, run_log: RunLog, roster: Roster, centralized: dict[str, Any] | None) -> dict[str, Any]:
     """summary.json, clients.json and the plots."""
     template, package = setup.template, setup.package
     uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
     summary = {
         "rounds": setup.config.federation.rounds,
-        "clients": len(clients),
+        "clients": len(clients) + len(missing),  # asked for the personalization report
+        "clients_reported": len(clients),  # the accuracies below are over these
+        "missing_clients": missing,
         "resumed_after_round": setup.done,
         "labels": setup.labels,
         "base_id": package.base_id,
@@ -315,12 +345,12 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     distribute(grid, nodes, setup, roster)
     print(f"[fedpeft] base sent to {roster.base_sent_to} of {len(nodes)} nodes", flush=True)
     final, run_log = federate(grid, setup, roster)
-    clients = personalize(grid, setup, final, roster)
+    clients, missing = personalize(grid, setup, final, roster)
     stats, table = report.personalization_table(clients)
     print(table, flush=True)
     centralized = centralize(setup, stats["global"]["weighted_mean"]) if config.run.centralized_baseline else None
     release = publish(setup, final, stats)
-    return summarize(setup, final, clients, stats, release, run_log, roster, centralized)
+    return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized)
 
 
 def _enrolled_keys(path: str) -> Keyring:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import time
 import zipfile
 
 import numpy as np
@@ -46,7 +47,9 @@ EXPECTED_REASON = {
     "extra-metric": "bad-metrics",     # a metric key no other client sends (Flower's aggregation raised on it)
     "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
+    "slow-report": None,               # honest delta; stalls its personalization report past the deadline
 }
+SLOW_REPORT_S = 45.0  # how long a "slow-report" client holds its personalization reply
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
 
@@ -56,9 +59,10 @@ def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str]
     """Which partitions misbehave (seeded) and the kinds they rotate through.
 
     "scale" is only a bad delta when the server bounds update norms: without a bound it
-    is left out of the default kinds and refused when asked for.
+    is left out of the default kinds and refused when asked for. "slow-report" (held
+    SLOW_REPORT_S seconds) runs only when asked for.
     """
-    kinds = list(behaviours or (k for k in BEHAVIOURS if norm_bound or k != "scale"))
+    kinds = list(behaviours or (k for k in BEHAVIOURS if (norm_bound or k != "scale") and k != "slow-report"))
     unknown = sorted(set(kinds) - set(BEHAVIOURS))
     if unknown:
         raise ConfigError(f"unknown misbehaviour(s) {unknown}; known: {list(BEHAVIOURS)}")
@@ -154,18 +158,24 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
     """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies."""
     reply = call_next(msg, context)
     kind_of_message = msg.metadata.message_type
-    if kind_of_message not in ("train", "evaluate") or reply.has_error() or PLAN_ENV not in os.environ:
+    if PLAN_ENV not in os.environ or reply.has_error():
         return reply
-    partition = int(context.node_config["partition-id"])
+    plan, partition = json.loads(os.environ[PLAN_ENV]), int(context.node_config["partition-id"])
+    if kind_of_message == "query.personalize" and str(partition) in plan["partitions"] and \
+            "slow-report" in plan["behaviours"]:
+        time.sleep(SLOW_REPORT_S)  # a device that went quiet: the server must say it did not report
+        return reply
+    if kind_of_message not in ("train", "evaluate"):
+        return reply
     server_round = int(msg.content.config_records["config"]["server-round"])
-    kind = behaviour(json.loads(os.environ[PLAN_ENV]), partition, server_round)
+    kind = behaviour(plan, partition, server_round)
     if kind_of_message == "evaluate":
         if kind != "bad-eval":
             return reply
         metrics = reply.content.metric_records["metrics"]
         spoiled = MetricRecord({**metrics, "eval-loss": float("nan"), "client-secret-metric": 1.0})
         return Message(RecordDict({"metrics": spoiled}), reply_to=msg)
-    if kind is None:
+    if kind in (None, "slow-report"):
         return reply
     previous = None
     if "replay-arrays" in context.state.array_records:

@@ -24,11 +24,15 @@ ROUNDS, CLIENTS, BAD = 3, 4, 1
 # One of the four clients misbehaves: it tampers in round 1, replays its round-1 reply in
 # round 2 (state kept by Flower across rounds) and sends a NaN in round 3. Half of them
 # train as devices: the ONNX training graph and a numpy optimizer instead of PyTorch.
+# It also holds its personalization report past the phase's deadline ("slow-report").
 CONFIG = """
 [simulation]
 misbehaving = 0.25
-behaviours = ["tamper", "replay", "nan"]
+behaviours = ["tamper", "replay", "nan", "slow-report"]
 device_clients = 0.5
+
+[federation]
+evaluation_timeout = 30.0
 
 [security]
 operator_key = "keys/operator.key"
@@ -92,6 +96,16 @@ def test_the_federation_learns(run):
     assert summary["personalized_accuracy"] >= summary["initial_accuracy"] + 0.25, summary
 
 
+def test_a_client_that_misses_the_reporting_deadline_is_named_not_dropped(run):
+    out, stdout = run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients"] == CLIENTS and summary["clients_reported"] == CLIENTS - BAD
+    assert len(json.loads((out / "clients.json").read_text())) == CLIENTS - BAD
+    (missing,) = summary["missing_clients"]
+    assert missing["reason"] == "no reply within 30 s"
+    assert f"[fedpeft] 1 of {CLIENTS} clients did not report: node {missing['node']} (no reply within 30 s)" in stdout
+
+
 def test_the_summary_carries_the_centralized_reference(run):
     """The same adapter trained on all clients' rows pooled, for as many epochs as the
     federation gave each row: the reference the global adapter is measured against."""
@@ -99,7 +113,7 @@ def test_the_summary_carries_the_centralized_reference(run):
     summary = json.loads((out / "summary.json").read_text())
     clients = json.loads((out / "clients.json").read_text())
     reference = summary["centralized"]
-    assert reference["epochs"] == ROUNDS and reference["test_examples"] == sum(c["examples"] for c in clients)
+    assert reference["epochs"] == ROUNDS and reference["test_examples"] > sum(c["examples"] for c in clients)
     assert summary["centralized_accuracy"] == reference["accuracy"] >= summary["initial_accuracy"] + 0.2
     assert "[fedpeft] centralized reference" in stdout
     assert any(line.startswith("[fedpeft] done") and "centralized" in line for line in stdout.splitlines())
@@ -138,6 +152,13 @@ def test_published_adapter_is_a_verified_release(run):
     assert release.version == ROUNDS and release.manifest["template_id"] == summary["template_id"]
 
 
+def _reported_tests(out, summary) -> list:
+    """Test splits of the clients whose accuracies the summary averages (not the slow reporter's)."""
+    spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
+    reported = {c["client"] for c in json.loads((out / "clients.json").read_text())}
+    return [d.test for d in (client_data(spec, p) for p in range(CLIENTS)) if d.client in reported]
+
+
 def test_saved_adapter_loads_with_peft_and_reproduces_global_accuracy(run, tiny_bert_dir, tmp_path):
     out, _ = run
     summary = json.loads((out / "summary.json").read_text())
@@ -145,10 +166,8 @@ def test_saved_adapter_loads_with_peft_and_reproduces_global_accuracy(run, tiny_
     assert package.base_id == summary["base_id"]
     base = load_base(package, num_labels=len(summary["labels"]))
     model = PeftModel.from_pretrained(base.model, str(out / "adapter"))
-    spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
     correct = total = 0
-    for partition in range(CLIENTS):
-        test = client_data(spec, partition).test
+    for test in _reported_tests(out, summary):
         result = evaluate(model, base.task, base.tokenizer, test, TrainSettings())
         correct += round(result.accuracy * len(test))
         total += len(test)
@@ -171,8 +190,7 @@ def test_load_adapter_verifies_the_release_and_finds_its_base(run, tiny_bert_dir
     key = out.parent / "keys" / "operator.pub"
     loaded = load_adapter(out / "adapter", key=key, model=tiny_bert_dir)
     assert loaded.release.release_id == summary["release_id"] and loaded.labels == summary["labels"]
-    spec = DataSpec(num_clients=CLIENTS, labels=tuple(summary["labels"]))
-    tests = [client_data(spec, p).test for p in range(CLIENTS)]
+    tests = _reported_tests(out, summary)
     base_task = get_task("seq-cls")
     correct = sum(round(evaluate(loaded.model, base_task, loaded.tokenizer, t, TrainSettings()).accuracy * len(t))
                   for t in tests)
