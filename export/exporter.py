@@ -76,6 +76,7 @@ class ExportRequest:
     limits: parity.ParityLimits = field(default_factory=parity.ParityLimits)
     valid_days: float = 30.0
     method: str | None = None  # of an unsigned adapter (which tensors devices train); None: all
+    training_graph: bool = True  # train.onnx for devices that train (classification only)
 
 
 def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
@@ -205,7 +206,7 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
         reference = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
 
     training = None
-    if labels:  # classification: devices train the adapter on labelled rows
+    if labels and request.training_graph:  # classification: devices train the adapter on labelled rows
         progress("[fedpeft] export 2/6: training graph (loss and adapter gradients)")
         training, gradient_max_abs = _training_graph(model, tokenizer, names, texts, truth, method, int8_weights,
                                                      out / TRAINING_FILE, request.max_length)

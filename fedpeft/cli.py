@@ -139,6 +139,7 @@ def _export(args: argparse.Namespace) -> None:
         quantization=config.model.quantization,
         release_key=load_public_key(Path(args.key)) if args.key else None, accept_unsigned=args.accept_unsigned,
         data=config.data_spec(), max_length=args.max_length, int8_scheme=args.int8_scheme,
+        training_graph=args.training_graph,
         limits=ParityLimits(**{k: v for k, v in {"int8_min_agreement": args.min_int8_agreement,
                                                   "int8_max_accuracy_drop": args.max_int8_accuracy_drop}.items()
                                if v is not None}),
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-int8-accuracy-drop", type=float, help="default 0.01")
     exp.add_argument("--int8-scheme", choices=["blockwise", "per-tensor"], default="blockwise",
                      help="how finely activations are quantized (export/int8.py)")
+    exp.add_argument("--training-graph", action=argparse.BooleanOptionalAction, default=True,
+                     help="write train.onnx for devices that train the adapter (default: on)")
     exp.add_argument("--onto", metavar="EXPORT", help="write only an .onnx_adapter for this existing export folder")
     exp.set_defaults(run=_export)
 

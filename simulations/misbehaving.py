@@ -49,7 +49,7 @@ EXPECTED_REASON = {
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
     "slow-report": None,               # honest delta; stalls its personalization report past the deadline
 }
-SLOW_REPORT_S = 45.0  # how long a "slow-report" client holds its personalization reply
+SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
 
@@ -144,8 +144,8 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
     if kind == "inflated-count":
         header.num_examples = INFLATED_COUNT
         return _resign(content, key, header)
-    if kind == "bad-eval":
-        return content  # the train reply stays honest; misbehaving_mod spoils the evaluate reply
+    if kind in ("bad-eval", "slow-report"):
+        return content  # the train reply stays honest; misbehaving_mod spoils the evaluate / report reply
     if kind == "replay":
         if previous is not None:
             return previous

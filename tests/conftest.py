@@ -90,6 +90,18 @@ def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
     return folder
 
 
+def release_adapter(folder: Path, base: Base, template, arrays: dict[str, np.ndarray], key, version: int = 1,
+                    method: str | None = None) -> Path:
+    """`arrays` saved as a PEFT folder with a release signed by `key`."""
+    model = template.attach(base.model)
+    set_adapter_arrays(model, arrays)
+    model.save_pretrained(str(folder))
+    model.unload()
+    sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
+                 method=method, labels=list(LABELS), parent=None, metrics={}, valid_days=1)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_export(tiny_bert_dir, tiny_package, tmp_path_factory):
     """A signed ffa-lora adapter with a trained-looking B and head, exported with its training graph."""
@@ -98,15 +110,10 @@ def trained_export(tiny_bert_dir, tiny_package, tmp_path_factory):
     key = load_private_key(root / "operator.key")
     base = load_base(tiny_package, len(LABELS), in_memory_quantization=False)
     template = create_template(base.model, get_task("seq-cls"), TemplateSpec(method="ffa-lora", rank=4), list(LABELS))
-    model = template.attach(base.model)
     rng = np.random.default_rng(1)
     arrays = {n: (v + (rng.normal(scale=0.3, size=v.shape) if n in template.trainable_names else 0)).astype(np.float32)
               for n, v in template.init.items()}
-    set_adapter_arrays(model, arrays)
-    model.save_pretrained(str(root / "adapter"))
-    model.unload()
-    sign_release(root / "adapter", key, version=1, base_id=base.base_id, template_id=template.template_id,
-                 method="ffa-lora", labels=list(LABELS), parent=None, metrics={}, valid_days=1)
+    release_adapter(root / "adapter", base, template, arrays, key, method="ffa-lora")
     request = ExportRequest(root / "adapter", root / "export", tiny_bert_dir, release_key=key.public_key(), data=DATA,
                             max_length=32, limits=TINY_LIMITS)
     manifest = export(request, key, progress=lambda _: None)

@@ -64,6 +64,7 @@ def test_a_trained_minilm_adapter_exports_within_the_parity_limits(minilm, tmp_p
                             release_key=key.public_key(), data=spec)
     manifest = export(request, key, progress=lambda _: None)  # raises if a limit is missed
     parity = manifest["parity"]
+    assert manifest["training"]["base_weights"] == "int8" and parity["gradient_max_abs"] <= 1e-4  # train.onnx
     assert parity["torch_accuracy"] > 0.6
     assert parity["torch_accuracy"] - parity["int8_accuracy"] <= 0.01
     sizes = {name: (tmp_path / "export" / manifest["models"][name]).stat().st_size for name in ("fp32", "int8")}

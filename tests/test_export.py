@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, TINY_LIMITS, registry_trusting
+from conftest import DATA, TINY_LIMITS, registry_trusting, release_adapter
 from peft import PeftModel
 
 from fedpeft.core.adapters.spec import TemplateSpec
@@ -36,15 +36,9 @@ from fedpeft.server.registry import operator as registry_operator
 
 def _adapter(folder: Path, base, template, seed: int, key, version: int = 1) -> Path:
     """A trained-looking adapter (random non-zero B and head) saved and released."""
-    model = template.attach(base.model)
     rng = np.random.default_rng(seed)
     arrays = {n: (v + rng.normal(scale=0.5, size=v.shape)).astype(np.float32) for n, v in template.init.items()}
-    set_adapter_arrays(model, arrays)
-    model.save_pretrained(str(folder))
-    model.unload()
-    sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
-                 labels=list(LABELS), parent=None, metrics={}, valid_days=1)
-    return folder
+    return release_adapter(folder, base, template, arrays, key, version)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def setup(tiny_bert_dir, tiny_package, tmp_path_factory):
     first = _adapter(root / "adapter-1", base, template, seed=1, key=key)
     second = _adapter(root / "adapter-2", base, template, seed=2, key=key, version=2)
     request = ExportRequest(first, root / "out", tiny_bert_dir, release_key=key.public_key(), data=DATA,
-                            max_length=32, limits=TINY_LIMITS)
+                            max_length=32, limits=TINY_LIMITS, training_graph=False)  # test_device_training has one
     manifest = export(request, key, progress=lambda _: None)
     return {"root": root, "key": key, "base": base, "first": first, "second": second, "request": request,
             "manifest": manifest, "out": root / "out", "package": tiny_package}
@@ -77,6 +71,7 @@ def test_export_folder_holds_every_promised_file(setup):
                  "base.ort", "export.json", "export.sig", "tokenizer/tokenizer.json"):
         assert (out / name).is_file(), name
     assert manifest["labels"] == list(LABELS)
+    assert manifest["training"] is None and not (out / "train.onnx").exists()  # exported with training_graph=False
     assert manifest["inputs"] == ["input_ids", "attention_mask"] and manifest["outputs"] == ["logits"]
     assert manifest["opset"] >= 17 and manifest["base_id"] == setup["package"].base_id
     assert (out / "model.int8.onnx").stat().st_size < 0.5 * (out / "model.onnx").stat().st_size

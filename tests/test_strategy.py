@@ -299,11 +299,12 @@ def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
     assert len(plan["partitions"]) == 2
     rounds = -(-len(misbehaving.BEHAVIOURS) // 2)  # enough (round, client) slots for every kind
     seen = {misbehaving.behaviour(plan, int(p), r) for p in plan["partitions"] for r in range(1, rounds + 1)}
-    assert seen == set(misbehaving.BEHAVIOURS)
+    assert seen == set(misbehaving.BEHAVIOURS) - {"slow-report"}  # a stall: only when asked for
+    assert "slow-report" in misbehaving.choose_plan(10, 0.2, seed=0, behaviours=["slow-report"])["behaviours"]
     honest = next(p for p in range(10) if str(p) not in plan["partitions"])
     assert misbehaving.behaviour(plan, honest, 1) is None
     one = misbehaving.choose_plan(10, 0.1, seed=0, norm_bound=1.0)  # one bad client: every kind once
-    expected = misbehaving.expected_rejections(one, len(misbehaving.BEHAVIOURS))
+    expected = misbehaving.expected_rejections(one, len(one["behaviours"]))
     assert expected == {"bad-metrics": 1, "malformed": 1, "no-signature": 1, "non-finite": 1, "norm-too-large": 1,
                         "tensor-hash-mismatch": 1, "unknown-key": 1, "wrong-base": 1, "wrong-round": 1}
     assert "scale" not in misbehaving.choose_plan(10, 0.2, seed=0)["behaviours"]
