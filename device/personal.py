@@ -10,6 +10,7 @@ personal adapter is not used and the device says so until it personalizes again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,8 @@ class PersonalAdapter:
     trained_at: str
 
 
-def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, settings: TrainSettings) -> PersonalAdapter:
+def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, settings: TrainSettings,
+                progress: Callable[[str], None] = lambda line: None) -> PersonalAdapter:
     """Fine-tune the slot's current release on `rows`; replaces an earlier personal adapter."""
     release = device.current_release()  # verified again: signature, expiry, files, base
     if release is None:
@@ -52,6 +54,8 @@ def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, setting
                           f"{device.base_id[:12]}")
     if not len(rows):
         raise ConfigError("no rows to personalize on")
+    progress(f"[fedpeft] personalizing v{release.version} on {len(rows)} local rows, {settings.epochs} epochs "
+             f"({settings.optimizer}, ONNX Runtime)")
     arrays = load_file(str(device.current / "adapter_model.safetensors"))
     trained, result = trainer.train(arrays, rows, settings)
     record = PersonalAdapter(release.release_id, release.version, release.base_id, result.examples, settings.epochs,

@@ -206,9 +206,7 @@ def _device_train(args: argparse.Namespace) -> None:
     rows = labelled_split(read_rows(args.data), trainer.labels)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              max_length=args.max_length, seed=args.seed, optimizer=args.optimizer)
-    print(f"[fedpeft] personalizing v{device.version} on {len(rows)} local rows, {args.epochs} epochs "
-          f"({args.optimizer}, ONNX Runtime)", flush=True)
-    record = personalize(device, trainer, rows, settings)
+    record = personalize(device, trainer, rows, settings, progress=lambda line: print(line, flush=True))
     print(f"personal adapter from v{record.version}: mean training loss {record.loss:.4f}; kept in "
           f"{device.folder / PERSONAL_DIR} (used by fedpeft predict --state; nothing was sent)")
 
