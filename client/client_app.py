@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -33,6 +34,12 @@ def _partition(context: Context) -> int:
 
 def _cache(context: Context):
     return runtime.node_cache(dict(context.node_config), context.node_id)
+
+
+def _global_adapter(msg: Message, session: runtime.Session) -> dict[str, np.ndarray]:
+    """The global adapter a message carries: rounds send only the trained tensors, the
+    frozen ones (FFA-LoRA's A) are the template's, installed once."""
+    return {**session.template.init, **from_record(msg.content.array_records["arrays"])}
 
 
 def _prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
@@ -68,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
     job, session, data = _prepare(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
-    global_arrays = from_record(msg.content.array_records["arrays"])
+    global_arrays = _global_adapter(msg, session)
     if _partition(context) in job.device_partitions:  # a simulated device: ONNX Runtime, no torch
         trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
         delta, result = device_client.local_update(trainer, job, data.train, global_arrays, seed)
@@ -77,19 +84,19 @@ def train(msg: Message, context: Context) -> Message:
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
     claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
     key = identity.signing_key(dict(context.node_config), _partition(context))
-    return Message(delta_content(key, claim, delta), reply_to=msg)
+    return Message(delta_content(key, claim, delta, job.encoding), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
     job, session, data = _prepare(msg, context)
-    result = task.evaluate_adapter(session, job, from_record(msg.content.array_records["arrays"]), data.val)
+    result = task.evaluate_adapter(session, job, _global_adapter(msg, session), data.val)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 def personalize(msg: Message, context: Context) -> Message:
     job, session, data = _prepare(msg, context)
-    scores = task.personalization(session, job, data, from_record(msg.content.array_records["arrays"]),
+    scores = task.personalization(session, job, data, _global_adapter(msg, session),
                                   seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})
     return Message(RecordDict({"metrics": metrics, "client": ConfigRecord({"name": data.client})}), reply_to=msg)

@@ -15,7 +15,7 @@ from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.settings import TrainSettings
 
-from .choices import METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
+from .choices import DELTA_ENCODINGS, METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
 from .errors import ConfigError
 from .trust.files import UnreadableFile, read_small
 
@@ -63,6 +63,8 @@ class FederationSection:
     strategy: str = "fedavg"
     round_timeout: float = 600.0
     evaluation_timeout: float = 0.0  # the personalization phase's deadline; 0: round_timeout x its epochs
+    delta_encoding: str = "fp32"     # how deltas travel up: fp32 | fp16 | int8 (core/wire/delta_codec.py)
+    delta_block: int = 128           # int8: values per float32 scale
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,6 +142,9 @@ class FederationConfig:
         check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)
         check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
         check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
+        check_choice("federation.delta_encoding", self.federation.delta_encoding, DELTA_ENCODINGS)
+        if not 8 <= self.federation.delta_block <= 1 << 20:
+            raise ConfigError(f"federation.delta_block must be in 8..{1 << 20}, got {self.federation.delta_block}")
         for section in fields(self):
             for item in fields(getattr(self, section.name)):
                 value = getattr(getattr(self, section.name), item.name)

@@ -7,7 +7,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from fedpeft.core.choices import METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
+from fedpeft.core.choices import DELTA_ENCODINGS, METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
@@ -24,6 +24,7 @@ def _run_config(args: argparse.Namespace):
         "federation.fraction": args.fraction,
         "federation.strategy": args.strategy,
         "federation.round_timeout": args.round_timeout,
+        "federation.delta_encoding": args.delta_encoding,
         "train.epochs": args.local_epochs,
         "train.learning_rate": args.learning_rate,
         "adapter.method": args.method,
@@ -320,6 +321,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, help="epochs each client trains per round")
     parser.add_argument("--learning-rate", type=float, help="clients' AdamW learning rate")
     parser.add_argument("--strategy", choices=list(STRATEGIES), help="how the server combines verified deltas")
+    parser.add_argument("--delta-encoding", choices=DELTA_ENCODINGS, help="how clients' deltas travel up")
     parser.add_argument("--method", choices=METHODS, help="adapter method (core/adapters/methods/)")
     parser.add_argument("--quantization", choices=QUANTIZATION_MODES, help="how the frozen base is quantized")
     parser.add_argument("--seed", type=int, help="the run's one seed (data, template, training)")

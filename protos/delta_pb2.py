@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64peft/protos/delta.proto\x12\nfedpeft.v1\"I\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"\xbb\x02\n\x0b\x44\x65ltaHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x04\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61se_id\x18\x05 \x01(\t\x12\x13\n\x0btemplate_id\x18\x06 \x01(\t\x12\x11\n\tparent_id\x18\x07 \x01(\t\x12\x14\n\x0cnum_examples\x18\x08 \x01(\x04\x12\x35\n\x07metrics\x18\t \x03(\x0b\x32$.fedpeft.v1.DeltaHeader.MetricsEntry\x12(\n\x07tensors\x18\n \x03(\x0b\x32\x17.fedpeft.v1.TensorEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x0bSignedDelta\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64peft/protos/delta.proto\x12\nfedpeft.v1\"?\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03J\x04\x08\x04\x10\x05\"\xf9\x02\n\x0b\x44\x65ltaHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x04\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61se_id\x18\x05 \x01(\t\x12\x13\n\x0btemplate_id\x18\x06 \x01(\t\x12\x11\n\tparent_id\x18\x07 \x01(\t\x12\x14\n\x0cnum_examples\x18\x08 \x01(\x04\x12\x35\n\x07metrics\x18\t \x03(\x0b\x32$.fedpeft.v1.DeltaHeader.MetricsEntry\x12(\n\x07tensors\x18\n \x03(\x0b\x32\x17.fedpeft.v1.TensorEntry\x12\x10\n\x08\x65ncoding\x18\x0b \x01(\t\x12\x12\n\nblock_size\x18\x0c \x01(\r\x12\x16\n\x0epayload_sha256\x18\r \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x0bSignedDelta\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELTAHEADER_METRICSENTRY']._loaded_options = None
   _globals['_DELTAHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TENSORENTRY']._serialized_start=42
-  _globals['_TENSORENTRY']._serialized_end=115
-  _globals['_DELTAHEADER']._serialized_start=118
-  _globals['_DELTAHEADER']._serialized_end=433
-  _globals['_DELTAHEADER_METRICSENTRY']._serialized_start=387
-  _globals['_DELTAHEADER_METRICSENTRY']._serialized_end=433
-  _globals['_SIGNEDDELTA']._serialized_start=435
-  _globals['_SIGNEDDELTA']._serialized_end=499
+  _globals['_TENSORENTRY']._serialized_end=105
+  _globals['_DELTAHEADER']._serialized_start=108
+  _globals['_DELTAHEADER']._serialized_end=485
+  _globals['_DELTAHEADER_METRICSENTRY']._serialized_start=439
+  _globals['_DELTAHEADER_METRICSENTRY']._serialized_end=485
+  _globals['_SIGNEDDELTA']._serialized_start=487
+  _globals['_SIGNEDDELTA']._serialized_end=551
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,7 @@ from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id, load_operator_key
 from fedpeft.core.trust.release import Release
+from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.install import install_content
 from fedpeft.core.wire.records import from_record, to_record
 
@@ -100,7 +101,8 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
                           f"{template.template_id[:12]}): choose another run.out or remove it")
     job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
               config.personalization.epochs, config.personalization.local_only_epochs,
-              run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16))
+              run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16),
+              encoding=DeltaEncoding(config.federation.delta_encoding, config.federation.delta_block))
     sec = config.security
     operator_key = load_operator_key(Path(sec.operator_key))
     if config.simulation.device_clients > 0:
@@ -222,7 +224,7 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
                           on_evaluate=run_log.evaluate_done)
     strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, job.binding, tensors, verifier,
                               sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
-                              max_weight_ratio=sec.max_weight_ratio)
+                              max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding)
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
     result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,

@@ -1,8 +1,9 @@
 """Flower strategies that take adapter deltas instead of full weights.
 
-Clients send `delta = local - global` over the tensors they train, with a signed
-envelope. Each reply is verified first (server/verify.py). Plain FedAvg is then computed
-as `global + example-weighted mean(delta)` as replies arrive; for every other Flower
+Clients get only the tensors they train (frozen ones, such as FFA-LoRA's A, came once
+with the template) and send `delta = local - global` over them, encoded in one payload
+with a signed envelope. Each reply is verified first (server/verify.py). Plain FedAvg is
+then computed as `global + example-weighted mean(delta)` in one pass; for every other Flower
 message strategy (FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum...) each delta is
 turned back into `global + delta` and the strategy aggregates it unchanged (for the
 server optimizers the pseudo-gradient is then the mean delta).
@@ -27,6 +28,7 @@ from fedpeft.core.adapters.state import Arrays, apply_delta
 from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
+from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
@@ -72,18 +74,24 @@ class DeltaStrategyMixin:
     change the global adapter. A client's weight is its signed example count, capped at
     `max_weight_ratio` times the round's median count (0: no cap). A resumed run sets `round_offset` to the rounds already
     completed: Flower counts the rounds of `start()` from 1, deltas are bound to the run's
-    round number. The remaining keyword arguments are the Flower strategy's.
+    round number. Deltas come up encoded as `encoding`. The remaining keyword arguments are the Flower strategy's.
     """
 
-    streams_mean: bool = False  # plain FedAvg: averaged as replies arrive, see _running_mean
+    streams_mean: bool = False  # plain FedAvg: summed in one pass over flat deltas, see _running_mean
 
     def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
                  verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
-                 round_offset: int = 0, max_weight_ratio: float = 0.0, **flower_options) -> None:
+                 round_offset: int = 0, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
+                 **flower_options) -> None:
         super().__init__(**flower_options)
         self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
         self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
-        self.max_weight_ratio = max_weight_ratio
+        self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
+
+    def trained_only(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What a round sends down: the trained tensors. Frozen ones never change (see
+        aggregate_train) and every node has them from the template it installed."""
+        return ArrayRecord({n: a for n, a in arrays.items() if n in self.tensors})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -93,10 +101,15 @@ class DeltaStrategyMixin:
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
         self.expectation = RoundExpectation(self.binding.for_round(server_round, self.traffic.start_adapter),
-                                            self.tensors)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.traffic.bytes_down = len(messages) * record_bytes(arrays)
+                                            self.tensors, self.encoding)
+        down = self.trained_only(arrays)
+        messages = list(super().configure_train(server_round, down, config, grid))
+        self.traffic.bytes_down = len(messages) * record_bytes(down)
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return super().configure_evaluate(server_round, self.trained_only(arrays), config, grid)
 
     def verified_replies(self, server_round: int, replies: Iterable[Message]) -> Iterator[tuple[Message, VerifiedDelta]]:
         """Replies whose deltas passed every check; the rest are logged and counted."""
@@ -129,8 +142,11 @@ class DeltaStrategyMixin:
         """Accepted deltas with their weights: no client's weight exceeds `max_weight_ratio`
         times the round's median signed count, so an inflated count cannot buy the average.
         The decoded tensors are views into the replies' bytes, which Flower holds for the
-        round anyway: keeping them for a second pass costs no copy."""
-        accepted = list(self.verified_replies(server_round, replies))
+        round anyway: keeping them for a second pass costs no copy. They come in order of
+        the signer's enrolled name, not of arrival, so the float sums (and the adapter's
+        hash) do not depend on which client answered first, nor on a resumed simulation's
+        fresh keys."""
+        accepted = sorted(self.verified_replies(server_round, replies), key=lambda pair: (pair[1].client, pair[1].key_id))
         cap = self._weight_cap([d.num_examples for _, d in accepted])
         self.traffic.capped = sum(d.num_examples > cap for _, d in accepted)
         return [(msg, delta, min(delta.num_examples, cap)) for msg, delta in accepted]
@@ -163,29 +179,27 @@ class DeltaStrategyMixin:
         return arrays, metrics
 
     def _running_mean(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
-        """FedAvg as `global + example-weighted mean(delta)`, one reply at a time.
+        """FedAvg as `global + example-weighted mean(delta)` over the flat decoded deltas.
 
-        Written by hand: Flower's FedAvg decodes every reply again and keeps all of them;
-        this keeps one float64 sum per tensor, which is what lets a server verify and
-        average more than a thousand deltas a second (bench/verify_throughput.py).
+        Written by hand: Flower's FedAvg decodes every reply again, tensor by tensor; this
+        adds each flat delta into one float64 sum, which is what lets a server verify and
+        average thousands of deltas a second (bench/verify_throughput.py).
         """
-        sums: dict[str, np.ndarray] = {}
+        layout = self.expectation.layout
+        sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
+        scaled = np.empty(layout.count, np.float64)
         metric_sums: dict[str, float] = {}  # example-weighted, as Flower's FedAvg weights metrics
         total = 0
         for _, delta, count in self.weighted(server_round, replies):
-            weight = np.float64(count)  # float64 sums: no drift over many deltas
-            for name, value in delta.arrays.items():
-                if name in sums:
-                    sums[name] += value * weight
-                else:
-                    sums[name] = value * weight
+            sums += np.multiply(delta.flat, count, out=scaled)
             total += count
             for key, value in delta.metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + weight * value
+                metric_sums[key] = metric_sums.get(key, 0.0) + count * value
         if not total:
             return None, None
-        mean = {n: (self.global_arrays[n] + s / total).astype(np.float32) for n, s in sums.items()}
-        return mean, MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()}, "num-examples": total})
+        mean = (layout.flatten(self.global_arrays) + sums / total).astype(np.float32)
+        return layout.split(mean), MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()},
+                                                 "num-examples": total})
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
         """Any other Flower strategy, given `global + delta` weighted by the capped signed example count."""
@@ -237,12 +251,12 @@ class DeltaStrategyMixin:
 def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,
                    tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
                    options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0,
-                   max_weight_ratio: float = 0.0):
+                   max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding()):
     """A delta-taking, delta-verifying version of the named Flower strategy."""
     flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, max_weight_ratio=max_weight_ratio, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
+        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )

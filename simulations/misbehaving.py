@@ -11,6 +11,7 @@ who sent a reply, not that it is honest.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -26,10 +27,18 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedpeft.client import identity
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.trust.hashing import tensor_sha256
 from fedpeft.core.trust.keys import key_id
-from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, envelope_record, seal
-from fedpeft.core.wire.records import from_record, to_record
+from fedpeft.core.wire.delta_codec import DeltaEncoding, DeltaLayout
+from fedpeft.core.wire.envelope import (
+    DELTA_RECORD,
+    ENVELOPE_KEY,
+    ENVELOPE_RECORD,
+    PAYLOAD_KEY,
+    EncodedDelta,
+    envelope_record,
+    seal,
+)
+from fedpeft.core.wire.records import decode_signed_array
 from fedpeft.protos import delta_pb2
 
 PLAN_ENV = "FEDPEFT_MISBEHAVING"
@@ -38,12 +47,12 @@ PLAN_ENV = "FEDPEFT_MISBEHAVING"
 EXPECTED_REASON = {
     "unsigned": "no-signature",        # the signed envelope is dropped
     "unknown-key": "unknown-key",      # signed by a key the server never enrolled
-    "tamper": "tensor-hash-mismatch",  # a tensor changed after signing
+    "tamper": "tensor-hash-mismatch",  # the payload changed after signing
     "switch-base": "wrong-base",       # honestly signed, but claims another base
     "nan": "non-finite",               # a NaN, signed as if it were a real update
     "scale": "norm-too-large",         # the update blown up 1000x and signed (needs a norm bound)
     "replay": "wrong-round",           # last round's signed reply sent again
-    "crafted-tensor": "malformed",     # honest header, a tensor sent as a zip archive (np.load would open it)
+    "crafted-tensor": "malformed",     # honest header, the payload sent as a zip archive (np.load would open it)
     "extra-metric": "bad-metrics",     # a metric key no other client sends (Flower's aggregation raised on it)
     "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
@@ -97,47 +106,59 @@ def _header(content: RecordDict) -> delta_pb2.DeltaHeader:
     return delta_pb2.DeltaHeader.FromString(signed.header)
 
 
+def _delta(content: RecordDict, header: delta_pb2.DeltaHeader) -> tuple[EncodedDelta, np.ndarray]:
+    """The honest reply's encoded delta and its values (a writable copy)."""
+    encoding = DeltaEncoding(header.encoding, header.block_size)
+    layout = DeltaLayout.of({t.name: tuple(t.shape) for t in header.tensors})
+    payload = decode_signed_array(content.array_records[DELTA_RECORD][PAYLOAD_KEY], "|u1",
+                                  (encoding.payload_bytes(layout.count),))
+    return EncodedDelta(layout, encoding, payload.tobytes()), encoding.decode(payload, layout.count).copy()
+
+
+def _reencoded(delta: EncodedDelta, values: np.ndarray) -> EncodedDelta:
+    return EncodedDelta(delta.layout, delta.encoding, delta.encoding.encode(values))
+
+
 def _resign(content: RecordDict, key: Ed25519PrivateKey, header: delta_pb2.DeltaHeader,
-            arrays: dict[str, np.ndarray] | None = None) -> RecordDict:
-    """The reply re-signed (by `key`) over an altered header and, if given, altered tensors."""
-    if arrays is not None:
-        for entry in header.tensors:
-            entry.sha256 = tensor_sha256(arrays[entry.name])
-    record = to_record(arrays) if arrays is not None else content.array_records["arrays"]
-    return RecordDict({"arrays": record, ENVELOPE_RECORD: envelope_record(seal(key, header))})
+            delta: EncodedDelta | None = None) -> RecordDict:
+    """The reply re-signed (by `key`) over an altered header and, if given, an altered delta."""
+    if delta is not None:
+        header.payload_sha256 = hashlib.sha256(delta.payload).digest()
+    record = delta.record() if delta is not None else content.array_records[DELTA_RECORD]
+    return RecordDict({DELTA_RECORD: record, ENVELOPE_RECORD: envelope_record(seal(key, header))})
 
 
 def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: RecordDict | None) -> RecordDict:
     """An honest signed train reply turned into a bad delta of the given kind."""
     header = _header(content)
-    arrays = from_record(content.array_records["arrays"])
-    first = sorted(arrays)[0]
+    delta, values = _delta(content, header)
     if kind == "unsigned":
-        return RecordDict({"arrays": content.array_records["arrays"]})
+        return RecordDict({DELTA_RECORD: content.array_records[DELTA_RECORD]})
     if kind == "unknown-key":
         stranger = Ed25519PrivateKey.generate()
         header.key_id = key_id(stranger.public_key())
         return _resign(content, stranger, header)
     if kind == "tamper":
-        arrays[first] = arrays[first] + np.float32(0.01)
-        return RecordDict({"arrays": to_record(arrays), ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
+        values[0] += np.float32(0.5)
+        return RecordDict({DELTA_RECORD: _reencoded(delta, values).record(),
+                           ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
     if kind == "switch-base":
         header.base_id = "f" * 64
         return _resign(content, key, header)
     if kind == "nan":
-        arrays[first] = arrays[first].copy()
-        arrays[first].reshape(-1)[0] = np.nan
-        return _resign(content, key, header, arrays)
+        values[0] = np.nan
+        with np.errstate(invalid="ignore"):
+            return _resign(content, key, header, _reencoded(delta, values))
     if kind == "scale":
-        return _resign(content, key, header, {n: a * np.float32(1000) for n, a in arrays.items()})
+        return _resign(content, key, header, _reencoded(delta, values * np.float32(1000)))
     if kind == "crafted-tensor":
         archive = io.BytesIO()
+        honest = content.array_records[DELTA_RECORD][PAYLOAD_KEY]
         with zipfile.ZipFile(archive, "w") as bundle:
-            bundle.writestr(f"{first}.npy", content.array_records["arrays"][first].data)
-        record = ArrayRecord(dict(content.array_records["arrays"]))
-        honest = record[first]
-        record[first] = Array(dtype=honest.dtype, shape=honest.shape, stype=honest.stype, data=archive.getvalue())
-        return RecordDict({"arrays": record, ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
+            bundle.writestr(f"{PAYLOAD_KEY}.npy", honest.data)
+        crafted = Array(dtype=honest.dtype, shape=honest.shape, stype=honest.stype, data=archive.getvalue())
+        return RecordDict({DELTA_RECORD: ArrayRecord({PAYLOAD_KEY: crafted}),
+                           ENVELOPE_RECORD: content.config_records[ENVELOPE_RECORD]})
     if kind == "extra-metric":
         header.metrics["client-secret-metric"] = 1.0
         return _resign(content, key, header)
@@ -179,10 +200,10 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return reply
     previous = None
     if "replay-arrays" in context.state.array_records:
-        previous = RecordDict({"arrays": context.state.array_records["replay-arrays"],
+        previous = RecordDict({DELTA_RECORD: context.state.array_records["replay-arrays"],
                                ENVELOPE_RECORD: context.state.config_records["replay-envelope"]})
     honest = reply.content
-    context.state["replay-arrays"] = honest.array_records["arrays"]
+    context.state["replay-arrays"] = honest.array_records[DELTA_RECORD]
     context.state["replay-envelope"] = ConfigRecord(dict(honest.config_records[ENVELOPE_RECORD]))
     key = identity.signing_key(dict(context.node_config), partition)
     return Message(spoil(honest, kind, key, previous), reply_to=msg)

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_strategy import GLOBAL, KEYS, ROUND, TRAINED, _claim, _deltas, _flower_run, _reply, _signed, _strategy  # noqa: F401  (_flower_run: the autouse fixture that sets up a Flower run)
 
-from fedpeft.core.wire.envelope import ENVELOPE_RECORD, envelope_record, sign_delta
-from fedpeft.core.wire.records import from_record, to_record
+from fedpeft.core.wire.envelope import DELTA_RECORD, PAYLOAD_KEY, delta_content
+from fedpeft.core.wire.records import from_record
 from fedpeft.server import replies
 from fedpeft.server.replies import BadReply
 from fedpeft.server.verify import REASONS, VerifyPolicy
@@ -24,23 +24,24 @@ HONEST = _deltas(11, 3)
 
 
 def _crafted(kind: str) -> RecordDict:
-    """An honestly signed header for a delta whose tensor `a` then travels as `kind`."""
+    """An honestly signed header for a delta whose payload then travels as `kind`."""
     delta = _deltas(12, 1)[0]
     content = _signed(delta, KEYS[3])
-    good = content.array_records["arrays"]["a"]
+    good = content.array_records[DELTA_RECORD][PAYLOAD_KEY]
     npz = io.BytesIO()
     with zipfile.ZipFile(npz, "w") as archive:
-        archive.writestr("a.npy", good.data)
-    header = good.data.replace(b"(2, 3)", b"(1099511627776,)")
+        archive.writestr("payload.npy", good.data)
+    header = good.data.replace(b"(40,)", b"(1099511627776,)")
+    assert header != good.data
     arrays = {
         "not-numpy": Array(dtype=good.dtype, shape=good.shape, stype="torch.Tensor", data=good.data),
         "npz-bytes": Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=npz.getvalue()),
         "huge-npy-header": Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=header),
         "empty-data": Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=b""),
         "pickle": Array(dtype="object", shape=good.shape, stype=good.stype,
-                        data=b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (2, 3), }"),
+                        data=b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (40,), }"),
     }
-    content["arrays"] = ArrayRecord({"a": arrays[kind], "b": content.array_records["arrays"]["b"]})
+    content[DELTA_RECORD] = ArrayRecord({PAYLOAD_KEY: arrays[kind]})
     return content
 
 
@@ -61,7 +62,7 @@ def test_an_extra_signed_metric_is_a_rejection_not_a_crash(name):
     odd = _deltas(13, 1)[0]
     claim = _claim()
     claim = type(claim)(claim.binding, 10, {"train-loss": 1.0, "steps": 1, "extra": 5.0})
-    contents.append(RecordDict({"arrays": to_record(odd), ENVELOPE_RECORD: envelope_record(sign_delta(KEYS[3], claim, odd))}))
+    contents.append(delta_content(KEYS[3], claim, odd))
     arrays, metrics = strategy.aggregate_train(ROUND, [_reply(c) for c in contents])
     assert strategy.traffic.rejected == {"bad-metrics": 1} and arrays is not None
 
@@ -122,16 +123,15 @@ def test_a_status_reply_without_its_record_is_a_bad_reply(content, reason):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stype=st.sampled_from(["numpy.ndarray", "torch.Tensor", ""]), dtype=st.sampled_from(["float32", "<f4", "object",
-       "int64", "xx", "float32,float32"]), shape=st.lists(st.integers(-3, 2**41), max_size=3),
+       "int64", "xx", "float32,float32", "uint8"]), shape=st.lists(st.integers(-3, 2**41), max_size=3),
        data=st.binary(max_size=300), cut=st.integers(0, 200))
 def test_fuzzed_tensors_under_an_honest_signature_are_accepted_or_named(stype, dtype, shape, data, cut):
     """Any Array bytes and metadata: accepted if they are the signed tensor, else a named reason."""
     strategy = _strategy()
     content = _signed(HONEST[0], KEYS[0])
-    good = content.array_records["arrays"]["a"]
+    good = content.array_records[DELTA_RECORD][PAYLOAD_KEY]
     mixed = good.data[:cut] + data
-    content["arrays"] = ArrayRecord({"a": Array(dtype=dtype, shape=tuple(shape), stype=stype, data=mixed),
-                                     "b": content.array_records["arrays"]["b"]})
+    content[DELTA_RECORD] = ArrayRecord({PAYLOAD_KEY: Array(dtype=dtype, shape=tuple(shape), stype=stype, data=mixed)})
     strategy.aggregate_train(ROUND, [_reply(content)])
     assert set(strategy.traffic.rejected) <= set(REASONS)
     assert strategy.traffic.accepted + sum(strategy.traffic.rejected.values()) == 1

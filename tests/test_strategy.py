@@ -13,10 +13,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id
+from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import (
+    DELTA_RECORD,
     ENVELOPE_RECORD,
     DeltaBinding,
     DeltaClaim,
+    EncodedDelta,
     build_header,
     envelope_record,
     seal,
@@ -60,8 +63,8 @@ def _claim(num_examples: int = 10, **binding_changes) -> DeltaClaim:
     return DeltaClaim(binding, num_examples, {"train-loss": 1.0, "steps": 1})
 
 
-def _content(delta: dict[str, np.ndarray], signed: bytes | None) -> RecordDict:
-    content = RecordDict({"arrays": to_record(delta)})
+def _content(delta: dict[str, np.ndarray], signed: bytes | None, encoding: DeltaEncoding = DeltaEncoding()) -> RecordDict:
+    content = RecordDict({DELTA_RECORD: EncodedDelta.of(delta, encoding).record()})
     if signed is not None:
         content[ENVELOPE_RECORD] = envelope_record(signed)
     return content
@@ -71,19 +74,28 @@ def _reply(content: RecordDict) -> Message:
     return Message(content, dst_node_id=0, message_type="train")
 
 
-def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey = KEYS[0], **claim_changes) -> RecordDict:
-    return _content(delta, sign_delta(key, _claim(**claim_changes), delta))
+def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey = KEYS[0], encoding: DeltaEncoding = DeltaEncoding(),
+            **claim_changes) -> RecordDict:
+    return _content(delta, sign_delta(key, _claim(**claim_changes), EncodedDelta.of(delta, encoding)), encoding)
+
+
+def _edited_header(delta: dict[str, np.ndarray], key: Ed25519PrivateKey, edit) -> RecordDict:
+    """A reply whose header `edit` changed before the client signed it."""
+    header = build_header(_claim(), key_id(key.public_key()), EncodedDelta.of(delta))
+    edit(header)
+    return _content(delta, seal(key, header))
 
 
 def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
-              min_accepted: int = 1, max_weight_ratio: float = 0.0, **options):
+              min_accepted: int = 1, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
+              **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
     strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
-                              max_weight_ratio=max_weight_ratio)
+                              max_weight_ratio=max_weight_ratio, encoding=encoding)
     # What configure_train sets up for a round, without a Grid to send through.
     strategy.global_arrays = {k: v.copy() for k, v in GLOBAL.items()}
     strategy.traffic = RoundTraffic()
-    strategy.expectation = RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors)
+    strategy.expectation = RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors, encoding)
     return strategy
 
 
@@ -140,39 +152,47 @@ def _bad(kind: str) -> RecordDict:
     if kind == "no-envelope":
         return _content(delta, None)
     if kind == "no-signature-in-envelope":
-        header = build_header(_claim(), key_id(key.public_key()), delta).SerializeToString()
+        header = build_header(_claim(), key_id(key.public_key()), EncodedDelta.of(delta)).SerializeToString()
         return _content(delta, delta_pb2.SignedDelta(header=header, key_id=key_id(key.public_key())).SerializeToString())
     if kind == "garbage-envelope":
         return _content(delta, b"\xff\x00 not protobuf")
     if kind == "unknown-key":
         return _signed(delta, Ed25519PrivateKey.generate())
     if kind == "header-edited-after-signing":
-        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), delta))
+        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), EncodedDelta.of(delta)))
         header = delta_pb2.DeltaHeader.FromString(signed.header)
         header.num_examples = 10_000  # re-serialized: the signature no longer covers it
         signed.header = header.SerializeToString()
         return _content(delta, signed.SerializeToString())
     if kind == "signed-by-another-enrolled-key":
-        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), delta))
+        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(), EncodedDelta.of(delta)))
         signed.signature = KEYS[0].sign(signed.header)
         return _content(delta, signed.SerializeToString())
     if kind == "header-names-another-key":
-        header = build_header(_claim(), key_id(KEYS[0].public_key()), delta)
+        header = build_header(_claim(), key_id(KEYS[0].public_key()), EncodedDelta.of(delta))
         header_bytes = header.SerializeToString()
         signed = delta_pb2.SignedDelta(header=header_bytes, key_id=key_id(key.public_key()), signature=key.sign(header_bytes))
         return _content(delta, signed.SerializeToString())
     if kind == "tensor-changed-after-signing":
         content = _signed(delta, key)
-        content["arrays"] = to_record({**delta, "a": delta["a"] + 1e-3})
+        content[DELTA_RECORD] = EncodedDelta.of({**delta, "a": delta["a"] + 1e-3}).record()
         return content
-    if kind == "tensor-reshaped-after-signing":
+    if kind == "payload-reshaped-after-signing":
         content = _signed(delta, key)
-        content["arrays"] = to_record({**delta, "a": delta["a"].reshape(3, 2)})
+        content[DELTA_RECORD] = to_record({"payload": np.frombuffer(EncodedDelta.of(delta).payload, np.uint8).reshape(-1, 2)})
         return content
     if kind == "tensor-dropped-after-signing":
         content = _signed(delta, key)
-        content["arrays"] = to_record({"a": delta["a"]})
+        content[DELTA_RECORD] = EncodedDelta.of({"a": delta["a"]}).record()
         return content
+    if kind == "payload-under-another-name":
+        content = _signed(delta, key)
+        content[DELTA_RECORD] = to_record({"arrays": np.frombuffer(EncodedDelta.of(delta).payload, np.uint8)})
+        return content
+    if kind == "fp16-where-fp32-was-asked":
+        return _signed(delta, key, DeltaEncoding("fp16"))
+    if kind == "manifest-out-of-order":
+        return _edited_header(delta, key, lambda h: h.tensors.sort(key=lambda t: t.name, reverse=True))
     if kind in ("wrong-run", "wrong-round", "wrong-base", "wrong-template", "wrong-parent"):
         field = {"wrong-run": "run_id", "wrong-round": "server_round", "wrong-base": "base_id",
                  "wrong-template": "template_id", "wrong-parent": "parent_id"}[kind]
@@ -183,7 +203,7 @@ def _bad(kind: str) -> RecordDict:
     if kind == "missing-tensor":
         return _signed({"a": delta["a"]}, key)
     if kind == "bad-dtype":
-        return _signed({**delta, "a": delta["a"].astype(np.float64)}, key)
+        return _edited_header(delta, key, lambda h: setattr(h.tensors[0], "dtype", "<f8"))
     if kind == "bad-shape":
         return _signed({**delta, "a": delta["a"].reshape(3, 2)}, key)
     if kind == "non-finite":
@@ -214,8 +234,11 @@ BAD_KINDS = {
     "signed-by-another-enrolled-key": "bad-signature",
     "header-names-another-key": "bad-signature",
     "tensor-changed-after-signing": "tensor-hash-mismatch",
-    "tensor-reshaped-after-signing": "tensor-hash-mismatch",
+    "payload-reshaped-after-signing": "tensor-hash-mismatch",
     "tensor-dropped-after-signing": "tensor-hash-mismatch",
+    "payload-under-another-name": "malformed",
+    "fp16-where-fp32-was-asked": "bad-encoding",
+    "manifest-out-of-order": "malformed",
     "wrong-run": "wrong-run",
     "wrong-round": "wrong-round",
     "wrong-base": "wrong-base",
@@ -272,7 +295,7 @@ def test_the_envelope_signs_the_bytes_that_travel():
     """The signature covers the serialized header exactly as sent; parsing and
     re-serializing is not what gets verified."""
     delta = _deltas(7, 1)[0]
-    header = build_header(_claim(), key_id(KEYS[0].public_key()), delta)
+    header = build_header(_claim(), key_id(KEYS[0].public_key()), EncodedDelta.of(delta))
     signed = delta_pb2.SignedDelta.FromString(seal(KEYS[0], header))
     KEYS[0].public_key().verify(signed.signature, signed.header)
     assert delta_pb2.DeltaHeader.FromString(signed.header) == header

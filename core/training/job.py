@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
 
+from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 
 from .data import DataSpec
@@ -29,6 +30,7 @@ class Job:
     # Simulation: partitions that train as devices (ONNX Runtime) with this signed training export.
     device_partitions: tuple[int, ...] = ()
     device_export: str = ""
+    encoding: DeltaEncoding = field(default_factory=DeltaEncoding)  # how deltas travel up
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({
@@ -41,6 +43,8 @@ class Job:
             "run-id": self.run_id,
             "device-partitions": json.dumps(list(self.device_partitions)),
             "device-export": self.device_export,
+            "delta-encoding": self.encoding.kind,
+            "delta-block": self.encoding.block,
         })
 
     @classmethod
@@ -55,6 +59,7 @@ class Job:
             run_id=str(config["run-id"]),
             device_partitions=tuple(int(p) for p in json.loads(str(config["device-partitions"]))),
             device_export=str(config["device-export"]),
+            encoding=DeltaEncoding(str(config["delta-encoding"]), int(config["delta-block"])),
         )
 
     @property
