@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedpeft.core.training.accelerator import pick_device
 from fedpeft.core.training.data import ClientData, client_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
@@ -45,7 +46,7 @@ def _global_adapter(msg: Message, session: runtime.Session) -> dict[str, np.ndar
 def _prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
     """The run's settings, this process's loaded base, and this node's data splits."""
     job = Job.from_config(msg.content.config_records["config"])
-    session = runtime.session(_cache(context), job.base_id, job.template_id)
+    session = runtime.session(_cache(context), job.base_id, job.template_id, pick_device(job.train.device))
     return job, session, client_data(job.data, _partition(context))
 
 

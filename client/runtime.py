@@ -7,6 +7,7 @@ adapter tensors in and out.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,21 +25,25 @@ class Session:
     model: PeftModel
 
 
-_SESSIONS: dict[tuple[str, str], Session] = {}
+_SESSIONS: dict[tuple[str, str, str], Session] = {}
+SHARED_CACHE_ENV = "FEDPEFT_SHARED_NODE_CACHE"  # one cache for every node of this machine (simulation)
 
 
 def node_cache(node_config: dict, node_id: int) -> NodeCache:
-    """The node's own cache: `cache-dir` from its node config, else one folder per node id."""
-    configured = node_config.get("cache-dir")
+    """The node's cache: `cache-dir` from its node config; else the machine's shared one
+    (simulated nodes: content-addressed and verified on load, so one copy of the base
+    serves them all); else one folder per node id."""
+    configured = node_config.get("cache-dir") or os.environ.get(SHARED_CACHE_ENV)
     return NodeCache(Path(str(configured)) if configured else default_cache_root() / f"node-{node_id}")
 
 
-def session(cache: NodeCache, base_id: str, template_id: str) -> Session:
-    key = (base_id, template_id)
+def session(cache: NodeCache, base_id: str, template_id: str, device: str = "cpu") -> Session:
+    """The base with the template attached, on `device` ("cpu" or "cuda"), once per process."""
+    key = (base_id, template_id, device)
     if key not in _SESSIONS:
         template = cache.load_template(template_id)
         base = load_base(cache.load(base_id), num_labels=len(template.labels))
-        _SESSIONS[key] = Session(base, template, template.attach(base.model))
+        _SESSIONS[key] = Session(base, template, template.attach(base.model).to(device))
     return _SESSIONS[key]
 
 

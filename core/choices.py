@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fedpeft.core.adapters.methods import method_names
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.accelerator import DEVICES
 from fedpeft.core.wire.delta_codec import ENCODINGS as DELTA_ENCODINGS
 
 QUANTIZATION_MODES = ("int8", "int4", "none")
@@ -20,7 +21,7 @@ STRATEGIES = {
     "krum": "Krum",
 }
 METHODS = tuple(method_names())
-__all__ = ["DELTA_ENCODINGS", "METHODS", "OPTIMIZERS", "PARTITIONERS", "QUANTIZATION_MODES", "STRATEGIES",
+__all__ = ["DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "QUANTIZATION_MODES", "STRATEGIES",
            "check_choice"]
 
 

@@ -15,7 +15,16 @@ from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.settings import TrainSettings
 
-from .choices import DELTA_ENCODINGS, METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES, check_choice
+from .choices import (
+    DELTA_ENCODINGS,
+    DEVICES,
+    METHODS,
+    OPTIMIZERS,
+    PARTITIONERS,
+    QUANTIZATION_MODES,
+    STRATEGIES,
+    check_choice,
+)
 from .errors import ConfigError
 from .trust.files import UnreadableFile, read_small
 
@@ -59,6 +68,7 @@ class DataSection:
 class FederationSection:
     rounds: int = 5
     fraction: float = 1.0
+    clients_per_round: int = 0       # sampled per round (training and evaluation); 0: fraction x clients
     min_clients: int = 2
     strategy: str = "fedavg"
     round_timeout: float = 600.0
@@ -72,6 +82,7 @@ class FederationSection:
 class PersonalizationSection:
     epochs: int = 2
     local_only_epochs: int = 5
+    clients: int = 0  # clients sampled for the end-of-run report; 0: every client
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class SimulationSection:
     misbehaving: float = 0.0               # share of simulated clients that send bad deltas
     behaviours: list[str] = field(default_factory=list)  # empty: all of simulations/misbehaving.py
     device_clients: float = 0.0            # share of simulated clients that train as devices (ONNX Runtime)
+    clients_per_gpu: int = 4               # simulated clients training at once on one GPU (train.device cuda)
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,7 @@ class FederationConfig:
         check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)
         check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
         check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
+        check_choice("train.device", self.train.device, DEVICES)
         check_choice("federation.delta_encoding", self.federation.delta_encoding, DELTA_ENCODINGS)
         if not 8 <= self.federation.delta_block <= 1 << 20:
             raise ConfigError(f"federation.delta_block must be in 8..{1 << 20}, got {self.federation.delta_block}")
@@ -167,6 +180,10 @@ class FederationConfig:
             raise ConfigError(f"simulation.misbehaving must be in [0, 1), got {self.simulation.misbehaving}")
         if not 0 <= self.simulation.device_clients <= 1:
             raise ConfigError(f"simulation.device_clients must be in [0, 1], got {self.simulation.device_clients}")
+        if self.simulation.clients_per_gpu < 1:
+            raise ConfigError(f"simulation.clients_per_gpu must be at least 1, got {self.simulation.clients_per_gpu}")
+        if self.federation.clients_per_round < 0 or self.personalization.clients < 0:
+            raise ConfigError("federation.clients_per_round and personalization.clients must not be negative")
         for key in ("max_update_norm", "max_message_bytes", "min_accepted", "max_weight_ratio"):
             if getattr(self.security, key) < 0:
                 raise ConfigError(f"security.{key} must not be negative, got {getattr(self.security, key)}")

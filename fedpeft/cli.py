@@ -7,7 +7,15 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from fedpeft.core.choices import DELTA_ENCODINGS, METHODS, OPTIMIZERS, PARTITIONERS, QUANTIZATION_MODES, STRATEGIES
+from fedpeft.core.choices import (
+    DELTA_ENCODINGS,
+    DEVICES,
+    METHODS,
+    OPTIMIZERS,
+    PARTITIONERS,
+    QUANTIZATION_MODES,
+    STRATEGIES,
+)
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
@@ -22,11 +30,14 @@ def _run_config(args: argparse.Namespace):
         "data.partitioner": args.partitioner,
         "federation.rounds": args.rounds,
         "federation.fraction": args.fraction,
+        "federation.clients_per_round": args.clients_per_round,
+        "personalization.clients": args.report_clients,
         "federation.strategy": args.strategy,
         "federation.round_timeout": args.round_timeout,
         "federation.delta_encoding": args.delta_encoding,
         "train.epochs": args.local_epochs,
         "train.learning_rate": args.learning_rate,
+        "train.device": args.device,
         "adapter.method": args.method,
         "model.quantization": args.quantization,
         "model.path": args.model,
@@ -54,7 +65,7 @@ def _simulate(args: argparse.Namespace) -> None:
     from .simulate import simulate
 
     config = _run_config(args)
-    _print_summary(simulate(config, args.verbose), config.run.out)
+    _print_summary(simulate(config, args.verbose, resume=not args.restart), config.run.out)
 
 
 def _deploy_local(args: argparse.Namespace) -> None:
@@ -317,10 +328,13 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitioner", choices=PARTITIONERS, help="how rows become clients (natural: by client_id)")
     parser.add_argument("--rounds", type=int, help="federated rounds")
     parser.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
+    parser.add_argument("--clients-per-round", type=int, help="clients sampled per round (overrides --fraction)")
+    parser.add_argument("--report-clients", type=int, help="clients sampled for the end-of-run report (0: all)")
     parser.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
     parser.add_argument("--local-epochs", type=int, help="epochs each client trains per round")
     parser.add_argument("--learning-rate", type=float, help="clients' AdamW learning rate")
     parser.add_argument("--strategy", choices=list(STRATEGIES), help="how the server combines verified deltas")
+    parser.add_argument("--device", choices=DEVICES, help="where PyTorch clients train (auto: a GPU if PyTorch sees one)")
     parser.add_argument("--delta-encoding", choices=DELTA_ENCODINGS, help="how clients' deltas travel up")
     parser.add_argument("--method", choices=METHODS, help="adapter method (core/adapters/methods/)")
     parser.add_argument("--quantization", choices=QUANTIZATION_MODES, help="how the frozen base is quantized")
@@ -361,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train the adapter on all clients' rows pooled and report it (default: on)")
     sim.add_argument("--device-clients", type=float,
                      help="share of clients that train as devices: ONNX Runtime training graph, numpy optimizer")
+    sim.add_argument("--restart", action="store_true",
+                     help="start afresh even if --out holds a checkpoint (default: resume after its last completed round)")
     sim.set_defaults(run=_simulate)
 
     deploy = _group(commands, "deploy", "run the federation on Flower's Deployment Engine", "deploy_command")

@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedpeft.client.identity import KEYS_DIR_ENV, OPERATOR_KEY_ENV, simulated_key_path
+from fedpeft.client.runtime import SHARED_CACHE_ENV
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.training.accelerator import client_resources, pick_device
 from fedpeft.core.training.data import client_data, load_rows, num_partitions
 from fedpeft.core.trust.keys import (
     OPERATOR_PASSPHRASE_ENV,
@@ -24,15 +26,20 @@ from fedpeft.core.trust.keys import (
 )
 
 
-def simulate(config: FederationConfig, verbose: bool = False) -> dict:
+def simulate(config: FederationConfig, verbose: bool = False, resume: bool = True) -> dict:
+    """Run the federation; with `resume`, a run.out that holds a checkpoint (a run killed
+    mid-way) goes on after its last completed round, as a deployed run does."""
     out = Path(config.run.out)
+    device = pick_device(config.train.device)  # a missing GPU fails here, in one line
     spec = config.data_spec()
     _, labels = load_rows(spec)  # bad data fails here, with its reason, before Flower starts
     spec = config.data_spec(labels)
     nodes = num_partitions(spec)
     for partition in range(nodes):
         client_data(spec, partition)
-    print(f"[fedpeft] {nodes} clients, {len(labels)} labels, {config.federation.rounds} rounds -> {out}", flush=True)
+    print(f"[fedpeft] {nodes} clients, {len(labels)} labels, {config.federation.rounds} rounds, training on {device}"
+          + (f" ({config.simulation.clients_per_gpu} clients per GPU)" if device == "cuda" else "") + f" -> {out}",
+          flush=True)
 
     # Flower and Ray are imported here so that `fedpeft --help` stays fast.
     from flwr.simulation import run_simulation
@@ -51,12 +58,14 @@ def simulate(config: FederationConfig, verbose: bool = False) -> dict:
               f"rotating through {plan['behaviours']}", flush=True)
     ensure_operator_key(Path(config.security.operator_key))
 
+    summary_path = out / "summary.json"
+    summary_path.unlink(missing_ok=True)  # a stale summary must not pass for this run's
     work = Path(tempfile.mkdtemp(prefix="fedpeft-sim-"))
     try:
         keyring = enroll_simulated_clients(work / "keys", nodes)
         config = config.with_overrides(**{"security.keyring": str(keyring)})
         environment = {
-            "FEDPEFT_CACHE": str(work / "nodes"),  # each simulated node caches under node-<id>/
+            SHARED_CACHE_ENV: str(work / "nodes"),  # one copy of the base for all simulated nodes
             KEYS_DIR_ENV: str(work / "keys"),       # ... and signs with keys/client-<partition>.key
             OPERATOR_KEY_ENV: str(public_key_path(Path(config.security.operator_key))),  # devices check exports
             PLAN_ENV: json.dumps(plan) if plan["partitions"] else None,
@@ -65,16 +74,15 @@ def simulate(config: FederationConfig, verbose: bool = False) -> dict:
               + ("" if verbose else " (--verbose shows them here)"), flush=True)
         with _environment(environment), quiet(out / LOG_NAME, verbose):
             run_simulation(
-                server_app=make_server_app(config, labels, out),
+                server_app=make_server_app(config, labels, out, resume),
                 client_app=make_client_app([misbehaving_mod] if plan["partitions"] else None),
                 num_supernodes=nodes,
-                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                backend_config={"client_resources": client_resources(device, config.simulation.clients_per_gpu),
                                 "init_args": ray_init_args(verbose)},
                 verbose_logging=verbose,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FedPeftError(f"the federation did not finish: no {summary_path} (see the log above)")
     summary = json.loads(summary_path.read_text())

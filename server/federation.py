@@ -45,6 +45,7 @@ from .strategy import StrategyHooks, build_strategy
 from .verify import DeltaVerifier, VerifyPolicy
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
+INSTALL_BATCH = 8  # install messages built at once: each carries its own copy of the base
 
 
 @dataclass
@@ -98,7 +99,8 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
     if checkpoint is not None and (checkpoint.base_id, checkpoint.template_id) != (package.base_id, template.template_id):
         raise ConfigError(f"{checkpoint_path} belongs to another run (base {checkpoint.base_id[:12]}, template "
                           f"{checkpoint.template_id[:12]}; this config makes {package.base_id[:12]}, "
-                          f"{template.template_id[:12]}): choose another run.out or remove it")
+                          f"{template.template_id[:12]}): choose another run.out, or start afresh "
+                          f"(fedpeft simulate --restart)")
     job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
               config.personalization.epochs, config.personalization.local_only_epochs,
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16),
@@ -171,32 +173,43 @@ def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: f
 
 
 def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) -> None:
-    """Send the template to every node and the base to nodes that lack it in their cache."""
+    """Send the template to every node and the base to nodes that lack it in their cache.
+
+    Installs go out INSTALL_BATCH nodes at a time, so the server holds a few copies of the
+    base, not one per node; each later batch is asked again first, because nodes that
+    share a cache (simulated nodes on one machine) already hold what an earlier batch got.
+    """
     job, timeout = setup.job, setup.config.federation.round_timeout
     ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
-    needs: dict[int, tuple[bool, bool]] = {}  # node -> (has base, has template)
-    for reply in ask(grid, nodes, "query.status", lambda _: RecordDict({"config": ids}), timeout):
-        try:
-            needs[reply.metadata.src_node_id] = status_reply(reply.content)
-        except BadReply as bad:
-            roster.drop("status", reply.metadata.src_node_id, bad)
-    lacking_base = {n for n, (has_base, _) in needs.items() if not has_base}
-    lacking = sorted(n for n, (has_base, has_template) in needs.items() if not has_base or not has_template)
+
+    def lacking(asked: list[int]) -> dict[int, bool]:
+        """Asked nodes that lack the base or the template -> whether they lack the base."""
+        needs: dict[int, tuple[bool, bool]] = {}  # node -> (has base, has template)
+        for reply in ask(grid, asked, "query.status", lambda _: RecordDict({"config": ids}), timeout):
+            try:
+                needs[reply.metadata.src_node_id] = status_reply(reply.content)
+            except BadReply as bad:
+                roster.drop("status", reply.metadata.src_node_id, bad)
+        roster.ready |= {n for n, (has_base, has_template) in needs.items() if has_base and has_template}
+        return {n: not has_base for n, (has_base, has_template) in sorted(needs.items()) if not (has_base and has_template)}
 
     def content(node: int) -> RecordDict:
-        record = install_content(setup.template, setup.package if node in lacking_base else None)
+        record = install_content(setup.template, setup.package if batch[node] else None)
         record["config"] = ids
         return record
 
-    installed = set()
-    for reply in ask(grid, lacking, "query.install", content, timeout):
-        try:
-            install_reply(reply.content)
-            installed.add(reply.metadata.src_node_id)
-        except BadReply as bad:
-            roster.drop("install", reply.metadata.src_node_id, bad)
-    roster.ready |= (set(needs) - set(lacking)) | installed
-    roster.base_sent_to += len(lacking_base)
+    first = lacking(nodes)
+    waiting = list(first)
+    for start in range(0, len(waiting), INSTALL_BATCH):
+        chunk = waiting[start:start + INSTALL_BATCH]
+        batch = {n: first[n] for n in chunk} if not start else lacking(chunk)
+        for reply in ask(grid, list(batch), "query.install", content, timeout):
+            try:
+                install_reply(reply.content)
+                roster.ready.add(reply.metadata.src_node_id)
+            except BadReply as bad:
+                roster.drop("install", reply.metadata.src_node_id, bad)
+        roster.base_sent_to += sum(batch.values())
 
 
 def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLog]:
@@ -222,11 +235,16 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     verifier = DeltaVerifier(setup.keyring, VerifyPolicy(sec.max_update_norm, sec.max_examples, sec.max_message_bytes))
     hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
                           on_evaluate=run_log.evaluate_done)
-    strategy = build_strategy(fed.strategy, fed.fraction, fed.min_clients, job.binding, tensors, verifier,
+    # Flower samples int(nodes x fraction): half a client more keeps float rounding from losing one.
+    fraction = min(1.0, (fed.clients_per_round + 0.5) / len(roster.ready)) if fed.clients_per_round else fed.fraction
+    strategy = build_strategy(fed.strategy, fraction, fed.min_clients, job.binding, tensors, verifier,
                               sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
                               max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding)
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
+    if setup.done >= fed.rounds:
+        print(f"[fedpeft] all {fed.rounds} rounds were completed before; evaluating and publishing", flush=True)
+        return setup.initial, run_log
     result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
                             train_config=job.to_config(), evaluate_config=job.to_config(), evaluate_fn=save_checkpoint)
     return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
@@ -247,7 +265,10 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> t
     adapters; and the nodes that gave none, each with why."""
     timeout = evaluation_timeout(setup.config)
     nodes = sorted(roster.ready & set(grid.get_node_ids()))
-    print(f"[fedpeft] personalization: evaluating on every client's test split ({len(nodes)} clients, "
+    sample = setup.config.personalization.clients
+    if sample and sample < len(nodes):
+        nodes = sorted(random.Random(setup.config.run.seed).sample(nodes, sample))
+    print(f"[fedpeft] personalization: evaluating on each client's test split ({len(nodes)} clients, "
           f"deadline {timeout:.0f} s)", flush=True)
     failed: dict[int, str] = {}
     replies = ask(grid, nodes, "query.personalize",

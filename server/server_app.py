@@ -14,12 +14,12 @@ from fedpeft.core.training.data import load_rows
 from .federation import run_federation
 
 
-def make_server_app(config: FederationConfig, labels: tuple[str, ...], out: Path) -> ServerApp:
+def make_server_app(config: FederationConfig, labels: tuple[str, ...], out: Path, resume: bool = False) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config, labels, out)
+        run_federation(grid, config, labels, out, resume)
 
     return app
 

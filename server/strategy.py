@@ -257,6 +257,6 @@ def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaB
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_clients,
+        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )

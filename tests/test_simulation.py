@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 from peft import PeftModel
@@ -18,6 +20,7 @@ from fedpeft.core.training.loop import evaluate
 from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.trust.keys import load_public_key
 from fedpeft.core.trust.release import verify_release
+from fedpeft.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedpeft.server.report import ARMS
 
 ROUNDS, CLIENTS, BAD = 3, 4, 1
@@ -232,3 +235,57 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     assert summary["bad_replies"] == {"evaluate: bad-metrics": 1}
     assert [r["capped_weights"] for r in rows] == [0, 0, 1, 0]
     assert summary["clients"] == 4
+
+
+LEAN = """
+[run]
+centralized_baseline = false
+
+[personalization]
+epochs = 1
+local_only_epochs = 1
+
+[security]
+operator_key = "keys/operator.key"
+"""
+
+
+def _simulate(folder, tiny_bert_dir, *extra) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
+           "--clients", "3", "--rounds", "3", "--out", "result", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=folder,
+                            env={**os.environ, "FEDPEFT_CACHE": str(folder / "cache")})
+
+
+def test_a_simulation_killed_after_round_2_resumes_to_the_same_adapter(tiny_bert_dir, tmp_path):
+    """Killed (the whole process tree, SIGKILL) once round 2's checkpoint is written, then
+    run again with the same --out: it goes on from round 3 and ends with the adapter an
+    uninterrupted run of the same seed publishes, hash for hash."""
+    from fedpeft.deploy.flower import kill_tree
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+        (folder / "run.toml").write_text(LEAN)
+    reference = _simulate(whole, tiny_bert_dir, "--delta-encoding", "int8")
+    reference_out = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, reference_out[-3000:]
+
+    victim = _simulate(killed, tiny_bert_dir, "--delta-encoding", "int8")
+    checkpoint = killed / "result" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 600
+    while (load_checkpoint(checkpoint) or SimpleNamespace(round=0)).round < 2:  # written atomically
+        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before round 2"
+        time.sleep(0.1)
+    kill_tree(victim.pid)
+    victim.wait(timeout=60)
+    assert not (killed / "result" / "summary.json").exists()
+
+    resumed = _simulate(killed, tiny_bert_dir, "--delta-encoding", "int8")
+    resumed_out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, resumed_out[-3000:]
+    assert "resuming run" in resumed_out
+    rounds = [json.loads(line)["round"] for line in (killed / "result" / "metrics.jsonl").read_text().splitlines()]
+    summary, expected = (json.loads((f / "result" / "summary.json").read_text()) for f in (killed, whole))
+    assert rounds == [1, 2, 3] and summary["resumed_after_round"] == 2
+    assert summary["adapter_id"] == expected["adapter_id"]

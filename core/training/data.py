@@ -154,9 +154,12 @@ def num_partitions(spec: DataSpec) -> int:
     return spec.num_clients
 
 
-def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partition_id: int) -> tuple[str, list[int]]:
-    if spec.partitioner not in PARTITIONERS:
-        raise DataError(f"unknown partitioner {spec.partitioner!r}; choose one of {PARTITIONERS}")
+@lru_cache(maxsize=8)
+def _partitioner(spec: DataSpec):
+    """The spec's flwr-datasets partitioner, built once per process: it computes every
+    partition's rows on first use and then only selects them (building it per client cost
+    2 s a client at 1,000 clients)."""
+    rows, _ = load_rows(spec)
     if spec.partitioner == "natural" and any(not r.get("client_id") for r in rows):
         raise DataError("natural partitioning needs a 'client_id' value on every row")
     # Imported here: a config check (core/config.py) needs DataSpec, not datasets' 2 s import.
@@ -179,6 +182,13 @@ def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partiti
             min_partition_size=0, seed=spec.seed,
         )
     partitioner.dataset = table
+    return partitioner
+
+
+def _partition_indices(spec: DataSpec, partition_id: int) -> tuple[str, list[int]]:
+    if spec.partitioner not in PARTITIONERS:
+        raise DataError(f"unknown partitioner {spec.partitioner!r}; choose one of {PARTITIONERS}")
+    partitioner = _partitioner(spec)
     with open(os.devnull, "w") as sink, redirect_stderr(sink):  # NaturalIdPartitioner draws a tqdm bar
         total = partitioner.num_partitions
         if not 0 <= partition_id < total:
@@ -192,7 +202,7 @@ def _partition_indices(spec: DataSpec, rows: tuple[dict[str, str], ...], partiti
 def client_data(spec: DataSpec, partition_id: int) -> ClientData:
     """Train/validation/test splits of one client, deterministic for the spec's seed."""
     rows, labels = load_rows(spec)
-    name, indices = _partition_indices(spec, rows, partition_id)
+    name, indices = _partition_indices(spec, partition_id)
     if len(indices) < MIN_CLIENT_EXAMPLES:
         raise DataError(
             f"client {name!r} has {len(indices)} examples; at least {MIN_CLIENT_EXAMPLES} are needed "

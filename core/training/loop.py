@@ -12,6 +12,12 @@ from .data import TextSplit, batches, training_batches
 from .settings import TrainResult, TrainSettings
 
 
+def _on_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch where the model is (a no-op on the CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -32,7 +38,7 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
     model.train(dropout)
     total, steps = 0.0, 0
     for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
-        loss, _, _ = task.score(model, task.batch(tokenizer, texts, labels, settings.max_length))
+        loss, _, _ = task.score(model, _on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -47,7 +53,7 @@ def evaluate(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, se
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for texts, labels in batches(split, 64, list(range(len(split)))):
-        loss, right, n = task.score(model, task.batch(tokenizer, texts, labels, settings.max_length))
+        loss, right, n = task.score(model, _on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
         loss_sum += float(loss) * n
         correct += right
         count += n

@@ -16,6 +16,7 @@ class TrainSettings:
     seed: int = 0
     optimizer: str = "adamw"  # or "sgd"; the device trainer runs the same update in numpy
     weight_decay: float = 0.01  # AdamW's (PyTorch's default)
+    device: str = "auto"  # PyTorch clients: auto | cpu | cuda (core/training/accelerator.py)
 
 
 @dataclass
