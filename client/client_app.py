@@ -6,6 +6,10 @@ Message types:
 - `train`: train from the global adapter, reply with the delta and its signed envelope.
 - `evaluate`: validation accuracy of the global adapter.
 - `query.personalize`: the personalization report on the node's test split.
+
+A deployed node may start a fresh process per message: status and install need no model,
+so torch, transformers and peft (about 8 s to import) are imported only by the handlers
+that train or evaluate.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaClaim, delta_content
 from fedpeft.core.wire.install import package_from_content, template_from_content
 from fedpeft.core.wire.records import from_record
-from fedpeft.device import client as device_client
 
-from . import identity, runtime, task
+from . import identity, runtime
 
 
 def _partition(context: Context) -> int:
@@ -73,6 +76,10 @@ def install(msg: Message, context: Context) -> Message:
 
 def train(msg: Message, context: Context) -> Message:
     """Train, then sign the delta bound to this run, round, base, template and parent."""
+    from fedpeft.device import client as device_client
+
+    from . import task
+
     job, session, data = _prepare(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
@@ -89,6 +96,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
+    from . import task
+
     job, session, data = _prepare(msg, context)
     result = task.evaluate_adapter(session, job, _global_adapter(msg, session), data.val)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
@@ -96,6 +105,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def personalize(msg: Message, context: Context) -> Message:
+    from . import task
+
     job, session, data = _prepare(msg, context)
     scores = task.personalization(session, job, data, _global_adapter(msg, session),
                                   seed=job.train.seed + _partition(context))

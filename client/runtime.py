@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from peft import PeftModel
+from typing import TYPE_CHECKING
 
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.cache import NodeCache, default_cache_root
-from fedpeft.core.base.model import Base, load_base
+
+if TYPE_CHECKING:  # a node answering status or install imports neither
+    from peft import PeftModel
+
+    from fedpeft.core.base.model import Base
 
 
 @dataclass
@@ -41,6 +44,8 @@ def session(cache: NodeCache, base_id: str, template_id: str, device: str = "cpu
     """The base with the template attached, on `device` ("cpu" or "cuda"), once per process."""
     key = (base_id, template_id, device)
     if key not in _SESSIONS:
+        from fedpeft.core.base.model import load_base
+
         template = cache.load_template(template_id)
         base = load_base(cache.load(base_id), num_labels=len(template.labels))
         _SESSIONS[key] = Session(base, template, template.attach(base.model).to(device))

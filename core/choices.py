@@ -14,6 +14,7 @@ OPTIMIZERS = ("adamw", "sgd")
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
 STRATEGIES = {
     "fedavg": "FedAvg",
+    "fedavgm": "FedAvgM",
     "fedadam": "FedAdam",
     "fedyogi": "FedYogi",
     "fedmedian": "FedMedian",

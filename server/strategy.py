@@ -35,7 +35,9 @@ from fedpeft.core.wire.records import from_record, record_bytes, to_record
 from .replies import BadReply, evaluate_reply
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
 
-SERVER_OPTIMIZER_STATE = ("m_t", "v_t")  # flwr.serverapp.strategy.FedOpt's moments
+# What Flower's server optimizers carry between rounds: FedOpt's moments (dicts of
+# tensors) and FedAvgM's momentum (a list, in the trained tensors' order).
+SERVER_OPTIMIZER_STATE = ("m_t", "v_t", "momentum_vector")
 
 
 @dataclass
@@ -202,10 +204,13 @@ class DeltaStrategyMixin:
                                                  "num-examples": total})
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
-        """Any other Flower strategy, given `global + delta` weighted by the capped signed example count."""
+        """Any other Flower strategy, given `global + delta` over the trained tensors (what
+        configure_train sent, in its order: FedAvgM and FedOpt subtract the two tensor by
+        tensor), weighted by the capped signed example count."""
+        trained = {n: a for n, a in self.global_arrays.items() if n in self.tensors}
         accepted = []
         for msg, delta, count in self.weighted(server_round, replies):
-            msg.content = RecordDict({"arrays": to_record(apply_delta(self.global_arrays, delta.arrays)),
+            msg.content = RecordDict({"arrays": to_record(apply_delta(trained, delta.arrays)),
                                       "metrics": MetricRecord({**delta.metrics, "num-examples": count})})
             accepted.append(msg)
         if not accepted:
@@ -238,14 +243,21 @@ class DeltaStrategyMixin:
         return aggregated
 
     def state_arrays(self) -> dict[str, Arrays]:
-        """The tensors a Flower server optimizer carries between rounds (FedAdam's m_t, v_t)."""
-        return {attr: dict(getattr(self, attr)) for attr in SERVER_OPTIMIZER_STATE if getattr(self, attr, None)}
+        """The tensors a Flower server optimizer carries between rounds (FedAdam's m_t, v_t,
+        FedAvgM's momentum); a list is kept under its positions."""
+        state = {}
+        for attr in SERVER_OPTIMIZER_STATE:
+            value = getattr(self, attr, None)
+            if value:
+                state[attr] = {str(i): a for i, a in enumerate(value)} if isinstance(value, list) else dict(value)
+        return state
 
     def restore_state(self, state: Mapping[str, Arrays]) -> None:
         for attr, arrays in state.items():
             if attr not in SERVER_OPTIMIZER_STATE:
                 raise ConfigError(f"checkpointed strategy state {attr!r} is not one fedpeft restores")
-            setattr(self, attr, dict(arrays))
+            listed = isinstance(getattr(self, attr, None), list) or attr == "momentum_vector"
+            setattr(self, attr, [arrays[str(i)] for i in range(len(arrays))] if listed else dict(arrays))
 
 
 def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,

@@ -91,12 +91,22 @@ def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_upda
               **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
     strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
-                              max_weight_ratio=max_weight_ratio, encoding=encoding)
-    # What configure_train sets up for a round, without a Grid to send through.
-    strategy.global_arrays = {k: v.copy() for k, v in GLOBAL.items()}
+                              max_weight_ratio=max_weight_ratio, encoding=encoding, round_offset=ROUND - 1)
+    sent = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), _Nodes()))  # Flower's round 1
+    assert {m.metadata.dst_node_id for m in sent} == set(_Nodes.ids)
+    assert list(sent[0].content.array_records["arrays"]) == list(TRAINED)  # frozen tensors came with the template
+    assert strategy.expectation == RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors, encoding)
     strategy.traffic = RoundTraffic()
-    strategy.expectation = RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors, encoding)
     return strategy
+
+
+class _Nodes:
+    """The one thing configure_train asks of Flower's Grid: which nodes are connected."""
+
+    ids = (11, 12, 13)
+
+    def get_node_ids(self):
+        return list(self.ids)
 
 
 def _deltas(seed: int, count: int) -> list[dict[str, np.ndarray]]:
@@ -138,11 +148,25 @@ def test_fedmedian_takes_the_coordinate_wise_median_delta():
 def test_fedadam_moves_the_global_along_the_mean_delta():
     deltas = _deltas(2, 2)
     strategy = _strategy("fedadam", eta=0.1)
-    strategy.current_arrays = {k: v.copy() for k, v in GLOBAL.items()}
-    arrays, _ = strategy.aggregate_train(ROUND, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
+    arrays, _ = strategy.aggregate_train(1, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
     step = from_record(arrays)["a"] - GLOBAL["a"]
     mean = (deltas[0]["a"] + deltas[1]["a"]) / 2
     assert np.all(np.sign(step) == np.sign(mean))
+    np.testing.assert_array_equal(from_record(arrays)["frozen"], GLOBAL["frozen"])
+
+
+def test_fedavgm_steps_by_its_server_learning_rate_and_checkpoints_its_momentum():
+    deltas = _deltas(3, 2)
+    strategy = _strategy("fedavgm", server_learning_rate=2.0, server_momentum=0.9)
+    arrays, _ = strategy.aggregate_train(1, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
+    mean = {n: (deltas[0][n] + deltas[1][n]) / 2 for n in TRAINED}
+    for name in TRAINED:
+        np.testing.assert_allclose(from_record(arrays)[name], GLOBAL[name] + 2.0 * mean[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(from_record(arrays)["frozen"], GLOBAL["frozen"])
+    state = strategy.state_arrays()
+    resumed = _strategy("fedavgm", server_learning_rate=2.0, server_momentum=0.9)
+    resumed.restore_state(state)
+    assert [a.shape for a in resumed.momentum_vector] == [GLOBAL[n].shape for n in TRAINED]
 
 
 def _bad(kind: str) -> RecordDict:

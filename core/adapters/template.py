@@ -10,18 +10,20 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from peft import PeftModel, get_peft_config, get_peft_model
 
-from fedpeft.core.base.tasks import Task
 from fedpeft.core.trust.hashing import manifest_id, tensor_manifest
 
 from .methods import get_method
 from .spec import TemplateSpec
-from .state import get_adapter_arrays, set_adapter_arrays
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+
+    from fedpeft.core.base.tasks import Task
 
 
 @dataclass
@@ -57,6 +59,10 @@ class AdapterTemplate:
         """Inject this adapter into a frozen base and load the template's initial weights."""
         # A deep copy: PEFT extends lists such as modules_to_save in place, which would
         # change this template's id.
+        from peft import get_peft_config, get_peft_model
+
+        from .state import set_adapter_arrays
+
         peft_model = get_peft_model(model, get_peft_config(copy.deepcopy(self.peft_config)))
         set_adapter_arrays(peft_model, self.init)
         get_method(self.method).freeze(peft_model)
@@ -65,6 +71,11 @@ class AdapterTemplate:
 
 def create_template(model: torch.nn.Module, task: Task, spec: TemplateSpec, labels: list[str]) -> AdapterTemplate:
     """Inject `spec` into `model` with a fixed seed and record the initial adapter weights."""
+    import torch
+    from peft import get_peft_model
+
+    from .state import get_adapter_arrays
+
     config = spec.peft_config(task)
     torch.manual_seed(spec.seed)
     for name in task.head_modules:  # the new head is part of the template: seed it too

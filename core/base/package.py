@@ -4,6 +4,9 @@ A package is identified by `base_id`, the hash of its manifest. The manifest lis
 model config, the hash of every tokenizer file and the name, dtype, shape and hash of
 every tensor, so checking the manifest hash and then each listed hash proves that the
 received bytes are the base the server announced.
+
+Holding and verifying a package needs numpy only (a node answering `query.install`
+imports no torch); building one from a transformers folder imports torch when it runs.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.hashing import manifest_id, sha256_hex, tensor_manifest
 
-from .quantize import check_mode, encode_tensors
-from .tasks import Task
+if TYPE_CHECKING:
+    import torch
+
+    from .tasks import Task
 
 FORMAT = "fedpeft-base/1"
 TOKENIZER_FILES = (
@@ -56,6 +60,8 @@ class BasePackage:
     @classmethod
     def from_pretrained(cls, folder: str | Path, task: Task, quantization: str) -> BasePackage:
         """Read a transformers folder and quantize its backbone (the task head is left out)."""
+        from .quantize import check_mode, encode_tensors
+
         check_mode(quantization)
         folder = Path(folder)
         model = task.from_pretrained(str(folder), num_labels=2)
