@@ -11,6 +11,7 @@ from fedpeft.core.wire.delta_codec import ENCODINGS as DELTA_ENCODINGS
 QUANTIZATION_MODES = ("int8", "int4", "none")
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
+PRIVACY_MODES = ("off", "central")  # server/privacy.py
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
 STRATEGIES = {
     "fedavg": "FedAvg",
@@ -22,8 +23,8 @@ STRATEGIES = {
     "krum": "Krum",
 }
 METHODS = tuple(method_names())
-__all__ = ["DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "QUANTIZATION_MODES", "STRATEGIES",
-           "check_choice"]
+__all__ = ["DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
+           "STRATEGIES", "check_choice"]
 
 
 def check_choice(what: str, value: str, allowed) -> str:

@@ -21,6 +21,7 @@ from .choices import (
     METHODS,
     OPTIMIZERS,
     PARTITIONERS,
+    PRIVACY_MODES,
     QUANTIZATION_MODES,
     STRATEGIES,
     check_choice,
@@ -106,6 +107,17 @@ class SimulationSection:
 
 
 @dataclass(frozen=True)
+class PrivacySection:
+    """Client-level differential privacy of the global adapter (server/privacy.py)."""
+
+    mode: str = "off"              # off | central: the server clips each delta and adds the noise
+    clip: float = 1.0              # L2 norm each accepted delta is clipped to
+    noise_multiplier: float = 1.0  # Gaussian noise std on the sum, in units of clip
+    delta: float = 1e-5            # epsilon is reported at this delta
+    target_epsilon: float = 0.0    # a run that would spend more is refused before its first round; 0: none
+
+
+@dataclass(frozen=True)
 class RunSection:
     seed: int = 0
     out: str = "runs/default"
@@ -122,6 +134,7 @@ class FederationConfig:
     personalization: PersonalizationSection = field(default_factory=PersonalizationSection)
     security: SecuritySection = field(default_factory=SecuritySection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     run: RunSection = field(default_factory=RunSection)
 
     @classmethod
@@ -155,6 +168,14 @@ class FederationConfig:
         check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
         check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         check_choice("train.device", self.train.device, DEVICES)
+        check_choice("privacy.mode", self.privacy.mode, PRIVACY_MODES)
+        if self.privacy.mode == "central" and self.federation.strategy != "fedavg":
+            raise ConfigError(f"privacy.mode central averages clipped deltas itself: it needs federation.strategy "
+                              f"fedavg, not {self.federation.strategy}")
+        if self.privacy.clip <= 0 or self.privacy.noise_multiplier < 0 or self.privacy.target_epsilon < 0 \
+                or not 0 < self.privacy.delta < 1:
+            raise ConfigError("privacy: clip must be positive, noise_multiplier and target_epsilon not negative, "
+                              "delta in (0, 1)")
         check_choice("federation.delta_encoding", self.federation.delta_encoding, DELTA_ENCODINGS)
         if not 8 <= self.federation.delta_block <= 1 << 20:
             raise ConfigError(f"federation.delta_block must be in 8..{1 << 20}, got {self.federation.delta_block}")

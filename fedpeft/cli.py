@@ -13,6 +13,7 @@ from fedpeft.core.choices import (
     METHODS,
     OPTIMIZERS,
     PARTITIONERS,
+    PRIVACY_MODES,
     QUANTIZATION_MODES,
     STRATEGIES,
 )
@@ -47,6 +48,10 @@ def _run_config(args: argparse.Namespace):
         "simulation.misbehaving": getattr(args, "misbehaving", None),
         "simulation.device_clients": getattr(args, "device_clients", None),
         "security.max_update_norm": args.max_update_norm,
+        "privacy.mode": args.privacy,
+        "privacy.clip": args.clip,
+        "privacy.noise_multiplier": args.noise_multiplier,
+        "privacy.target_epsilon": args.target_epsilon,
     })
 
 
@@ -341,6 +346,11 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="the run's one seed (data, template, training)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
+    parser.add_argument("--privacy", choices=PRIVACY_MODES, help="client-level differential privacy (central: the "
+                                                                "server clips each delta and adds Gaussian noise)")
+    parser.add_argument("--clip", type=float, help="L2 norm each delta is clipped to (privacy central)")
+    parser.add_argument("--noise-multiplier", type=float, help="noise std on the sum of deltas, in units of --clip")
+    parser.add_argument("--target-epsilon", type=float, help="refuse a run that would spend more epsilon (0: none)")
 
 
 def _node_count(value: str) -> int:

@@ -37,6 +37,12 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
     nodes = num_partitions(spec)
     for partition in range(nodes):
         client_data(spec, partition)
+    if config.privacy.mode != "off":  # over the epsilon target: one line, before Flower starts
+        from fedpeft.server.federation import planned_epsilon, round_fraction
+        from fedpeft.server.privacy import PrivacyLedger
+
+        planned_epsilon(PrivacyLedger(config.privacy), config.federation.rounds,
+                        round_fraction(config.federation, nodes), nodes)
     print(f"[fedpeft] {nodes} clients, {len(labels)} labels, {config.federation.rounds} rounds, training on {device}"
           + (f" ({config.simulation.clients_per_gpu} clients per GPU)" if device == "cuda" else "") + f" -> {out}",
           flush=True)

@@ -24,7 +24,7 @@ from fedpeft.core.adapters.template import AdapterTemplate, create_template
 from fedpeft.core.base.model import Base, load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.config import FederationConfig
+from fedpeft.core.config import FederationConfig, FederationSection
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.training.data import client_data, num_partitions
 from fedpeft.core.training.job import Job
@@ -38,6 +38,8 @@ from fedpeft.core.wire.records import from_record, to_record
 from . import report
 from .centralized import centralized_reference
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .privacy import PrivacyLedger
+from .privacy import report as privacy_report
 from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
@@ -235,19 +237,38 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     verifier = DeltaVerifier(setup.keyring, VerifyPolicy(sec.max_update_norm, sec.max_examples, sec.max_message_bytes))
     hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
                           on_evaluate=run_log.evaluate_done)
-    # Flower samples int(nodes x fraction): half a client more keeps float rounding from losing one.
-    fraction = min(1.0, (fed.clients_per_round + 0.5) / len(roster.ready)) if fed.clients_per_round else fed.fraction
+    fraction = round_fraction(fed, len(roster.ready))
     strategy = build_strategy(fed.strategy, fraction, fed.min_clients, job.binding, tensors, verifier,
                               sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
-                              max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding)
+                              max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding,
+                              privacy=setup.config.privacy)
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
+    if strategy.ledger is not None:
+        # What a resumed run already spent (rows from before rates were logged: everyone sampled).
+        strategy.ledger.sample_rates = [r.get("sample_rate", 1.0) for r in run_log.rows]
+        planned = planned_epsilon(strategy.ledger, fed.rounds - setup.done, fraction, len(roster.ready))
+        dp = setup.config.privacy
+        print(f"[fedpeft] client-level DP (central): deltas clipped to {dp.clip:g}, noise multiplier "
+              f"{dp.noise_multiplier:g}; the run spends epsilon {planned:.3g} at delta {dp.delta:g}", flush=True)
     if setup.done >= fed.rounds:
         print(f"[fedpeft] all {fed.rounds} rounds were completed before; evaluating and publishing", flush=True)
         return setup.initial, run_log
     result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
                             train_config=job.to_config(), evaluate_config=job.to_config(), evaluate_fn=save_checkpoint)
     return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
+
+
+def round_fraction(fed: FederationSection, nodes: int) -> float:
+    """The fraction Flower samples a round: `clients_per_round` of `nodes`, else `fraction`.
+    Flower takes int(nodes x fraction): half a client more keeps float rounding from losing one."""
+    return min(1.0, (fed.clients_per_round + 0.5) / max(1, nodes)) if fed.clients_per_round else fed.fraction
+
+
+def planned_epsilon(ledger: PrivacyLedger, rounds: int, fraction: float, nodes: int) -> float:
+    """The run's epsilon if every remaining round samples as Flower will (int(nodes x fraction)
+    of the nodes); raises ConfigError, before any round, above privacy.target_epsilon."""
+    return ledger.check_budget(rounds, max(1, int(nodes * fraction)) / max(1, nodes))
 
 
 def evaluation_timeout(config: FederationConfig) -> float:
@@ -300,18 +321,19 @@ def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
     return reference
 
 
-def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any]) -> Release:
+def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any], privacy: dict[str, Any]) -> Release:
     """The global adapter as a PEFT folder with a release signed by the operator key."""
     release = write_adapter(setup.out / "adapter", setup.base, setup.template, final, setup.operator_key,
                             version=setup.config.federation.rounds, model=setup.config.model, stats=stats,
-                            valid_days=setup.config.security.release_days)
+                            valid_days=setup.config.security.release_days, privacy=privacy)
     print(f"[fedpeft] published adapter release v{release.version} ({release.release_id[:12]}), "
           f"signed by operator key {key_id(setup.operator_key.public_key())[:12]}", flush=True)
     return release
 
 
 def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], missing: list[dict], stats: dict[str, Any],
-              release: Release, run_log: RunLog, roster: Roster, centralized: dict[str, Any] | None) -> dict[str, Any]:
+              release: Release, run_log: RunLog, roster: Roster, centralized: dict[str, Any] | None,
+              privacy: dict[str, Any]) -> dict[str, Any]:
     """summary.json, clients.json and the plots."""
     template, package = setup.template, setup.package
     uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
@@ -332,6 +354,7 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], mis
         "local_only_accuracy": stats["local_only"]["weighted_mean"],
         "centralized_accuracy": centralized["accuracy"] if centralized else None,
         "centralized": centralized,
+        "privacy": privacy,
         "personalization": stats,
         "release_id": release.release_id,
         "adapter_id": tensors_id(final),
@@ -372,8 +395,12 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     stats, table = report.personalization_table(clients)
     print(table, flush=True)
     centralized = centralize(setup, stats["global"]["weighted_mean"]) if config.run.centralized_baseline else None
-    release = publish(setup, final, stats)
-    return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized)
+    privacy = privacy_report(config.privacy, run_log.rows)
+    if privacy["mode"] != "off":
+        print(f"[fedpeft] privacy: the adapter is ({privacy['epsilon']:.3g}, {privacy['delta']:g})-DP per client "
+              f"over {privacy['rounds']} rounds (central noise, opacus RDP accountant)", flush=True)
+    release = publish(setup, final, stats, privacy)
+    return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized, privacy)
 
 
 def _enrolled_keys(path: str) -> Keyring:

@@ -23,7 +23,8 @@ CARD_NAME = "README.md"
 
 
 def write_adapter(folder: Path, base: Base, template: AdapterTemplate, arrays: Arrays, key: Ed25519PrivateKey, *,
-                  version: int, model: ModelSection, stats: dict[str, Any], valid_days: float) -> Release:
+                  version: int, model: ModelSection, stats: dict[str, Any], valid_days: float,
+                  privacy: dict[str, Any] | None = None) -> Release:
     peft_model = template.attach(base.model)
     set_adapter_arrays(peft_model, arrays)
     config = peft_model.peft_config["default"]
@@ -33,12 +34,29 @@ def write_adapter(folder: Path, base: Base, template: AdapterTemplate, arrays: A
     peft_model.save_pretrained(str(folder))
     release = sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
                            method=template.method, labels=template.labels, parent=None,
-                           metrics={"global_accuracy": stats["global"]["weighted_mean"]}, valid_days=valid_days)
-    (Path(folder) / CARD_NAME).write_text(model_card(release, template, model, stats))
+                           metrics=release_metrics(stats, privacy), valid_days=valid_days)
+    (Path(folder) / CARD_NAME).write_text(model_card(release, template, model, stats, privacy))
     return release
 
 
-def model_card(release: Release, template: AdapterTemplate, model: ModelSection, stats: dict[str, Any]) -> str:
+def release_metrics(stats: dict[str, Any], privacy: dict[str, Any] | None) -> dict[str, float]:
+    """What the signed release states about the adapter: its accuracy and, with DP, its (epsilon, delta)."""
+    metrics = {"global_accuracy": stats["global"]["weighted_mean"]}
+    if privacy and privacy["mode"] != "off":
+        metrics |= {"epsilon": privacy["epsilon"], "delta": privacy["delta"]}
+    return metrics
+
+
+def privacy_line(privacy: dict[str, Any] | None) -> str:
+    if not privacy or privacy["mode"] == "off":
+        return "Privacy: no differential privacy (clients' deltas are averaged as sent)."
+    return (f"Privacy: client-level differential privacy, epsilon {privacy['epsilon']:.3g} at delta "
+            f"{privacy['delta']:g} over {privacy['rounds']} rounds ({privacy['mode']} noise: deltas clipped to "
+            f"{privacy['clip']:g}, noise multiplier {privacy['noise_multiplier']:g}; opacus RDP accountant).")
+
+
+def model_card(release: Release, template: AdapterTemplate, model: ModelSection, stats: dict[str, Any],
+               privacy: dict[str, Any] | None = None) -> str:
     rows = "\n".join(f"| {arm} | {s['weighted_mean']:.3f} | {s['mean']:.3f} | {s['worst_decile']:.3f} |"
                      for arm, s in stats.items())
     labels = ", ".join(template.labels) or "(none: a causal LM)"
@@ -63,6 +81,8 @@ Test accuracy over the clients' own test splits (weighted mean, plain mean, wors
 | adapter | weighted | mean | worst 10% |
 |---|---|---|---|
 {rows}
+
+{privacy_line(privacy)}
 
 Verify before use: `fedpeft verify FOLDER --key operator.pub --base-id {release.base_id[:12]}...`;
 load with `fedpeft.load_adapter(FOLDER, key=operator.pub)`. This card is not signed;

@@ -41,6 +41,8 @@ class RunLog:
             "unchanged": traffic.unchanged,
             "max_update_norm": round(traffic.max_norm, 6),
             "capped_weights": traffic.capped,
+            "sample_rate": round(traffic.sample_rate, 6),
+            "epsilon": traffic.epsilon,  # the run's so far (privacy.mode central), else None
         }
 
     def evaluate_done(self, server_round: int, metrics: MetricRecord | None, rejected: dict[str, int]) -> None:
@@ -71,10 +73,11 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
         return "n/a" if value is None else format(value, spec)
 
     rejected = sum(row.get("rejected", {}).values())
+    spent = "" if row.get("epsilon") is None else f"  epsilon {row['epsilon']:.3g}"
     return (
         f"[fedpeft] round {row['round']}/{rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
         f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
         f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
         f"{f'  rejected {rejected}' if rejected else ''}"
-        f"{'  global unchanged' if row.get('unchanged') else ''}  ({row['seconds']:.0f} s)"
+        f"{'  global unchanged' if row.get('unchanged') else ''}{spent}  ({row['seconds']:.0f} s)"
     )

@@ -26,12 +26,14 @@ from flwr.supercore import log
 
 from fedpeft.core.adapters.state import Arrays, apply_delta
 from fedpeft.core.choices import STRATEGIES, check_choice
+from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
+from .privacy import PrivacyLedger, noisy_mean
 from .replies import BadReply, evaluate_reply
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
 
@@ -53,6 +55,9 @@ class RoundTraffic:
     unchanged: bool = False  # too few accepted deltas: the global adapter stayed as it was
     max_norm: float = 0.0    # largest L2 norm among accepted deltas
     capped: int = 0          # accepted deltas whose weight was cut to the round's cap
+    asked: int = 0           # clients the round sent work to
+    sample_rate: float = 0.0  # asked / connected nodes: what the privacy accountant is told
+    epsilon: float | None = None  # the run's epsilon after this round (privacy.mode central)
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
@@ -84,11 +89,13 @@ class DeltaStrategyMixin:
     def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
                  verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
                  round_offset: int = 0, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-                 **flower_options) -> None:
+                 privacy: PrivacySection = PrivacySection(), **flower_options) -> None:
         super().__init__(**flower_options)
         self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
         self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
         self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
+        self.ledger = PrivacyLedger(privacy) if privacy.mode == "central" else None
+        self.noise = np.random.default_rng()  # OS entropy: noise nobody (a client) can predict
 
     def trained_only(self, arrays: ArrayRecord) -> ArrayRecord:
         """What a round sends down: the trained tensors. Frozen ones never change (see
@@ -107,6 +114,8 @@ class DeltaStrategyMixin:
         down = self.trained_only(arrays)
         messages = list(super().configure_train(server_round, down, config, grid))
         self.traffic.bytes_down = len(messages) * record_bytes(down)
+        self.traffic.asked = len(messages)
+        self.traffic.sample_rate = len(messages) / max(1, len(list(grid.get_node_ids())))
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -188,20 +197,27 @@ class DeltaStrategyMixin:
         average thousands of deltas a second (bench/verify_throughput.py).
         """
         layout = self.expectation.layout
-        sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
-        scaled = np.empty(layout.count, np.float64)
-        metric_sums: dict[str, float] = {}  # example-weighted, as Flower's FedAvg weights metrics
-        total = 0
-        for _, delta, count in self.weighted(server_round, replies):
-            sums += np.multiply(delta.flat, count, out=scaled)
-            total += count
-            for key, value in delta.metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + count * value
+        accepted = self.weighted(server_round, replies)
+        if self.ledger is not None:  # a round spends its budget whether or not it changes the adapter
+            self.traffic.epsilon = self.ledger.spend(self.traffic.sample_rate)
+        total = sum(count for _, _, count in accepted)
         if not total:
             return None, None
-        mean = (layout.flatten(self.global_arrays) + sums / total).astype(np.float32)
-        return layout.split(mean), MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()},
-                                                 "num-examples": total})
+        metric_sums: dict[str, float] = {}  # example-weighted, as Flower's FedAvg weights metrics
+        for _, delta, count in accepted:
+            for key, value in delta.metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + count * value
+        metrics = MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()}, "num-examples": total})
+        if self.ledger is not None:  # clipped, equal weights, noise, over the clients asked
+            step = noisy_mean([d.flat for _, d, _ in accepted], [d.norm for _, d, _ in accepted], self.traffic.asked,
+                              self.ledger.settings, self.noise)
+        else:
+            sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
+            scaled = np.empty(layout.count, np.float64)
+            for _, delta, count in accepted:
+                sums += np.multiply(delta.flat, count, out=scaled)
+            step = sums / total
+        return layout.split((layout.flatten(self.global_arrays) + step).astype(np.float32)), metrics
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
         """Any other Flower strategy, given `global + delta` over the trained tensors (what
@@ -263,12 +279,13 @@ class DeltaStrategyMixin:
 def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,
                    tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
                    options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0,
-                   max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding()):
+                   max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
+                   privacy: PrivacySection = PrivacySection()):
     """A delta-taking, delta-verifying version of the named Flower strategy."""
     flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
+        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, privacy=privacy, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )

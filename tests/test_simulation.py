@@ -215,13 +215,20 @@ behaviours = ["crafted-tensor", "extra-metric", "inflated-count", "bad-eval"]
 
 [security]
 operator_key = "keys/operator.key"
+
+[privacy]
+mode = "central"
+clip = 50.0
+noise_multiplier = 0.05
 """
 
 
 def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(tiny_bert_dir, tmp_path):
     """An enrolled client that signs what it sends: a tensor as a zip archive, an extra
     metric, 100,000 claimed examples, a NaN-and-extra-key evaluate reply, one per round.
-    At 36a7475 the first two ended the run; here each is counted and the run finishes."""
+    At 36a7475 the first two ended the run; here each is counted and the run finishes.
+    The run is also client-level DP (central noise): its epsilon grows round by round and
+    the summary, the signed release and the model card state it."""
     (tmp_path / "run.toml").write_text(HOSTILE)
     cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
            "--clients", "4", "--rounds", "4", "--out", "result"]
@@ -235,6 +242,12 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     assert summary["bad_replies"] == {"evaluate: bad-metrics": 1}
     assert [r["capped_weights"] for r in rows] == [0, 0, 1, 0]
     assert summary["clients"] == 4
+    spent = [r["epsilon"] for r in rows]
+    assert spent == sorted(spent) and spent[0] > 0 and summary["privacy"]["epsilon"] == spent[-1]
+    release = json.loads((tmp_path / "result" / "adapter" / "release.json").read_text())
+    assert release["metrics"]["epsilon"] == spent[-1] and release["metrics"]["delta"] == 1e-5
+    assert f"epsilon {spent[-1]:.3g} at delta 1e-05" in (tmp_path / "result" / "adapter" / "README.md").read_text()
+    assert "epsilon" in proc.stdout
 
 
 LEAN = """

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.trust.keys import Keyring, key_id
@@ -27,7 +28,7 @@ from fedpeft.core.wire.envelope import (
 )
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
-from fedpeft.server.strategy import RoundTraffic, build_strategy
+from fedpeft.server.strategy import build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 from fedpeft.simulations import misbehaving
 
@@ -88,15 +89,16 @@ def _edited_header(delta: dict[str, np.ndarray], key: Ed25519PrivateKey, edit) -
 
 def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
               min_accepted: int = 1, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-              **options):
+              privacy: PrivacySection = PrivacySection(), **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
     strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
-                              max_weight_ratio=max_weight_ratio, encoding=encoding, round_offset=ROUND - 1)
+                              max_weight_ratio=max_weight_ratio, encoding=encoding, round_offset=ROUND - 1,
+                              privacy=privacy)
     sent = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), _Nodes()))  # Flower's round 1
     assert {m.metadata.dst_node_id for m in sent} == set(_Nodes.ids)
     assert list(sent[0].content.array_records["arrays"]) == list(TRAINED)  # frozen tensors came with the template
     assert strategy.expectation == RoundExpectation(BINDING.for_round(ROUND, tensors_id(GLOBAL)), tensors, encoding)
-    strategy.traffic = RoundTraffic()
+    assert strategy.traffic.asked == 3 and strategy.traffic.sample_rate == 1.0
     return strategy
 
 
