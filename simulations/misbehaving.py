@@ -57,7 +57,11 @@ EXPECTED_REASON = {
     "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
     "slow-report": None,               # honest delta; stalls its personalization report past the deadline
+    # Attacks that pass every check (a compromised device signs its poison too):
+    "sign-flip": None,                 # the honest delta negated: pulls the average back
+    "under-bound": None,               # the honest delta scaled to 0.99 x the norm bound (needs one)
 }
+OPT_IN = ("slow-report", "sign-flip", "under-bound")  # only when asked for in [simulation] behaviours
 SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
@@ -68,18 +72,20 @@ def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str]
     """Which partitions misbehave (seeded) and the kinds they rotate through.
 
     "scale" is only a bad delta when the server bounds update norms: without a bound it
-    is left out of the default kinds and refused when asked for. "slow-report" (held
-    SLOW_REPORT_S seconds) runs only when asked for.
+    is left out of the default kinds and refused when asked for. The OPT_IN kinds
+    ("slow-report", held SLOW_REPORT_S seconds, and the attacks that pass every check) run
+    only when asked for.
     """
-    kinds = list(behaviours or (k for k in BEHAVIOURS if (norm_bound or k != "scale") and k != "slow-report"))
+    kinds = list(behaviours or (k for k in BEHAVIOURS if (norm_bound or k != "scale") and k not in OPT_IN))
     unknown = sorted(set(kinds) - set(BEHAVIOURS))
     if unknown:
         raise ConfigError(f"unknown misbehaviour(s) {unknown}; known: {list(BEHAVIOURS)}")
-    if "scale" in kinds and not norm_bound:
-        raise ConfigError("misbehaviour 'scale' needs a norm bound: set security.max_update_norm")
+    for needs_bound in ("scale", "under-bound"):
+        if needs_bound in kinds and not norm_bound:
+            raise ConfigError(f"misbehaviour {needs_bound!r} needs a norm bound: set security.max_update_norm")
     count = min(num_clients - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
     bad = sorted(random.Random(seed).sample(range(num_clients), count))
-    return {"partitions": {str(p): i for i, p in enumerate(bad)}, "behaviours": kinds}
+    return {"partitions": {str(p): i for i, p in enumerate(bad)}, "behaviours": kinds, "norm_bound": norm_bound}
 
 
 def behaviour(plan: dict, partition: int, server_round: int) -> str | None:
@@ -128,7 +134,8 @@ def _resign(content: RecordDict, key: Ed25519PrivateKey, header: delta_pb2.Delta
     return RecordDict({DELTA_RECORD: record, ENVELOPE_RECORD: envelope_record(seal(key, header))})
 
 
-def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: RecordDict | None) -> RecordDict:
+def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: RecordDict | None,
+          norm_bound: float = 0.0) -> RecordDict:
     """An honest signed train reply turned into a bad delta of the given kind."""
     header = _header(content)
     delta, values = _delta(content, header)
@@ -151,6 +158,11 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
             return _resign(content, key, header, _reencoded(delta, values))
     if kind == "scale":
         return _resign(content, key, header, _reencoded(delta, values * np.float32(1000)))
+    if kind == "sign-flip":
+        return _resign(content, key, header, _reencoded(delta, -values))
+    if kind == "under-bound":
+        norm = float(np.linalg.norm(values.astype(np.float64)))
+        return _resign(content, key, header, _reencoded(delta, values * np.float32(0.99 * norm_bound / max(norm, 1e-12))))
     if kind == "crafted-tensor":
         archive = io.BytesIO()
         honest = content.array_records[DELTA_RECORD][PAYLOAD_KEY]
@@ -206,4 +218,4 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
     context.state["replay-arrays"] = honest.array_records[DELTA_RECORD]
     context.state["replay-envelope"] = ConfigRecord(dict(honest.config_records[ENVELOPE_RECORD]))
     key = identity.signing_key(dict(context.node_config), partition)
-    return Message(spoil(honest, kind, key, previous), reply_to=msg)
+    return Message(spoil(honest, kind, key, previous, plan.get("norm_bound", 0.0)), reply_to=msg)

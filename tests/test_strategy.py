@@ -332,7 +332,7 @@ def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind):
     """simulations/misbehaving.py's bad clients are caught for the reason they claim."""
     honest = _deltas(8, 3)
     previous = _signed(honest[2], KEYS[2], server_round=ROUND - 1)
-    spoiled = misbehaving.spoil(_signed(honest[2], KEYS[2]), kind, KEYS[2], previous)
+    spoiled = misbehaving.spoil(_signed(honest[2], KEYS[2]), kind, KEYS[2], previous, norm_bound=100.0)
     strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0, max_examples=misbehaving.INFLATED_COUNT),
                          max_weight_ratio=2.0)
     strategy.aggregate_train(ROUND, [_reply(_signed(honest[0], KEYS[0])), _reply(_signed(honest[1], KEYS[1])),
@@ -348,7 +348,7 @@ def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
     assert len(plan["partitions"]) == 2
     rounds = -(-len(misbehaving.BEHAVIOURS) // 2)  # enough (round, client) slots for every kind
     seen = {misbehaving.behaviour(plan, int(p), r) for p in plan["partitions"] for r in range(1, rounds + 1)}
-    assert seen == set(misbehaving.BEHAVIOURS) - {"slow-report"}  # a stall: only when asked for
+    assert seen == set(misbehaving.BEHAVIOURS) - set(misbehaving.OPT_IN)  # a stall and attacks: only when asked for
     assert "slow-report" in misbehaving.choose_plan(10, 0.2, seed=0, behaviours=["slow-report"])["behaviours"]
     honest = next(p for p in range(10) if str(p) not in plan["partitions"])
     assert misbehaving.behaviour(plan, honest, 1) is None
@@ -366,3 +366,26 @@ def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
 def test_unknown_strategy_is_named():
     with pytest.raises(ConfigError, match="fedsgd"):
         build_strategy("fedsgd", 1.0, 1, BINDING, {}, DeltaVerifier(Keyring()))
+
+
+def test_attacks_that_pass_every_check_steer_the_mean_and_not_the_median():
+    """A sign-flipped delta and one scaled to just under the norm bound are validly signed
+    and accepted; averaging follows them, the coordinate-wise median does not."""
+    rng = np.random.default_rng(40)
+    direction = {"a": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+    honest = [{n: v + np.float32(0.01) * rng.normal(size=v.shape).astype(np.float32) for n, v in direction.items()}
+              for _ in range(4)]
+    flipped = misbehaving.spoil(_signed(honest[3], KEYS[3]), "sign-flip", KEYS[3], None)
+    steps = {}
+    for name in ("fedavg", "fedmedian"):
+        strategy = _strategy(name)
+        arrays, _ = strategy.aggregate_train(1, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(honest[:3])]
+                                            + [_reply(flipped)])
+        assert strategy.traffic.accepted == 4 and not strategy.traffic.rejected
+        steps[name] = from_record(arrays)["a"] - GLOBAL["a"]
+    np.testing.assert_allclose(steps["fedavg"], direction["a"] / 2, atol=0.02)  # (3u - u) / 4
+    np.testing.assert_allclose(steps["fedmedian"], direction["a"], atol=0.02)
+    boosted = misbehaving.spoil(_signed(honest[0], KEYS[0]), "under-bound", KEYS[0], None, norm_bound=100.0)
+    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0))
+    strategy.aggregate_train(1, [_reply(boosted)])
+    assert strategy.traffic.accepted == 1 and 98.9 < strategy.traffic.max_norm <= 99.0 + 1e-3
