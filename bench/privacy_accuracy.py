@@ -1,0 +1,112 @@
+"""Accuracy vs epsilon: central client-level DP on 1,000 synthetic clients, FFA-LoRA and LoRA.
+
+One `fedpeft simulate` per (adapter method, noise multiplier), the non-private run
+first: the bundled MiniLM, 1,000 synthetic clients, 100 sampled a round, 3 rounds,
+deltas clipped to `--clip`. Epsilon is the run's own (opacus RDP accountant, delta
+1e-5). Every published adapter is then scored on the same clients' test rows
+(`--score-clients`, bench/_scoring.py), so runs compare on identical data; "val" is the
+run's last-round validation accuracy over the clients it sampled. A finished run folder
+under `--work` is reused, so an interrupted benchmark goes on where it stopped.
+
+    .venv/bin/python bench/privacy_accuracy.py [--work DIR] [--noise 0.5 0.7 1.0 1.5] [--methods ffa-lora lora]
+
+Writes privacy_accuracy.json and privacy_accuracy.png (accuracy vs epsilon) to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _scoring import accuracy, pooled_test
+
+from fedpeft.core.config import load_config
+
+
+def simulate(work: Path, name: str, args: argparse.Namespace, method: str, noise: float | None) -> dict:
+    out = work / name
+    if not (out / "summary.json").is_file():
+        cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--clients", str(args.clients),
+               "--clients-per-round", str(args.clients_per_round), "--rounds", str(args.rounds),
+               "--report-clients", str(args.report_clients), "--method", method, "--no-centralized-baseline",
+               "--restart", "--out", str(out)]
+        if noise is not None:
+            cmd += ["--privacy", "central", "--clip", str(args.clip), "--noise-multiplier", str(noise)]
+        start = time.perf_counter()
+        with open(work / f"{name}.log", "w") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work).returncode != 0:
+                raise SystemExit(f"{name} failed: see {work / f'{name}.log'}")
+        print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+    return {"run": name, "method": method, "noise": noise, "epsilon": summary["privacy"].get("epsilon"),
+            "val": val[-1] if val else None, "personalized": summary.get("personalized_accuracy")}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        private = sorted((r for r in mine if r["noise"] is not None), key=lambda r: r["epsilon"])
+        line, = ax.plot([r["epsilon"] for r in private], [r["test"] for r in private], "o-", label=method)
+        for r in mine:
+            if r["noise"] is None:
+                ax.axhline(r["test"], ls="--", color=line.get_color(), label=f"{method}, non-private")
+    ax.set_xlabel("epsilon (delta 1e-5)")
+    ax.set_ylabel("global adapter test accuracy")
+    ax.set_title("Client-level DP, 1,000 clients")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-privacy"))
+    parser.add_argument("--methods", nargs="+", default=["ffa-lora", "lora"])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.5])
+    parser.add_argument("--clip", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--report-clients", type=int, default=20)
+    parser.add_argument("--score-clients", type=int, default=200, help="score every adapter on these clients' tests")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    config = load_config(None).with_overrides(**{"data.clients": args.clients})
+    test = pooled_test(config, range(args.score_clients))
+    rows = []
+    for method in args.methods:
+        for noise in [None, *args.noise]:
+            name = f"{method}-{'plain' if noise is None else f'z{noise:g}'}"
+            row = simulate(work, name, args, method, noise)
+            row["test"] = accuracy(work / name, work / "keys" / "operator.pub",
+                                   config.with_overrides(**{"adapter.method": method}), test)
+            rows.append(row)
+            eps = "inf" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+            print(f"{method:9s} noise {str(noise):5s} epsilon {eps:6s} test {row['test']:.3f}  val "
+                  f"{row['val'] if row['val'] is not None else float('nan'):.3f}  personalized "
+                  f"{row['personalized'] or float('nan'):.3f}", flush=True)
+    (work / "privacy_accuracy.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, work / "privacy_accuracy.png")
+    print(f"| method | noise multiplier | epsilon (delta 1e-5) | test acc, {len(test)} rows of "
+          f"{args.score_clients} clients | last-round val acc | personalized |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        eps = "inf (non-private)" if r["noise"] is None else f"{r['epsilon']:.2f}"
+        print(f"| {r['method']} | {r['noise'] if r['noise'] is not None else '-'} | {eps} | {r['test']:.3f} | "
+              f"{r['val']:.3f} | {r['personalized']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
