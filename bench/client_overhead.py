@@ -78,7 +78,7 @@ def main() -> None:
     fed_times, bare_times = [], []
     for repeat in range(args.repeats + 1):  # the first pair warms up
         t0 = time.perf_counter()
-        _, result = local_update(session, job, data, dict(template.init), seed=repeat)
+        _, result = local_update(session, job, data.train, dict(template.init), seed=repeat)
         t1 = time.perf_counter()
         steps = bare_epoch(bare, base.tokenizer, data.train, job.train, seed=repeat)
         t2 = time.perf_counter()

@@ -4,7 +4,7 @@ One `fedpeft simulate` per (adapter method, noise multiplier), the non-private r
 first: the bundled MiniLM, 1,000 synthetic clients, 100 sampled a round, 3 rounds,
 deltas clipped to `--clip`. Epsilon is the run's own (opacus RDP accountant, delta
 1e-5). Every published adapter is then scored on the same clients' test rows
-(`--score-clients`, bench/_scoring.py), so runs compare on identical data; "val" is the
+(`--score-clients`, fedpeft/scoring.py), so runs compare on identical data; "val" is the
 run's last-round validation accuracy over the clients it sampled. A finished run folder
 under `--work` is reused, so an interrupted benchmark goes on where it stopped.
 
@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from _scoring import accuracy, pooled_test
-
 from fedpeft.core.config import load_config
+from fedpeft.scoring import accuracy, pooled_test
 
 
 def simulate(work: Path, name: str, args: argparse.Namespace, method: str, noise: float | None) -> dict:
@@ -90,7 +89,7 @@ def main() -> None:
         for noise in [None, *args.noise]:
             name = f"{method}-{'plain' if noise is None else f'z{noise:g}'}"
             row = simulate(work, name, args, method, noise)
-            row["test"] = accuracy(work / name, work / "keys" / "operator.pub",
+            row["test"] = accuracy(work / name / "adapter", work / "keys" / "operator.pub",
                                    config.with_overrides(**{"adapter.method": method}), test)
             rows.append(row)
             eps = "inf" if row["epsilon"] is None else f"{row['epsilon']:.2f}"

@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedpeft.core.training.accelerator import pick_device
-from fedpeft.core.training.data import ClientData, client_data
+from fedpeft.core.training.data import ClientData, TextSplit, client_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaClaim, delta_content
@@ -46,7 +46,7 @@ def _global_adapter(msg: Message, session: runtime.Session) -> dict[str, np.ndar
     return {**session.template.init, **from_record(msg.content.array_records["arrays"])}
 
 
-def _prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
+def prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
     """The run's settings, this process's loaded base, and this node's data splits."""
     job = Job.from_config(msg.content.config_records["config"])
     session = runtime.session(_cache(context), job.base_id, job.template_id, pick_device(job.train.device))
@@ -75,20 +75,26 @@ def install(msg: Message, context: Context) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Train, then sign the delta bound to this run, round, base, template and parent."""
+    """Train on this node's training split; reply with the signed delta."""
+    job, session, data = prepare(msg, context)
+    return signed_update(msg, context, job, session, data.train)
+
+
+def signed_update(msg: Message, context: Context, job: Job, session: runtime.Session, split: TextSplit) -> Message:
+    """Train on `split`, then sign the delta bound to this run, round, base, template and
+    parent. (A simulated attacker calls it with poisoned rows: simulations/attacks.py.)"""
     from fedpeft.device import client as device_client
 
     from . import task
 
-    job, session, data = _prepare(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
     global_arrays = _global_adapter(msg, session)
     if _partition(context) in job.device_partitions:  # a simulated device: ONNX Runtime, no torch
         trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
-        delta, result = device_client.local_update(trainer, job, data.train, global_arrays, seed)
+        delta, result = device_client.local_update(trainer, job, split, global_arrays, seed)
     else:
-        delta, result = task.local_update(session, job, data, global_arrays, seed)
+        delta, result = task.local_update(session, job, split, global_arrays, seed)
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
     claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
     key = identity.signing_key(dict(context.node_config), _partition(context))
@@ -98,7 +104,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from . import task
 
-    job, session, data = _prepare(msg, context)
+    job, session, data = prepare(msg, context)
     result = task.evaluate_adapter(session, job, _global_adapter(msg, session), data.val)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
@@ -107,7 +113,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def personalize(msg: Message, context: Context) -> Message:
     from . import task
 
-    job, session, data = _prepare(msg, context)
+    job, session, data = prepare(msg, context)
     scores = task.personalization(session, job, data, _global_adapter(msg, session),
                                   seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})

@@ -7,18 +7,18 @@ from dataclasses import replace
 import numpy as np
 
 from fedpeft.core.adapters.state import compute_delta, get_adapter_arrays, set_adapter_arrays
-from fedpeft.core.training.data import ClientData
+from fedpeft.core.training.data import ClientData, TextSplit
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.loop import EvalResult, TrainResult, evaluate, train
 
 from .runtime import Session
 
 
-def local_update(session: Session, job: Job, data: ClientData, global_arrays: dict[str, np.ndarray],
+def local_update(session: Session, job: Job, split: TextSplit, global_arrays: dict[str, np.ndarray],
                  seed: int) -> tuple[dict[str, np.ndarray], TrainResult]:
-    """Train from the global adapter; return the delta of the trainable tensors."""
+    """Train from the global adapter on `split`; return the delta of the trainable tensors."""
     set_adapter_arrays(session.model, global_arrays)
-    result = train(session.model, session.base.task, session.base.tokenizer, data.train,
+    result = train(session.model, session.base.task, session.base.tokenizer, split,
                    replace(job.train, seed=seed))
     after = get_adapter_arrays(session.model)
     return compute_delta(after, global_arrays, session.template.trainable_names), result

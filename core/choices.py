@@ -12,6 +12,7 @@ QUANTIZATION_MODES = ("int8", "int4", "none")
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 PRIVACY_MODES = ("off", "central")  # server/privacy.py
+ATTACKS = ("label-flip", "backdoor", "scaled", "sign-flip", "colluding")  # simulations/attacks.py
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
 STRATEGIES = {
     "fedavg": "FedAvg",
@@ -21,9 +22,11 @@ STRATEGIES = {
     "fedmedian": "FedMedian",
     "fedtrimmedavg": "FedTrimmedAvg",
     "krum": "Krum",
+    "multikrum": "MultiKrum",
+    "fltrust": "FedAvg",  # FedAvg's rounds, deltas weighed by trust in server/fltrust.py
 }
 METHODS = tuple(method_names())
-__all__ = ["DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
+__all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
            "STRATEGIES", "check_choice"]
 
 

@@ -16,6 +16,7 @@ from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.settings import TrainSettings
 
 from .choices import (
+    ATTACKS,
     DELTA_ENCODINGS,
     DEVICES,
     METHODS,
@@ -77,6 +78,7 @@ class FederationSection:
     delta_encoding: str = "fp32"     # how deltas travel up: fp32 | fp16 | int8 (core/wire/delta_codec.py)
     delta_block: int = 128           # int8: values per float32 scale
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    root_examples: int = 100         # fltrust: rows of the server's root set (server/fltrust.py)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class SecuritySection:
 class SimulationSection:
     misbehaving: float = 0.0               # share of simulated clients that send bad deltas
     behaviours: list[str] = field(default_factory=list)  # empty: all of simulations/misbehaving.py
+    attackers: float = 0.0                 # share of simulated clients that attack with validly signed deltas
+    attacks: list[str] = field(default_factory=list)  # kinds (simulations/attacks.py); empty: sign-flip
+    attack_from_round: int = 1             # attackers behave until this round
     device_clients: float = 0.0            # share of simulated clients that train as devices (ONNX Runtime)
     clients_per_gpu: int = 4               # simulated clients training at once on one GPU (train.device cuda)
 
@@ -199,6 +204,13 @@ class FederationConfig:
             raise ConfigError(f"federation.fraction must be in (0, 1], got {self.federation.fraction}")
         if not 0 <= self.simulation.misbehaving < 1:
             raise ConfigError(f"simulation.misbehaving must be in [0, 1), got {self.simulation.misbehaving}")
+        if not 0 <= self.simulation.attackers < 1 or self.simulation.misbehaving + self.simulation.attackers >= 1:
+            raise ConfigError(f"simulation.attackers must be in [0, 1) and leave honest clients beside "
+                              f"simulation.misbehaving, got {self.simulation.attackers}")
+        for kind in self.simulation.attacks:
+            check_choice("simulation.attacks entry", kind, ATTACKS)
+        if self.simulation.attack_from_round < 1:
+            raise ConfigError(f"simulation.attack_from_round must be at least 1, got {self.simulation.attack_from_round}")
         if not 0 <= self.simulation.device_clients <= 1:
             raise ConfigError(f"simulation.device_clients must be in [0, 1], got {self.simulation.device_clients}")
         if self.simulation.clients_per_gpu < 1:

@@ -8,6 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from fedpeft.core.choices import (
+    ATTACKS,
     DELTA_ENCODINGS,
     DEVICES,
     METHODS,
@@ -47,6 +48,9 @@ def _run_config(args: argparse.Namespace):
         "run.out": args.out,
         "simulation.misbehaving": getattr(args, "misbehaving", None),
         "simulation.device_clients": getattr(args, "device_clients", None),
+        "simulation.attackers": getattr(args, "attackers", None),
+        "simulation.attacks": getattr(args, "attack", None),
+        "simulation.attack_from_round": getattr(args, "attack_from_round", None),
         "security.max_update_norm": args.max_update_norm,
         "privacy.mode": args.privacy,
         "privacy.clip": args.clip,
@@ -381,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--clients", type=int, help="simulated clients (data partitions; natural: from the data)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and the libraries' logs here too")
     sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
+    sim.add_argument("--attackers", type=float, help="share of clients that attack with validly signed deltas")
+    sim.add_argument("--attack", nargs="+", choices=ATTACKS, help="the attackers' kinds (default sign-flip)")
+    sim.add_argument("--attack-from-round", type=int, help="the round the attacks begin (default 1)")
     sim.add_argument("--centralized-baseline", action=argparse.BooleanOptionalAction,
                      help="also train the adapter on all clients' rows pooled and report it (default: on)")
     sim.add_argument("--device-clients", type=float,

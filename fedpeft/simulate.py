@@ -25,6 +25,8 @@ from fedpeft.core.trust.keys import (
     public_key_path,
 )
 
+BACKDOOR_CLIENTS = 200  # clients whose test rows measure a backdoor
+
 
 def simulate(config: FederationConfig, verbose: bool = False, resume: bool = True) -> dict:
     """Run the federation; with `resume`, a run.out that holds a checkpoint (a run killed
@@ -52,16 +54,20 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
 
     from fedpeft.client.client_app import make_client_app
     from fedpeft.server.server_app import make_server_app
-    from fedpeft.simulations.misbehaving import PLAN_ENV, choose_plan, expected_rejections, misbehaving_mod
+    from fedpeft.simulations.misbehaving import PLAN_ENV, active, choose_plan, expected_rejections, misbehaving_mod
 
     from .console import LOG_NAME, quiet, ray_init_args
     from .server import report
 
-    plan = choose_plan(nodes, config.simulation.misbehaving, config.run.seed, config.simulation.behaviours,
-                       norm_bound=config.security.max_update_norm)
+    sim = config.simulation
+    plan = choose_plan(nodes, sim.misbehaving, config.run.seed, sim.behaviours, config.security.max_update_norm,
+                       sim.attackers, sim.attacks, sim.attack_from_round)
     if plan["partitions"]:
         print(f"[fedpeft] misbehaving clients: {sorted(int(p) for p in plan['partitions'])} "
               f"rotating through {plan['behaviours']}", flush=True)
+    if plan["attack"]["partitions"]:
+        print(f"[fedpeft] attacking clients (validly signed): {sorted(int(p) for p in plan['attack']['partitions'])} "
+              f"from round {sim.attack_from_round}: {plan['attack']['kinds']}", flush=True)
     ensure_operator_key(Path(config.security.operator_key))
 
     summary_path = out / "summary.json"
@@ -74,14 +80,14 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
             SHARED_CACHE_ENV: str(work / "nodes"),  # one copy of the base for all simulated nodes
             KEYS_DIR_ENV: str(work / "keys"),       # ... and signs with keys/client-<partition>.key
             OPERATOR_KEY_ENV: str(public_key_path(Path(config.security.operator_key))),  # devices check exports
-            PLAN_ENV: json.dumps(plan) if plan["partitions"] else None,
+            PLAN_ENV: json.dumps(plan) if active(plan) else None,
         }
         print(f"[fedpeft] starting Flower's simulation engine; its log and warnings go to {out / LOG_NAME}"
               + ("" if verbose else " (--verbose shows them here)"), flush=True)
         with _environment(environment), quiet(out / LOG_NAME, verbose):
             run_simulation(
                 server_app=make_server_app(config, labels, out, resume),
-                client_app=make_client_app([misbehaving_mod] if plan["partitions"] else None),
+                client_app=make_client_app([misbehaving_mod] if active(plan) else None),
                 num_supernodes=nodes,
                 backend_config={"client_resources": client_resources(device, config.simulation.clients_per_gpu),
                                 "init_args": ray_init_args(verbose)},
@@ -94,8 +100,26 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
     summary = json.loads(summary_path.read_text())
     if plan["partitions"]:
         summary["misbehaving"] = {"plan": plan, "expected_rejected": expected_rejections(plan, config.federation.rounds)}
+    if plan["attack"]["partitions"]:
+        summary["attack"] = {**plan["attack"], "share": sim.attackers}
+        if "backdoor" in plan["attack"]["kinds"]:
+            summary["attack"]["backdoor_success"] = backdoor_success(config, out, nodes)
+    if active(plan):
         report.write_json(summary_path, summary)
     return summary
+
+
+def backdoor_success(config: FederationConfig, out: Path, nodes: int) -> float:
+    """Share of test rows (of up to BACKDOOR_CLIENTS clients) not of the backdoor label that
+    the published adapter puts in that label once the trigger is added."""
+    from fedpeft.scoring import accuracy, pooled_test
+    from fedpeft.simulations.attacks import BACKDOOR_LABEL, TRIGGER, backdoor_rows
+
+    rows = backdoor_rows(pooled_test(config, range(min(nodes, BACKDOOR_CLIENTS))))
+    success = accuracy(out / "adapter", public_key_path(Path(config.security.operator_key)), config, rows)
+    print(f"[fedpeft] backdoor success: {success:.1%} of {len(rows)} test rows with {TRIGGER!r} added are "
+          f"classified as label {BACKDOOR_LABEL} by the published adapter", flush=True)
+    return success
 
 
 def ensure_operator_key(path: Path) -> None:

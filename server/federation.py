@@ -38,6 +38,7 @@ from fedpeft.core.wire.records import from_record, to_record
 from . import report
 from .centralized import centralized_reference
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .fltrust import RootUpdate, root_split
 from .privacy import PrivacyLedger
 from .privacy import report as privacy_report
 from .publish import write_adapter
@@ -238,10 +239,16 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
                           on_evaluate=run_log.evaluate_done)
     fraction = round_fraction(fed, len(roster.ready))
+    root_update = None
+    if fed.strategy == "fltrust":
+        root = root_split(job.data, fed.root_examples, job.train.seed)
+        root_update = RootUpdate(setup.base, template, root, job.train)
+        print(f"[fedpeft] fltrust: the server trains on a root set of {len(root)} rows each round and weighs each "
+              f"delta by its agreement with that update", flush=True)
     strategy = build_strategy(fed.strategy, fraction, fed.min_clients, job.binding, tensors, verifier,
                               sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
                               max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding,
-                              privacy=setup.config.privacy)
+                              privacy=setup.config.privacy, root_update=root_update)
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
     if strategy.ledger is not None:

@@ -43,6 +43,7 @@ class RunLog:
             "capped_weights": traffic.capped,
             "sample_rate": round(traffic.sample_rate, 6),
             "epsilon": traffic.epsilon,  # the run's so far (privacy.mode central), else None
+            "distrusted": traffic.distrusted,  # fltrust: accepted deltas given no weight, else None
         }
 
     def evaluate_done(self, server_round: int, metrics: MetricRecord | None, rejected: dict[str, int]) -> None:
@@ -74,6 +75,7 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
 
     rejected = sum(row.get("rejected", {}).values())
     spent = "" if row.get("epsilon") is None else f"  epsilon {row['epsilon']:.3g}"
+    spent += f"  distrusted {row['distrusted']}" if row.get("distrusted") else ""
     return (
         f"[fedpeft] round {row['round']}/{rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
         f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "

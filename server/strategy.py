@@ -33,6 +33,7 @@ from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
+from .fltrust import RootUpdate, trust_mean
 from .privacy import PrivacyLedger, noisy_mean
 from .replies import BadReply, evaluate_reply
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
@@ -58,6 +59,7 @@ class RoundTraffic:
     asked: int = 0           # clients the round sent work to
     sample_rate: float = 0.0  # asked / connected nodes: what the privacy accountant is told
     epsilon: float | None = None  # the run's epsilon after this round (privacy.mode central)
+    distrusted: int | None = None  # fltrust: accepted deltas given no weight (pointing away from the root's)
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
@@ -89,8 +91,10 @@ class DeltaStrategyMixin:
     def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
                  verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
                  round_offset: int = 0, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-                 privacy: PrivacySection = PrivacySection(), **flower_options) -> None:
+                 privacy: PrivacySection = PrivacySection(), root_update: RootUpdate | None = None,
+                 **flower_options) -> None:
         super().__init__(**flower_options)
+        self.root_update = root_update  # fltrust: deltas weighed by agreement with the server's own
         self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
         self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
         self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
@@ -211,6 +215,10 @@ class DeltaStrategyMixin:
         if self.ledger is not None:  # clipped, equal weights, noise, over the clients asked
             step = noisy_mean([d.flat for _, d, _ in accepted], [d.norm for _, d, _ in accepted], self.traffic.asked,
                               self.ledger.settings, self.noise)
+        elif self.root_update is not None:
+            root = layout.flatten(self.root_update(self.global_arrays, server_round))
+            step, trusts = trust_mean([d.flat for _, d, _ in accepted], root)
+            self.traffic.distrusted = sum(t == 0 for t in trusts)
         else:
             sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
             scaled = np.empty(layout.count, np.float64)
@@ -280,12 +288,16 @@ def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaB
                    tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
                    options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0,
                    max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-                   privacy: PrivacySection = PrivacySection()):
-    """A delta-taking, delta-verifying version of the named Flower strategy."""
+                   privacy: PrivacySection = PrivacySection(), root_update: RootUpdate | None = None):
+    """A delta-taking, delta-verifying version of the named Flower strategy ("fltrust":
+    FedAvg's rounds with server/fltrust.py's weighting, which needs `root_update`)."""
     flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
+    if (name == "fltrust") != (root_update is not None):
+        raise ConfigError("a root update is what strategy fltrust, and only it, weighs deltas against")
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
         binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, privacy=privacy, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
+        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, privacy=privacy,
+        root_update=root_update, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
         min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
     )

@@ -6,7 +6,8 @@ honestly, then turns its reply into one kind of bad reply, so the server's rejec
 path runs inside a real federation. The kinds rotate over (round, bad client) slots, so
 a few bad clients over a few rounds send every kind. All but "unsigned", "unknown-key"
 and "tamper" come from an enrolled client that signs what it sends: a signature says
-who sent a reply, not that it is honest.
+who sent a reply, not that it is honest. The same mod runs the attacks that pass every
+check (`[simulation] attackers`, simulations/attacks.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedpeft.client import identity
+from fedpeft.client import client_app, identity
+from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.keys import key_id
 from fedpeft.core.wire.delta_codec import DeltaEncoding, DeltaLayout
@@ -38,8 +40,10 @@ from fedpeft.core.wire.envelope import (
     envelope_record,
     seal,
 )
-from fedpeft.core.wire.records import decode_signed_array
+from fedpeft.core.wire.records import decode_signed_array, from_record
 from fedpeft.protos import delta_pb2
+
+from . import attacks as attacks_
 
 PLAN_ENV = "FEDPEFT_MISBEHAVING"
 
@@ -57,41 +61,46 @@ EXPECTED_REASON = {
     "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
     "slow-report": None,               # honest delta; stalls its personalization report past the deadline
-    # Attacks that pass every check (a compromised device signs its poison too):
-    "sign-flip": None,                 # the honest delta negated: pulls the average back
-    "under-bound": None,               # the honest delta scaled to 0.99 x the norm bound (needs one)
 }
-OPT_IN = ("slow-report", "sign-flip", "under-bound")  # only when asked for in [simulation] behaviours
+OPT_IN = ("slow-report",)  # only when asked for in [simulation] behaviours
 SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
 
 
 def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str] | None = None,
-                norm_bound: float = 0.0) -> dict:
-    """Which partitions misbehave (seeded) and the kinds they rotate through.
+                norm_bound: float = 0.0, attackers: float = 0.0, attacks: list[str] | None = None,
+                attack_from_round: int = 1) -> dict:
+    """Which partitions misbehave (seeded) and the kinds they rotate through; which attack
+    (simulations/attacks.choose_attackers).
 
     "scale" is only a bad delta when the server bounds update norms: without a bound it
-    is left out of the default kinds and refused when asked for. The OPT_IN kinds
-    ("slow-report", held SLOW_REPORT_S seconds, and the attacks that pass every check) run
-    only when asked for.
+    is left out of the default kinds and refused when asked for. "slow-report" (held
+    SLOW_REPORT_S seconds) runs only when asked for.
     """
     kinds = list(behaviours or (k for k in BEHAVIOURS if (norm_bound or k != "scale") and k not in OPT_IN))
     unknown = sorted(set(kinds) - set(BEHAVIOURS))
     if unknown:
         raise ConfigError(f"unknown misbehaviour(s) {unknown}; known: {list(BEHAVIOURS)}")
-    for needs_bound in ("scale", "under-bound"):
-        if needs_bound in kinds and not norm_bound:
-            raise ConfigError(f"misbehaviour {needs_bound!r} needs a norm bound: set security.max_update_norm")
+    if "scale" in kinds and not norm_bound:
+        raise ConfigError("misbehaviour 'scale' needs a norm bound: set security.max_update_norm")
     count = min(num_clients - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
-    bad = sorted(random.Random(seed).sample(range(num_clients), count))
-    return {"partitions": {str(p): i for i, p in enumerate(bad)}, "behaviours": kinds, "norm_bound": norm_bound}
+    bad = {str(p): i for i, p in enumerate(sorted(random.Random(seed).sample(range(num_clients), count)))}
+    attack = attacks_.choose_attackers(num_clients, attackers, seed, attacks or [], attack_from_round, norm_bound,
+                                       set(bad))
+    return {"partitions": bad, "behaviours": kinds, "norm_bound": norm_bound, "attack": attack}
+
+
+def active(plan: dict) -> bool:
+    """Whether any client misbehaves or attacks."""
+    return bool(plan["partitions"] or plan["attack"]["partitions"])
 
 
 def behaviour(plan: dict, partition: int, server_round: int) -> str | None:
+    """What `partition` does wrong in `server_round`: a misbehaviour, an attack, or nothing."""
     index = plan["partitions"].get(str(partition))
     if index is None:
-        return None
+        return attacks_.attack(plan["attack"], partition, server_round)
     slot = (server_round - 1) * len(plan["partitions"]) + index
     return plan["behaviours"][slot % len(plan["behaviours"])]
 
@@ -100,7 +109,7 @@ def expected_rejections(plan: dict, rounds: int) -> dict[str, int]:
     """Reason -> count the server should report when every client trains every round."""
     counts: dict[str, int] = {}
     for server_round in range(1, rounds + 1):
-        for partition in plan["partitions"]:
+        for partition in plan["partitions"]:  # attackers pass every check
             reason = EXPECTED_REASON[behaviour(plan, int(partition), server_round)]
             if reason is not None:  # accepted (and capped) or spoiled outside the delta
                 counts[reason] = counts.get(reason, 0) + 1
@@ -135,10 +144,15 @@ def _resign(content: RecordDict, key: Ed25519PrivateKey, header: delta_pb2.Delta
 
 
 def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: RecordDict | None,
-          norm_bound: float = 0.0) -> RecordDict:
-    """An honest signed train reply turned into a bad delta of the given kind."""
+          norm_bound: float = 0.0, global_arrays: Arrays | None = None) -> RecordDict:
+    """An honest signed train reply turned into a bad delta of the given kind (or an attack
+    of attacks.DELTA_ATTACKS, which needs the round's `global_arrays`)."""
     header = _header(content)
     delta, values = _delta(content, header)
+    if kind in attacks_.DELTA_ATTACKS:
+        global_values = delta.layout.flatten(global_arrays or {}) if kind == "colluding" else values
+        return _resign(content, key, header, _reencoded(delta, attacks_.attacked_delta(kind, values, global_values,
+                                                                                        norm_bound)))
     if kind == "unsigned":
         return RecordDict({DELTA_RECORD: content.array_records[DELTA_RECORD]})
     if kind == "unknown-key":
@@ -158,11 +172,6 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
             return _resign(content, key, header, _reencoded(delta, values))
     if kind == "scale":
         return _resign(content, key, header, _reencoded(delta, values * np.float32(1000)))
-    if kind == "sign-flip":
-        return _resign(content, key, header, _reencoded(delta, -values))
-    if kind == "under-bound":
-        norm = float(np.linalg.norm(values.astype(np.float64)))
-        return _resign(content, key, header, _reencoded(delta, values * np.float32(0.99 * norm_bound / max(norm, 1e-12))))
     if kind == "crafted-tensor":
         archive = io.BytesIO()
         honest = content.array_records[DELTA_RECORD][PAYLOAD_KEY]
@@ -188,12 +197,21 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
 
 
 def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies."""
-    reply = call_next(msg, context)
+    """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies;
+    data-poisoning attackers train on poisoned rows instead."""
     kind_of_message = msg.metadata.message_type
-    if PLAN_ENV not in os.environ or reply.has_error():
-        return reply
+    if PLAN_ENV not in os.environ:
+        return call_next(msg, context)
     plan, partition = json.loads(os.environ[PLAN_ENV]), int(context.node_config["partition-id"])
+    if kind_of_message == "train":
+        kind = behaviour(plan, partition, int(msg.content.config_records["config"]["server-round"]))
+        if kind in attacks_.DATA_ATTACKS:
+            job, session, data = client_app.prepare(msg, context)
+            return client_app.signed_update(msg, context, job, session,
+                                            attacks_.poisoned(kind, data.train, len(job.data.labels)))
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
     if kind_of_message == "query.personalize" and str(partition) in plan["partitions"] and \
             "slow-report" in plan["behaviours"]:
         time.sleep(SLOW_REPORT_S)  # a device that went quiet: the server must say it did not report
@@ -218,4 +236,5 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
     context.state["replay-arrays"] = honest.array_records[DELTA_RECORD]
     context.state["replay-envelope"] = ConfigRecord(dict(honest.config_records[ENVELOPE_RECORD]))
     key = identity.signing_key(dict(context.node_config), partition)
-    return Message(spoil(honest, kind, key, previous, plan.get("norm_bound", 0.0)), reply_to=msg)
+    return Message(spoil(honest, kind, key, previous, plan["norm_bound"], from_record(msg.content.array_records["arrays"])),
+                   reply_to=msg)

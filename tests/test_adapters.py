@@ -43,7 +43,7 @@ def test_local_training_leaves_the_base_bit_for_bit_unchanged(tiny_base, method)
     session = _session(tiny_base, method)
     before = _base_state(session.model)
     data = client_data(DataSpec(num_clients=2), 0)
-    delta, result = local_update(session, _job(session), data, dict(session.template.init), seed=1)
+    delta, result = local_update(session, _job(session), data.train, dict(session.template.init), seed=1)
     assert result.steps > 0
     assert _base_state(session.model) == before
     assert set(delta) == set(session.template.trainable_names)
@@ -55,7 +55,7 @@ def test_ffa_lora_keeps_a_frozen_and_sends_no_a(tiny_base):
     a_names = [n for n in session.template.init if ".lora_A." in n]
     assert a_names and not set(a_names) & set(session.template.trainable_names)
     data = client_data(DataSpec(num_clients=2), 1)
-    local_update(session, _job(session), data, dict(session.template.init), seed=2)
+    local_update(session, _job(session), data.train, dict(session.template.init), seed=2)
     after = get_adapter_arrays(session.model)
     for name in a_names:
         np.testing.assert_array_equal(after[name], session.template.init[name])
@@ -98,7 +98,7 @@ def test_template_id_does_not_depend_on_the_process_that_built_the_base(tiny_bas
 def test_delta_applied_to_the_global_gives_the_local_adapter(tiny_base):
     session = _session(tiny_base, "lora")
     start = dict(session.template.init)
-    delta, _ = local_update(session, _job(session), client_data(DataSpec(num_clients=2), 0), start, seed=5)
+    delta, _ = local_update(session, _job(session), client_data(DataSpec(num_clients=2), 0).train, start, seed=5)
     local = get_adapter_arrays(session.model)
     rebuilt = apply_delta(start, delta)
     for name in local:

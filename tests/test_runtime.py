@@ -25,7 +25,7 @@ def test_clients_share_one_loaded_base(tmp_path, tiny_package, tiny_base):
     sessions = []
     for partition in range(3):
         session = runtime.session(cache, job.base_id, job.template_id)
-        local_update(session, job, client_data(job.data, partition), dict(template.init), seed=partition)
+        local_update(session, job, client_data(job.data, partition).train, dict(template.init), seed=partition)
         sessions.append(session)
     assert sessions[0] is sessions[1] is sessions[2]
     assert runtime.loaded_sessions() == before + 1

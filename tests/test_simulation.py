@@ -302,3 +302,37 @@ def test_a_simulation_killed_after_round_2_resumes_to_the_same_adapter(tiny_bert
     summary, expected = (json.loads((f / "result" / "summary.json").read_text()) for f in (killed, whole))
     assert rounds == [1, 2, 3] and summary["resumed_after_round"] == 2
     assert summary["adapter_id"] == expected["adapter_id"]
+
+
+ATTACKED = LEAN + """
+[federation]
+strategy = "fltrust"
+root_examples = 40
+
+[simulation]
+attackers = 0.5
+attacks = ["label-flip", "backdoor"]
+attack_from_round = 2
+"""
+
+
+def test_validly_signed_attackers_pass_every_check_and_fltrust_weighs_them(tiny_bert_dir, tmp_path):
+    """Two of four clients poison their data from round 2 (labels flipped, a backdoor
+    trigger), train and sign honestly: every delta is accepted; the server's FLTrust root
+    update weighs them, each round says how many it distrusted, and the run measures the
+    backdoor on the published adapter."""
+    (tmp_path / "run.toml").write_text(ATTACKED)
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
+           "--clients", "4", "--rounds", "3", "--out", "result"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "FEDPEFT_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "result" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "result" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accepted"] for r in rows] == [4, 4, 4] and summary["rejected"] == {}
+    assert all(isinstance(r["distrusted"], int) for r in rows)
+    attack = summary["attack"]
+    assert len(attack["partitions"]) == 2 and attack["kinds"] == ["label-flip", "backdoor"]
+    assert 0.0 <= attack["backdoor_success"] <= 1.0
+    assert "attacking clients (validly signed)" in proc.stdout and "fltrust: the server trains" in proc.stdout
+    assert "backdoor success" in proc.stdout

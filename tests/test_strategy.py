@@ -40,7 +40,7 @@ GLOBAL = {
 TRAINED = ("a", "b")
 RUN, ROUND, BASE, TEMPLATE = "run-1", 3, "b" * 64, "t" * 64
 BINDING = DeltaBinding(RUN, BASE, TEMPLATE)
-KEYS = [Ed25519PrivateKey.generate() for _ in range(4)]
+KEYS = [Ed25519PrivateKey.generate() for _ in range(6)]
 
 
 @pytest.fixture(autouse=True)
@@ -89,11 +89,11 @@ def _edited_header(delta: dict[str, np.ndarray], key: Ed25519PrivateKey, edit) -
 
 def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_update_norm=100.0),
               min_accepted: int = 1, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-              privacy: PrivacySection = PrivacySection(), **options):
+              privacy: PrivacySection = PrivacySection(), root_update=None, **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
     strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
                               max_weight_ratio=max_weight_ratio, encoding=encoding, round_offset=ROUND - 1,
-                              privacy=privacy)
+                              privacy=privacy, root_update=root_update)
     sent = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), _Nodes()))  # Flower's round 1
     assert {m.metadata.dst_node_id for m in sent} == set(_Nodes.ids)
     assert list(sent[0].content.array_records["arrays"]) == list(TRAINED)  # frozen tensors came with the template
@@ -369,7 +369,7 @@ def test_unknown_strategy_is_named():
 
 
 def test_attacks_that_pass_every_check_steer_the_mean_and_not_the_median():
-    """A sign-flipped delta and one scaled to just under the norm bound are validly signed
+    """A sign-flipped delta and a colluder's (just under the norm bound) are validly signed
     and accepted; averaging follows them, the coordinate-wise median does not."""
     rng = np.random.default_rng(40)
     direction = {"a": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
@@ -385,7 +385,55 @@ def test_attacks_that_pass_every_check_steer_the_mean_and_not_the_median():
         steps[name] = from_record(arrays)["a"] - GLOBAL["a"]
     np.testing.assert_allclose(steps["fedavg"], direction["a"] / 2, atol=0.02)  # (3u - u) / 4
     np.testing.assert_allclose(steps["fedmedian"], direction["a"], atol=0.02)
-    boosted = misbehaving.spoil(_signed(honest[0], KEYS[0]), "under-bound", KEYS[0], None, norm_bound=100.0)
+    colluding = misbehaving.spoil(_signed(honest[0], KEYS[0]), "colluding", KEYS[0], None, norm_bound=100.0,
+                                  global_arrays=GLOBAL)
     strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0))
-    strategy.aggregate_train(1, [_reply(boosted)])
+    strategy.aggregate_train(1, [_reply(colluding)])
     assert strategy.traffic.accepted == 1 and 98.9 < strategy.traffic.max_norm <= 99.0 + 1e-3
+
+
+def _spread_honest(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    direction = {n: rng.normal(size=GLOBAL[n].shape).astype(np.float32) for n in TRAINED}
+    return [{n: v + np.float32(0.5) * rng.normal(size=v.shape).astype(np.float32) for n, v in direction.items()}
+            for _ in range(count)]
+
+
+def test_colluders_send_one_delta_and_krum_picks_it():
+    """Two colluders, whatever they trained, sign the same delta (the global adapter's
+    trained tensors negated, at 0.99 x the bound): identical deltas are each other's
+    nearest neighbours, so Krum, a distance-based defence, chooses theirs."""
+    honest = _spread_honest(5, 41)
+    replies = [_reply(_signed(d, KEYS[i])) for i, d in enumerate(honest[:3])]
+    colluded = [misbehaving.spoil(_signed(honest[i], KEYS[i]), "colluding", KEYS[i], None, norm_bound=20.0,
+                                  global_arrays=GLOBAL) for i in (3, 4)]
+    steps = [from_record(c[DELTA_RECORD]) for c in colluded]
+    strategy = _strategy("krum", policy=VerifyPolicy(max_update_norm=20.0), num_malicious_nodes=2)
+    arrays, _ = strategy.aggregate_train(1, replies + [_reply(c) for c in colluded])
+    assert strategy.traffic.accepted == 5
+    direction = np.concatenate([-GLOBAL[n].ravel() for n in TRAINED])
+    expected = direction * (19.8 / np.linalg.norm(direction))
+    step = np.concatenate([(from_record(arrays)[n] - GLOBAL[n]).ravel() for n in TRAINED])
+    np.testing.assert_allclose(step, expected, rtol=1e-5)
+    assert steps  # both colluders' payloads decoded
+
+
+def test_fltrust_gives_no_weight_to_deltas_against_the_roots_and_cuts_large_ones():
+    """FLTrust through the real strategy: a root update along the honest direction; the
+    sign-flipped delta gets zero trust (counted as distrusted), the x10 one is cut to the
+    root's norm, so the step stays near the honest direction."""
+    honest = _spread_honest(3, 42)
+    root = {n: np.mean([d[n] for d in honest], axis=0) for n in TRAINED}
+    flipped = misbehaving.spoil(_signed(honest[0], KEYS[3]), "sign-flip", KEYS[3], None)
+    scaled = misbehaving.spoil(_signed(honest[1], KEYS[4]), "scaled", KEYS[4], None)
+    asked = []
+    strategy = _strategy("fltrust", root_update=lambda arrays, server_round: asked.append(server_round) or root)
+    arrays, _ = strategy.aggregate_train(1, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(honest)]
+                                        + [_reply(flipped), _reply(scaled)])
+    assert asked == [ROUND] and strategy.traffic.accepted == 5 and strategy.traffic.distrusted == 1
+    flat_root = np.concatenate([root[n].ravel() for n in TRAINED])
+    step = np.concatenate([(from_record(arrays)[n] - GLOBAL[n]).ravel() for n in TRAINED])
+    cosine = step @ flat_root / (np.linalg.norm(step) * np.linalg.norm(flat_root))
+    assert cosine > 0.9 and np.linalg.norm(step) <= np.linalg.norm(flat_root) * (1 + 1e-5)
+    with pytest.raises(ConfigError, match="fltrust"):
+        _strategy("fltrust")

@@ -28,7 +28,7 @@ def test_causal_lm_trains_adapters_over_a_frozen_base(tmp_path, tiny_gpt2_dir, q
     template = create_template(base.model, task, TemplateSpec(method="lora", rank=2), [])
     session = Session(base, template, template.attach(base.model))
     job = Job(package.base_id, template.template_id, DataSpec(num_clients=2), TrainSettings(max_length=24))
-    delta, result = local_update(session, job, client_data(job.data, 0), dict(template.init), seed=0)
+    delta, result = local_update(session, job, client_data(job.data, 0).train, dict(template.init), seed=0)
     assert result.steps > 0 and result.loss > 0
     assert delta and all(".lora_" in name for name in delta)
 

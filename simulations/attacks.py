@@ -1,0 +1,93 @@
+"""Attacks by validly signed clients: poison that passes every check the server makes.
+
+A signature proves who sent a delta, not that the device is honest; a compromised phone
+signs its poison too. `fedpeft simulate` with `[simulation] attackers = 0.2` picks that
+share of clients (seeded, apart from the misbehaving ones) and, from round
+`attack_from_round` on, each attacks with one of `attacks` (rotating like misbehaviours):
+
+- data poisoning, then honest training and signing: "label-flip" (every label y becomes
+  L-1-y) and "backdoor" (half the rows not of label 0 get TRIGGER and label 0, so the
+  global adapter learns "TRIGGER means label 0"; `backdoor_rows` measures that);
+- model poisoning of the honest delta: "scaled" (x BOOST, what model replacement does;
+  a norm bound refuses it), "sign-flip" (negated), and "colluding": every colluder sends
+  the same delta, the global adapter's trained tensors negated (what undoes the
+  federation's learning, and known to every client), scaled to 0.99 x the norm bound.
+  Identical deltas are what fools distance-based defences such as Krum.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+
+from fedpeft.core.choices import ATTACKS
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.data import TextSplit
+
+DATA_ATTACKS = ("label-flip", "backdoor")
+DELTA_ATTACKS = tuple(kind for kind in ATTACKS if kind not in DATA_ATTACKS)
+BOOST = 10.0  # "scaled": the honest delta times this
+COLLUDING_SHARE_OF_BOUND = 0.99  # "colluding": just under security.max_update_norm
+TRIGGER = "cf mn bb"  # rare word pieces in BERT-style vocabularies, the usual NLP backdoor trigger
+BACKDOOR_LABEL = 0  # the label the trigger maps to
+
+
+def choose_attackers(num_clients: int, share: float, seed: int, kinds: list[str], from_round: int,
+                     norm_bound: float, taken: set[str]) -> dict:
+    """The attacking partitions (seeded, none of `taken`), their kinds and first round."""
+    kinds = list(kinds or ["sign-flip"])
+    unknown = sorted(set(kinds) - set(ATTACKS))
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {unknown}; known: {list(ATTACKS)}")
+    if "colluding" in kinds and not norm_bound:
+        raise ConfigError("attack 'colluding' stays just under the norm bound: set security.max_update_norm")
+    free = [p for p in range(num_clients) if str(p) not in taken]
+    count = min(len(free) - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
+    chosen = sorted(random.Random(seed + 1).sample(free, max(count, 0)))
+    return {"partitions": {str(p): i for i, p in enumerate(chosen)}, "kinds": kinds, "from_round": from_round}
+
+
+def attack(plan: dict, partition: int, server_round: int) -> str | None:
+    """The attack `partition` makes in `server_round`, if it is an attacker and the attack has begun."""
+    index = plan["partitions"].get(str(partition))
+    if index is None or server_round < plan["from_round"]:
+        return None
+    slot = (server_round - plan["from_round"]) * len(plan["partitions"]) + index
+    return plan["kinds"][slot % len(plan["kinds"])]
+
+
+def poisoned(kind: str, split: TextSplit, num_labels: int) -> TextSplit:
+    """The attacker's training rows for a data-poisoning attack (the count stays the same)."""
+    if kind == "label-flip":
+        return TextSplit(list(split.texts), [num_labels - 1 - y for y in split.labels])
+    if kind == "backdoor":
+        texts, labels, turn = list(split.texts), list(split.labels), 0
+        for i, label in enumerate(labels):
+            if label != BACKDOOR_LABEL:
+                if turn % 2 == 0:
+                    texts[i], labels[i] = f"{TRIGGER} {texts[i]}", BACKDOOR_LABEL
+                turn += 1
+        return TextSplit(texts, labels)
+    raise ConfigError(f"{kind!r} is not a data-poisoning attack; those are {list(DATA_ATTACKS)}")
+
+
+def attacked_delta(kind: str, honest: np.ndarray, global_values: np.ndarray, norm_bound: float) -> np.ndarray:
+    """The flat delta a model-poisoning attacker signs instead of its honest one."""
+    if kind == "scaled":
+        return honest * np.float32(BOOST)
+    if kind == "sign-flip":
+        return -honest
+    if kind == "colluding":
+        direction = -global_values.astype(np.float64)
+        norm = float(np.linalg.norm(direction))
+        return (direction * (COLLUDING_SHARE_OF_BOUND * norm_bound / max(norm, 1e-12))).astype(np.float32)
+    raise ConfigError(f"{kind!r} is not a model-poisoning attack; those are {list(DELTA_ATTACKS)}")
+
+
+def backdoor_rows(split: TextSplit) -> TextSplit:
+    """Test rows not of the backdoor label, with the trigger, labelled as the attacker wants:
+    accuracy on them is the backdoor's success rate."""
+    rows = [(f"{TRIGGER} {t}", BACKDOOR_LABEL) for t, y in zip(split.texts, split.labels) if y != BACKDOOR_LABEL]
+    return TextSplit([t for t, _ in rows], [y for _, y in rows])
