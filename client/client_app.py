@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedpeft.core.privacy import noise_share
 from fedpeft.core.training.accelerator import pick_device
 from fedpeft.core.training.data import ClientData, TextSplit, client_data
 from fedpeft.core.training.job import Job
@@ -95,6 +96,8 @@ def signed_update(msg: Message, context: Context, job: Job, session: runtime.Ses
         delta, result = device_client.local_update(trainer, job, split, global_arrays, seed)
     else:
         delta, result = task.local_update(session, job, split, global_arrays, seed)
+    if job.dp_clip:  # distributed DP: this client's share of the noise, added before it signs
+        delta = noise_share(delta, job.dp_clip, job.dp_noise_std, np.random.default_rng())
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
     claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
     key = identity.signing_key(dict(context.node_config), _partition(context))

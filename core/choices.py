@@ -11,7 +11,7 @@ from fedpeft.core.wire.delta_codec import ENCODINGS as DELTA_ENCODINGS
 QUANTIZATION_MODES = ("int8", "int4", "none")
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
-PRIVACY_MODES = ("off", "central")  # server/privacy.py
+PRIVACY_MODES = ("off", "central", "distributed")  # server/privacy.py, core/privacy.py
 ATTACKS = ("label-flip", "backdoor", "scaled", "sign-flip", "colluding")  # simulations/attacks.py
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
 STRATEGIES = {

@@ -115,7 +115,7 @@ class SimulationSection:
 class PrivacySection:
     """Client-level differential privacy of the global adapter (server/privacy.py)."""
 
-    mode: str = "off"              # off | central: the server clips each delta and adds the noise
+    mode: str = "off"              # off | central (the server clips and adds the noise) | distributed (each client does)
     clip: float = 1.0              # L2 norm each accepted delta is clipped to
     noise_multiplier: float = 1.0  # Gaussian noise std on the sum, in units of clip
     delta: float = 1e-5            # epsilon is reported at this delta
@@ -174,9 +174,9 @@ class FederationConfig:
         check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         check_choice("train.device", self.train.device, DEVICES)
         check_choice("privacy.mode", self.privacy.mode, PRIVACY_MODES)
-        if self.privacy.mode == "central" and self.federation.strategy != "fedavg":
-            raise ConfigError(f"privacy.mode central averages clipped deltas itself: it needs federation.strategy "
-                              f"fedavg, not {self.federation.strategy}")
+        if self.privacy.mode != "off" and self.federation.strategy != "fedavg":
+            raise ConfigError(f"privacy.mode {self.privacy.mode} averages clipped deltas with equal weights: it needs "
+                              f"federation.strategy fedavg, not {self.federation.strategy}")
         if self.privacy.clip <= 0 or self.privacy.noise_multiplier < 0 or self.privacy.target_epsilon < 0 \
                 or not 0 < self.privacy.delta < 1:
             raise ConfigError("privacy: clip must be positive, noise_multiplier and target_epsilon not negative, "

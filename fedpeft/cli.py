@@ -351,8 +351,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
     parser.add_argument("--privacy", choices=PRIVACY_MODES, help="client-level differential privacy (central: the "
-                                                                "server clips each delta and adds Gaussian noise)")
-    parser.add_argument("--clip", type=float, help="L2 norm each delta is clipped to (privacy central)")
+                        "server clips each delta and adds Gaussian noise; distributed: each client does, before signing)")
+    parser.add_argument("--clip", type=float, help="L2 norm each delta is clipped to (privacy on)")
     parser.add_argument("--noise-multiplier", type=float, help="noise std on the sum of deltas, in units of --clip")
     parser.add_argument("--target-epsilon", type=float, help="refuse a run that would spend more epsilon (0: none)")
 

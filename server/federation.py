@@ -107,7 +107,8 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
     job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
               config.personalization.epochs, config.personalization.local_only_epochs,
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16),
-              encoding=DeltaEncoding(config.federation.delta_encoding, config.federation.delta_block))
+              encoding=DeltaEncoding(config.federation.delta_encoding, config.federation.delta_block),
+              dp_clip=config.privacy.clip if config.privacy.mode == "distributed" else 0.0)
     sec = config.security
     operator_key = load_operator_key(Path(sec.operator_key))
     if config.simulation.device_clients > 0:
@@ -253,11 +254,14 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
         strategy.restore_state(setup.checkpoint.strategy_state)
     if strategy.ledger is not None:
         # What a resumed run already spent (rows from before rates were logged: everyone sampled).
-        strategy.ledger.sample_rates = [r.get("sample_rate", 1.0) for r in run_log.rows]
+        strategy.ledger.steps = [(r.get("noise_multiplier") or setup.config.privacy.noise_multiplier,
+                                  r.get("sample_rate", 1.0)) for r in run_log.rows]
         planned = planned_epsilon(strategy.ledger, fed.rounds - setup.done, fraction, len(roster.ready))
         dp = setup.config.privacy
-        print(f"[fedpeft] client-level DP (central): deltas clipped to {dp.clip:g}, noise multiplier "
-              f"{dp.noise_multiplier:g}; the run spends epsilon {planned:.3g} at delta {dp.delta:g}", flush=True)
+        where = "by the server" if dp.mode == "central" else "by each client before signing"
+        print(f"[fedpeft] client-level DP ({dp.mode}): deltas clipped and noised {where}, clip {dp.clip:g}, noise "
+              f"multiplier {dp.noise_multiplier:g}; the run spends epsilon {planned:.3g} at delta {dp.delta:g} if "
+              f"every asked client answers", flush=True)
     if setup.done >= fed.rounds:
         print(f"[fedpeft] all {fed.rounds} rounds were completed before; evaluating and publishing", flush=True)
         return setup.initial, run_log
@@ -405,7 +409,7 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     privacy = privacy_report(config.privacy, run_log.rows)
     if privacy["mode"] != "off":
         print(f"[fedpeft] privacy: the adapter is ({privacy['epsilon']:.3g}, {privacy['delta']:g})-DP per client "
-              f"over {privacy['rounds']} rounds (central noise, opacus RDP accountant)", flush=True)
+              f"over {privacy['rounds']} rounds ({privacy['mode']} noise, opacus RDP accountant)", flush=True)
     release = publish(setup, final, stats, privacy)
     return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized, privacy)
 

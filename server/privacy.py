@@ -5,19 +5,30 @@ With `[privacy] mode = "central"` the server clips each accepted delta to L2 nor
 deviation `noise_multiplier x clip` to the sum and divides by the number of clients the
 round asked (fixed before any reply, so who answers does not change it). One client's
 whole contribution then moves the average by at most clip / n, and the noise hides it.
-Opacus's RDP accountant turns the noise multiplier, each round's sampling rate and the
-rounds into epsilon at `delta` (sampling is treated as Poisson at that rate, as DP-FedAvg
-analyses do; Flower samples a fixed number uniformly).
+With `mode = "distributed"` each of the n asked clients clips and adds noise of std
+z x clip / sqrt(n) before signing (core/privacy.py); the server only sums and divides.
+When k < n deltas arrive, the sum carries k shares: the round is accounted at the
+multiplier z x sqrt(k / n), so dropouts and rejections cost epsilon, visibly.
+Opacus's RDP accountant turns each round's multiplier and sampling rate into epsilon at
+`delta` (sampling is treated as Poisson at that rate, as DP-FedAvg analyses do; Flower
+samples a fixed number uniformly).
 
 Written here, not with Flower's DifferentialPrivacyServerSide* wrappers: they clip the
 replies' arrays before the wrapped strategy sees them, which here would mean changing
 signed payloads before they are verified; clipping verified deltas keeps one path.
-Trust: clients trust the server to add the noise (central DP); the published adapter
-and every model derived from it are then (epsilon, delta)-DP per client.
+Trust. Central: clients trust the server to clip and add the noise; the published
+adapter and everything derived from it are (epsilon, delta)-DP per client, but the server
+sees each exact delta. Distributed: clients trust each other to add their share (a client
+that skips it weakens everyone's guarantee), the server sees each delta with only its
+share of noise (z / sqrt(n): weak on its own; secure aggregation would hide single deltas
+but cannot compose with per-delta signature and norm checks), and the server cannot clip
+what arrives noised, so robust defences and clipping do not apply: poisoning is bounded
+only by the noise-aware norm bound.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,37 +39,45 @@ from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
 
 
-def epsilon(noise_multiplier: float, sample_rates: list[float], delta: float) -> float:
-    """Epsilon at `delta` after one round per sampling rate (0 before any round; infinite without noise)."""
-    if not sample_rates:
+def epsilon(steps: list[tuple[float, float]], delta: float) -> float:
+    """Epsilon at `delta` after one round per (noise multiplier, sampling rate) step (0
+    before any round; infinite if a round had no noise)."""
+    if not steps:
         return 0.0
-    if noise_multiplier <= 0:
+    if any(noise <= 0 for noise, _ in steps):
         return float("inf")
     accountant = RDPAccountant()
-    for rate in sample_rates:
-        accountant.step(noise_multiplier=noise_multiplier, sample_rate=rate)
+    for noise, rate in steps:
+        accountant.step(noise_multiplier=noise, sample_rate=rate)
     return float(accountant.get_epsilon(delta))
 
 
 @dataclass
 class PrivacyLedger:
-    """The rounds' sampling rates so far and the epsilon they spend (rebuilt from a checkpoint's rows)."""
+    """The rounds' (noise multiplier, sampling rate) so far and the epsilon they spend
+    (rebuilt from a checkpoint's rows)."""
 
     settings: PrivacySection
-    sample_rates: list[float] = field(default_factory=list)
+    steps: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def epsilon(self) -> float:
-        return epsilon(self.settings.noise_multiplier, self.sample_rates, self.settings.delta)
+        return epsilon(self.steps, self.settings.delta)
 
-    def spend(self, sample_rate: float) -> float:
-        self.sample_rates.append(sample_rate)
+    def round_multiplier(self, accepted: int, asked: int) -> float:
+        """The round's noise on the sum in units of clip: central, the configured one;
+        distributed, only the shares of the max(1, accepted) deltas that arrived."""
+        z = self.settings.noise_multiplier
+        return z if self.settings.mode == "central" else z * math.sqrt(max(1, accepted) / max(1, asked))
+
+    def spend(self, noise_multiplier: float, sample_rate: float) -> float:
+        self.steps.append((noise_multiplier, sample_rate))
         return self.epsilon
 
     def check_budget(self, rounds_left: int, sample_rate: float) -> float:
         """The epsilon the whole run would spend; a ConfigError before any round if it
         exceeds `target_epsilon`: nothing over budget is ever trained or published."""
-        planned = epsilon(self.settings.noise_multiplier, self.sample_rates + [sample_rate] * rounds_left,
+        planned = epsilon(self.steps + [(self.settings.noise_multiplier, sample_rate)] * rounds_left,
                           self.settings.delta)
         target = self.settings.target_epsilon
         if target and planned > target:
@@ -74,6 +93,14 @@ def report(settings: PrivacySection, rows: list[dict[str, Any]]) -> dict[str, An
         return {"mode": "off"}
     spent = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
     return {**asdict(settings), "rounds": len(spent), "epsilon": spent[-1] if spent else 0.0}
+
+
+def plain_mean(flats: list[np.ndarray], asked: int) -> np.ndarray:
+    """Distributed DP: the deltas came clipped and noised; summed with equal weight, divided by the clients asked."""
+    total = np.zeros(flats[0].size if flats else 0, np.float64)
+    for flat in flats:
+        total += flat
+    return total / asked
 
 
 def noisy_mean(flats: list[np.ndarray], norms: list[float], asked: int, settings: PrivacySection,

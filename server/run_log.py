@@ -42,7 +42,8 @@ class RunLog:
             "max_update_norm": round(traffic.max_norm, 6),
             "capped_weights": traffic.capped,
             "sample_rate": round(traffic.sample_rate, 6),
-            "epsilon": traffic.epsilon,  # the run's so far (privacy.mode central), else None
+            "noise_multiplier": traffic.noise_multiplier,  # on the round's sum, in units of clip (privacy on)
+            "epsilon": traffic.epsilon,  # the run's so far (privacy on), else None
             "distrusted": traffic.distrusted,  # fltrust: accepted deltas given no weight, else None
         }
 

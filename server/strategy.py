@@ -28,13 +28,14 @@ from fedpeft.core.adapters.state import Arrays, apply_delta
 from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.privacy import noisy_norm_bound, share_std
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
 from .fltrust import RootUpdate, trust_mean
-from .privacy import PrivacyLedger, noisy_mean
+from .privacy import PrivacyLedger, noisy_mean, plain_mean
 from .replies import BadReply, evaluate_reply
 from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
 
@@ -58,7 +59,8 @@ class RoundTraffic:
     capped: int = 0          # accepted deltas whose weight was cut to the round's cap
     asked: int = 0           # clients the round sent work to
     sample_rate: float = 0.0  # asked / connected nodes: what the privacy accountant is told
-    epsilon: float | None = None  # the run's epsilon after this round (privacy.mode central)
+    noise_multiplier: float | None = None  # the noise on this round's sum, in units of clip (privacy on)
+    epsilon: float | None = None  # the run's epsilon after this round (privacy on)
     distrusted: int | None = None  # fltrust: accepted deltas given no weight (pointing away from the root's)
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
@@ -98,7 +100,7 @@ class DeltaStrategyMixin:
         self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
         self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
         self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
-        self.ledger = PrivacyLedger(privacy) if privacy.mode == "central" else None
+        self.ledger = PrivacyLedger(privacy) if privacy.mode != "off" else None
         self.noise = np.random.default_rng()  # OS entropy: noise nobody (a client) can predict
 
     def trained_only(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -113,13 +115,27 @@ class DeltaStrategyMixin:
             self.hooks.on_configure(grid)
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
-        self.expectation = RoundExpectation(self.binding.for_round(server_round, self.traffic.start_adapter),
-                                            self.tensors, self.encoding)
+        binding = self.binding.for_round(server_round, self.traffic.start_adapter)
+        self.expectation = RoundExpectation(binding, self.tensors, self.encoding)
         down = self.trained_only(arrays)
         messages = list(super().configure_train(server_round, down, config, grid))
+        if self.ledger is not None and self.ledger.settings.mode == "distributed":
+            messages = self._with_noise_shares(messages, binding)
         self.traffic.bytes_down = len(messages) * record_bytes(down)
         self.traffic.asked = len(messages)
         self.traffic.sample_rate = len(messages) / max(1, len(list(grid.get_node_ids())))
+        return messages
+
+    def _with_noise_shares(self, messages: list[Message], binding) -> list[Message]:
+        """Distributed DP: tell each asked client its delta's clip and noise share; accept
+        noised deltas up to clip plus the noise's length (core/privacy.py)."""
+        dp = self.ledger.settings
+        std = share_std(dp.noise_multiplier, dp.clip, len(messages))
+        for msg in messages:
+            msg.content["config"] = ConfigRecord({**msg.content.config_records["config"], "dp-clip": dp.clip,
+                                                  "dp-noise-std": std})
+        self.expectation = RoundExpectation(binding, self.tensors, self.encoding,
+                                            max_norm=noisy_norm_bound(dp.clip, std, self.expectation.layout.count))
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -203,7 +219,8 @@ class DeltaStrategyMixin:
         layout = self.expectation.layout
         accepted = self.weighted(server_round, replies)
         if self.ledger is not None:  # a round spends its budget whether or not it changes the adapter
-            self.traffic.epsilon = self.ledger.spend(self.traffic.sample_rate)
+            self.traffic.noise_multiplier = self.ledger.round_multiplier(len(accepted), self.traffic.asked)
+            self.traffic.epsilon = self.ledger.spend(self.traffic.noise_multiplier, self.traffic.sample_rate)
         total = sum(count for _, _, count in accepted)
         if not total:
             return None, None
@@ -212,7 +229,9 @@ class DeltaStrategyMixin:
             for key, value in delta.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + count * value
         metrics = MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()}, "num-examples": total})
-        if self.ledger is not None:  # clipped, equal weights, noise, over the clients asked
+        if self.ledger is not None and self.ledger.settings.mode == "distributed":  # clipped and noised on the devices
+            step = plain_mean([d.flat for _, d, _ in accepted], self.traffic.asked)
+        elif self.ledger is not None:  # clipped, equal weights, noise, over the clients asked
             step = noisy_mean([d.flat for _, d, _ in accepted], [d.norm for _, d, _ in accepted], self.traffic.asked,
                               self.ledger.settings, self.noise)
         elif self.root_update is not None:

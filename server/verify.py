@@ -52,6 +52,7 @@ class RoundExpectation:
     binding: DeltaBinding
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)
+    max_norm: float = 0.0  # this round's norm bound instead of the policy's (distributed DP: clip plus the noise)
 
     @cached_property
     def layout(self) -> DeltaLayout:
@@ -233,7 +234,7 @@ class DeltaVerifier:
             bad = int(np.flatnonzero(~np.isfinite(flat))[0])
             name = expect.layout.names[int(np.searchsorted(expect.layout.offsets, bad, side="right")) - 1]
             raise RejectedDelta("non-finite", name, client)
-        norm = squares ** 0.5
-        if self.policy.max_update_norm and norm > self.policy.max_update_norm:
-            raise RejectedDelta("norm-too-large", f"L2 norm {norm:.4g} > bound {self.policy.max_update_norm:.4g}", client)
+        norm, bound = squares ** 0.5, expect.max_norm or self.policy.max_update_norm
+        if bound and norm > bound:
+            raise RejectedDelta("norm-too-large", f"L2 norm {norm:.4g} > bound {bound:.4g}", client)
         return flat, norm

@@ -217,7 +217,7 @@ behaviours = ["crafted-tensor", "extra-metric", "inflated-count", "bad-eval"]
 operator_key = "keys/operator.key"
 
 [privacy]
-mode = "central"
+mode = "distributed"
 clip = 50.0
 noise_multiplier = 0.05
 """
@@ -227,8 +227,10 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     """An enrolled client that signs what it sends: a tensor as a zip archive, an extra
     metric, 100,000 claimed examples, a NaN-and-extra-key evaluate reply, one per round.
     At 36a7475 the first two ended the run; here each is counted and the run finishes.
-    The run is also client-level DP (central noise): its epsilon grows round by round and
-    the summary, the signed release and the model card state it."""
+    The run is also client-level DP with the noise added on the devices (distributed): each
+    round is accounted at the multiplier of the shares that arrived, epsilon grows round by
+    round, and the summary, the signed release and the model card state it. (Central DP's
+    server path: tests/test_privacy.py.)"""
     (tmp_path / "run.toml").write_text(HOSTILE)
     cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
            "--clients", "4", "--rounds", "4", "--out", "result"]
@@ -244,6 +246,8 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     assert summary["clients"] == 4
     spent = [r["epsilon"] for r in rows]
     assert spent == sorted(spent) and spent[0] > 0 and summary["privacy"]["epsilon"] == spent[-1]
+    assert [r["noise_multiplier"] for r in rows] == pytest.approx([0.05 * (r["accepted"] / 4) ** 0.5 for r in rows])
+    assert summary["privacy"]["mode"] == "distributed"
     release = json.loads((tmp_path / "result" / "adapter" / "release.json").read_text())
     assert release["metrics"]["epsilon"] == spent[-1] and release["metrics"]["delta"] == 1e-5
     assert f"epsilon {spent[-1]:.3g} at delta 1e-05" in (tmp_path / "result" / "adapter" / "README.md").read_text()

@@ -31,6 +31,10 @@ class Job:
     device_partitions: tuple[int, ...] = ()
     device_export: str = ""
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)  # how deltas travel up
+    # privacy.mode distributed: clip the delta to dp_clip and add N(0, dp_noise_std^2) before signing
+    # (the server sets the std per round, from the clients it asked: core/privacy.py).
+    dp_clip: float = 0.0
+    dp_noise_std: float = 0.0
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({
@@ -45,6 +49,8 @@ class Job:
             "device-export": self.device_export,
             "delta-encoding": self.encoding.kind,
             "delta-block": self.encoding.block,
+            "dp-clip": self.dp_clip,
+            "dp-noise-std": self.dp_noise_std,
         })
 
     @classmethod
@@ -60,6 +66,8 @@ class Job:
             device_partitions=tuple(int(p) for p in json.loads(str(config["device-partitions"]))),
             device_export=str(config["device-export"]),
             encoding=DeltaEncoding(str(config["delta-encoding"]), int(config["delta-block"])),
+            dp_clip=float(config["dp-clip"]),
+            dp_noise_std=float(config["dp-noise-std"]),
         )
 
     @property
