@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _runs import simulate_once
 
 from fedpeft.core.config import load_config
 from fedpeft.scoring import accuracy, pooled_test
@@ -49,15 +48,8 @@ def run(work: Path, attack: str, defence: str, args: argparse.Namespace) -> dict
         "simulation.attackers": args.share if attack != "clean" else 0.0,
         "simulation.attacks": [attack] if attack != "clean" else [],
     })
-    if not (out / "summary.json").is_file():
-        (work / f"{name}.toml").write_text(config.to_toml())
-        cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", f"{name}.toml", "--restart"]
-        start = time.perf_counter()
-        with open(work / f"{name}.log", "w") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work).returncode != 0:
-                raise SystemExit(f"{name} failed: see {work / f'{name}.log'}")
-        print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
-    summary = json.loads((out / "summary.json").read_text())
+    (work / f"{name}.toml").write_text(config.to_toml())
+    summary = simulate_once(work, name, ["--config", f"{name}.toml"])
     row = {"attack": attack, "defence": defence, "global": summary["global_accuracy"],
            "personalized": summary["personalized_accuracy"], "rejected": sum(summary["rejected"].values()),
            "backdoor": summary.get("attack", {}).get("backdoor_success")}

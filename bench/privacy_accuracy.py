@@ -17,33 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _runs import simulate_once
 
 from fedpeft.core.config import load_config
 from fedpeft.scoring import accuracy, pooled_test
 
 
 def simulate(work: Path, name: str, args: argparse.Namespace, method: str, noise: float | None) -> dict:
-    out = work / name
-    if not (out / "summary.json").is_file():
-        cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--clients", str(args.clients),
-               "--clients-per-round", str(args.clients_per_round), "--rounds", str(args.rounds),
-               "--report-clients", str(args.report_clients), "--method", method, "--no-centralized-baseline",
-               "--restart", "--out", str(out)]
-        if noise is not None:
-            cmd += ["--privacy", "central", "--clip", str(args.clip), "--noise-multiplier", str(noise)]
-        start = time.perf_counter()
-        with open(work / f"{name}.log", "w") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work).returncode != 0:
-                raise SystemExit(f"{name} failed: see {work / f'{name}.log'}")
-        print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """One run of the grid and what the table shows of it."""
+    arguments = ["--clients", str(args.clients), "--clients-per-round", str(args.clients_per_round), "--rounds",
+                 str(args.rounds), "--report-clients", str(args.report_clients), "--method", method,
+                 "--no-centralized-baseline", "--out", str(work / name)]
+    if noise is not None:
+        arguments += ["--privacy", args.privacy, "--clip", str(args.clip), "--noise-multiplier", str(noise)]
+    summary = simulate_once(work, name, arguments)
+    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
-    return {"run": name, "method": method, "noise": noise, "epsilon": summary["privacy"].get("epsilon"),
+    return {"run": name, "method": method, "privacy": args.privacy if noise is not None else "off", "noise": noise, "epsilon": summary["privacy"].get("epsilon"),
             "val": val[-1] if val else None, "personalized": summary.get("personalized_accuracy")}
 
 
@@ -74,6 +66,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["ffa-lora", "lora"])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.5])
     parser.add_argument("--clip", type=float, default=5.0)
+    parser.add_argument("--privacy", choices=["central", "distributed"], default="central",
+                        help="where the noise is added (run folders: METHOD-zZ, METHOD-distributed-zZ)")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--clients-per-round", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,23 +81,24 @@ def main() -> None:
     rows = []
     for method in args.methods:
         for noise in [None, *args.noise]:
-            name = f"{method}-{'plain' if noise is None else f'z{noise:g}'}"
+            mode = "" if args.privacy == "central" else f"{args.privacy}-"
+            name = f"{method}-{'plain' if noise is None else f'{mode}z{noise:g}'}"
             row = simulate(work, name, args, method, noise)
             row["test"] = accuracy(work / name / "adapter", work / "keys" / "operator.pub",
                                    config.with_overrides(**{"adapter.method": method}), test)
             rows.append(row)
             eps = "inf" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
-            print(f"{method:9s} noise {str(noise):5s} epsilon {eps:6s} test {row['test']:.3f}  val "
+            print(f"{method:9s} {row['privacy']:11s} noise {str(noise):5s} epsilon {eps:6s} test {row['test']:.3f}  val "
                   f"{row['val'] if row['val'] is not None else float('nan'):.3f}  personalized "
                   f"{row['personalized'] or float('nan'):.3f}", flush=True)
     (work / "privacy_accuracy.json").write_text(json.dumps(rows, indent=1))
     plot(rows, work / "privacy_accuracy.png")
-    print(f"| method | noise multiplier | epsilon (delta 1e-5) | test acc, {len(test)} rows of "
+    print(f"| method | DP | noise multiplier | epsilon (delta 1e-5) | test acc, {len(test)} rows of "
           f"{args.score_clients} clients | last-round val acc | personalized |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         eps = "inf (non-private)" if r["noise"] is None else f"{r['epsilon']:.2f}"
-        print(f"| {r['method']} | {r['noise'] if r['noise'] is not None else '-'} | {eps} | {r['test']:.3f} | "
+        print(f"| {r['method']} | {r['privacy']} | {r['noise'] if r['noise'] is not None else '-'} | {eps} | {r['test']:.3f} | "
               f"{r['val']:.3f} | {r['personalized']:.3f} |")
 
 

@@ -208,6 +208,19 @@ def test_load_adapter_verifies_the_release_and_finds_its_base(run, tiny_bert_dir
         load_adapter(out / "adapter")
 
 
+def _finished_run(folder, config: str, tiny_bert_dir, rounds: int) -> tuple[dict, list[dict], str]:
+    """`fedpeft simulate` of 4 tiny-BERT clients with `config`, run to the end: its summary,
+    metrics rows and console."""
+    (folder / "run.toml").write_text(config)
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
+           "--clients", "4", "--rounds", str(rounds), "--out", "result"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=folder,
+                          env={**os.environ, "FEDPEFT_CACHE": str(folder / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (folder / "result" / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((folder / "result" / "summary.json").read_text()), rows, proc.stdout
+
+
 HOSTILE = """
 [simulation]
 misbehaving = 0.25
@@ -231,14 +244,7 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     round is accounted at the multiplier of the shares that arrived, epsilon grows round by
     round, and the summary, the signed release and the model card state it. (Central DP's
     server path: tests/test_privacy.py.)"""
-    (tmp_path / "run.toml").write_text(HOSTILE)
-    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
-           "--clients", "4", "--rounds", "4", "--out", "result"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "FEDPEFT_CACHE": str(tmp_path / "cache")})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "result" / "summary.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "result" / "metrics.jsonl").read_text().splitlines()]
+    summary, rows, stdout = _finished_run(tmp_path, HOSTILE, tiny_bert_dir, rounds=4)
     assert [r["round"] for r in rows] == [1, 2, 3, 4] and summary["unchanged_rounds"] == []
     assert summary["rejected"] == {"bad-metrics": 1, "malformed": 1} == summary["misbehaving"]["expected_rejected"]
     assert summary["bad_replies"] == {"evaluate: bad-metrics": 1}
@@ -251,7 +257,7 @@ def test_validly_signed_hostile_replies_are_counted_and_every_round_completes(ti
     release = json.loads((tmp_path / "result" / "adapter" / "release.json").read_text())
     assert release["metrics"]["epsilon"] == spent[-1] and release["metrics"]["delta"] == 1e-5
     assert f"epsilon {spent[-1]:.3g} at delta 1e-05" in (tmp_path / "result" / "adapter" / "README.md").read_text()
-    assert "epsilon" in proc.stdout
+    assert "epsilon" in stdout
 
 
 LEAN = """
@@ -325,18 +331,11 @@ def test_validly_signed_attackers_pass_every_check_and_fltrust_weighs_them(tiny_
     trigger), train and sign honestly: every delta is accepted; the server's FLTrust root
     update weighs them, each round says how many it distrusted, and the run measures the
     backdoor on the published adapter."""
-    (tmp_path / "run.toml").write_text(ATTACKED)
-    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
-           "--clients", "4", "--rounds", "3", "--out", "result"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "FEDPEFT_CACHE": str(tmp_path / "cache")})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "result" / "summary.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "result" / "metrics.jsonl").read_text().splitlines()]
+    summary, rows, stdout = _finished_run(tmp_path, ATTACKED, tiny_bert_dir, rounds=3)
     assert [r["accepted"] for r in rows] == [4, 4, 4] and summary["rejected"] == {}
     assert all(isinstance(r["distrusted"], int) for r in rows)
     attack = summary["attack"]
     assert len(attack["partitions"]) == 2 and attack["kinds"] == ["label-flip", "backdoor"]
     assert 0.0 <= attack["backdoor_success"] <= 1.0
-    assert "attacking clients (validly signed)" in proc.stdout and "fltrust: the server trains" in proc.stdout
-    assert "backdoor success" in proc.stdout
+    assert "attacking clients (validly signed)" in stdout and "fltrust: the server trains" in stdout
+    assert "backdoor success" in stdout
