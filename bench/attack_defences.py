@@ -28,7 +28,8 @@ from fedpeft.simulations.attacks import backdoor_rows
 
 # defence -> federation overrides; Krum and the trimmed mean are told the attackers' share
 DEFENCES = {
-    "fedavg": {"federation.strategy": "fedavg"},
+    "fedavg": {"federation.strategy": "fedavg"},  # with the default norm bound (50)
+    "fedavg-unbounded": {"federation.strategy": "fedavg", "security.max_update_norm": 0.0},  # no defence at all
     "fedmedian": {"federation.strategy": "fedmedian"},
     "fedtrimmedavg": {"federation.strategy": "fedtrimmedavg", "federation.strategy_options": {"beta": 0.2}},
     "krum": {"federation.strategy": "krum", "federation.strategy_options": {"num_malicious_nodes": 2}},
