@@ -73,7 +73,7 @@ def plot(rows: list[dict], path: Path) -> None:
         values = [next((r["global"] for r in rows if r["attack"] == a and r["defence"] == defence), 0) for a in attacks]
         ax.bar([x + i * width for x in range(len(attacks))], values, width, label=defence)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(attacks))], attacks)
-    ax.set_ylim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("global adapter test accuracy")
     ax.set_title("20% validly signed attackers, every round")
     ax.legend(fontsize=8, ncol=3)
