@@ -7,7 +7,8 @@ synthetic topics) with `--clients` clients of which 20% attack every round
 affordable. Reported per run: the global adapter's accuracy over every client's test
 split, the backdoor success rate of the published adapter (test rows not of label 0 with
 the trigger added that it classifies as 0; for the clean and backdoor runs) and the
-personalized accuracy. A finished run folder under `--work` is reused.
+personalized accuracy. A finished run folder under `--work` is reused, and the JSON keeps
+the cells of earlier invocations on the same --work, so a grid can grow a column at a time.
 
     .venv/bin/python bench/attack_defences.py [--work DIR] [--attacks ...] [--defences ...]
 
@@ -99,20 +100,28 @@ def main() -> None:
             backdoor = "" if r["backdoor"] is None else f"  backdoor {r['backdoor']:.1%}"
             print(f"{attack:10s} {defence:13s} global {r['global']:.3f}  personalized {r['personalized']:.3f}  "
                   f"rejected {r['rejected']}{backdoor}", flush=True)
-    (work / "attack_defences.json").write_text(json.dumps(rows, indent=1))
+    table = work / "attack_defences.json"
+    earlier = {(r["attack"], r["defence"]): r for r in json.loads(table.read_text())} if table.is_file() else {}
+    cells = {**earlier, **{(r["attack"], r["defence"]): r for r in rows}}
+    rows = list(cells.values())
+    table.write_text(json.dumps(rows, indent=1))
     plot(rows, work / "attack_defences.png")
     clean = {r["defence"]: r["global"] for r in rows if r["attack"] == "clean"}
     best_clean = clean.get("fedavg", max(clean.values()))
-    print(f"| attack (20% of {args.clients}) | " + " | ".join(args.defences) + " |")
-    print("|---" * (len(args.defences) + 1) + "|")
-    for attack in ["clean", *args.attacks]:
-        cells = []
-        for defence in args.defences:
-            r = next(r for r in rows if r["attack"] == attack and r["defence"] == defence)
-            cell = f"{r['global']:.3f}" + (f", backdoor {r['backdoor']:.0%}" if r["backdoor"] is not None else "")
-            met = attack != "clean" and best_clean - r["global"] <= 0.02 and (r["backdoor"] or 0) < 0.10
-            cells.append(f"**{cell}**" if met else cell)
-        print(f"| {attack} | " + " | ".join(cells) + " |")
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    print(f"| attack (20% of {args.clients}) | " + " | ".join(defences) + " |")
+    print("|---" * (len(defences) + 1) + "|")
+    for attack in attacks:
+        line = []
+        for defence in defences:
+            r = cells.get((attack, defence))
+            cell = "-" if r is None else (
+                f"{r['global']:.3f}" + (f", backdoor {r['backdoor']:.0%}" if r["backdoor"] is not None else ""))
+            met = (r is not None and attack != "clean" and best_clean - r["global"] <= 0.02
+                   and (r["backdoor"] or 0) < 0.10)
+            line.append(f"**{cell}**" if met else cell)
+        print(f"| {attack} | " + " | ".join(line) + " |")
     print(f"(bold: within 2 points of clean fedavg {best_clean:.3f} and backdoor under 10%)")
 
 

@@ -10,7 +10,9 @@ under `--work` is reused, so an interrupted benchmark goes on where it stopped.
 
     .venv/bin/python bench/privacy_accuracy.py [--work DIR] [--noise 0.5 0.7 1.0 1.5] [--methods ffa-lora lora]
 
-Writes privacy_accuracy.json and privacy_accuracy.png (accuracy vs epsilon) to --work.
+Writes privacy_accuracy.json and privacy_accuracy.png (accuracy vs epsilon) to --work; the
+JSON keeps the rows of earlier invocations on the same --work (by run name), so central and
+distributed grids run apart land on one plot.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def simulate(work: Path, name: str, args: argparse.Namespace, method: str, noise
     summary = simulate_once(work, name, arguments)
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
-    return {"run": name, "method": method, "privacy": args.privacy if noise is not None else "off", "noise": noise, "epsilon": summary["privacy"].get("epsilon"),
+    return {"run": name, "method": method, "privacy": args.privacy if noise is not None else "off", "noise": noise,
+            "epsilon": summary["privacy"].get("epsilon"),
             "val": val[-1] if val else None, "personalized": summary.get("personalized_accuracy")}
 
 
@@ -47,11 +50,16 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        private = sorted((r for r in mine if r["noise"] is not None), key=lambda r: r["epsilon"])
-        line, = ax.plot([r["epsilon"] for r in private], [r["test"] for r in private], "o-", label=method)
+        color = None
+        for privacy, style in (("central", "o-"), ("distributed", "s:")):
+            private = sorted((r for r in mine if r["privacy"] == privacy), key=lambda r: r["epsilon"])
+            if private:
+                line, = ax.plot([r["epsilon"] for r in private], [r["test"] for r in private], style, color=color,
+                                label=f"{method}, {privacy} DP")
+                color = line.get_color()
         for r in mine:
-            if r["noise"] is None:
-                ax.axhline(r["test"], ls="--", color=line.get_color(), label=f"{method}, non-private")
+            if r["privacy"] == "off":
+                ax.axhline(r["test"], ls="--", color=color, label=f"{method}, non-private")
     ax.set_xlabel("epsilon (delta 1e-5)")
     ax.set_ylabel("global adapter test accuracy")
     ax.set_title("Client-level DP, 1,000 clients")
@@ -91,7 +99,10 @@ def main() -> None:
             print(f"{method:9s} {row['privacy']:11s} noise {str(noise):5s} epsilon {eps:6s} test {row['test']:.3f}  val "
                   f"{row['val'] if row['val'] is not None else float('nan'):.3f}  personalized "
                   f"{row['personalized'] or float('nan'):.3f}", flush=True)
-    (work / "privacy_accuracy.json").write_text(json.dumps(rows, indent=1))
+    table = work / "privacy_accuracy.json"
+    earlier = {r["run"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
+    rows = list({**earlier, **{r["run"]: r for r in rows}}.values())
+    table.write_text(json.dumps(rows, indent=1))
     plot(rows, work / "privacy_accuracy.png")
     print(f"| method | DP | noise multiplier | epsilon (delta 1e-5) | test acc, {len(test)} rows of "
           f"{args.score_clients} clients | last-round val acc | personalized |")
