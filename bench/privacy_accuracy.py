@@ -51,11 +51,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         color = None
-        for privacy, style in (("central", "o-"), ("distributed", "s:")):
+        for privacy, style in (("central", {"marker": "o"}), ("distributed", {"marker": "s", "ls": ":", "ms": 10,
+                                                                             "mfc": "none"})):
             private = sorted((r for r in mine if r["privacy"] == privacy), key=lambda r: r["epsilon"])
             if private:
-                line, = ax.plot([r["epsilon"] for r in private], [r["test"] for r in private], style, color=color,
-                                label=f"{method}, {privacy} DP")
+                line, = ax.plot([r["epsilon"] for r in private], [r["test"] for r in private], color=color,
+                                label=f"{method}, {privacy} DP", **style)
                 color = line.get_color()
         for r in mine:
             if r["privacy"] == "off":
