@@ -29,8 +29,8 @@ from fedpeft.simulations.attacks import backdoor_rows
 
 # defence -> federation overrides; Krum and the trimmed mean are told the attackers' share
 DEFENCES = {
-    "fedavg": {"federation.strategy": "fedavg"},  # with the default norm bound (50)
     "fedavg-unbounded": {"federation.strategy": "fedavg", "security.max_update_norm": 0.0},  # no defence at all
+    "fedavg": {"federation.strategy": "fedavg"},  # with the default norm bound (50)
     "fedmedian": {"federation.strategy": "fedmedian"},
     "fedtrimmedavg": {"federation.strategy": "fedtrimmedavg", "federation.strategy_options": {"beta": 0.2}},
     "krum": {"federation.strategy": "krum", "federation.strategy_options": {"num_malicious_nodes": 2}},
@@ -67,7 +67,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    defences = [d for d in DEFENCES if any(r["defence"] == d for r in rows)]
     width = 0.8 / len(defences)
     fig, ax = plt.subplots(figsize=(9, 4))
     for i, defence in enumerate(defences):
@@ -77,9 +77,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("global adapter test accuracy")
     ax.set_title("20% validly signed attackers, every round")
-    ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=8, ncol=len(defences), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main() -> None:
@@ -109,7 +108,7 @@ def main() -> None:
     clean = {r["defence"]: r["global"] for r in rows if r["attack"] == "clean"}
     best_clean = clean.get("fedavg", max(clean.values()))
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    defences = [d for d in DEFENCES if any(r["defence"] == d for r in rows)]
     print(f"| attack (20% of {args.clients}) | " + " | ".join(defences) + " |")
     print("|---" * (len(defences) + 1) + "|")
     for attack in attacks:
