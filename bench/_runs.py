@@ -1,4 +1,5 @@
-"""What the run-grid benchmarks share: one `fedpeft simulate` per run folder, reused once finished."""
+"""What the run-grid benchmarks share: one `fedpeft simulate` per run folder, reused once
+finished, and one JSON table per grid that later invocations add to."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 
@@ -21,3 +23,12 @@ def simulate_once(work: Path, name: str, arguments: list[str]) -> dict:
                 raise SystemExit(f"{name} failed: see {work / f'{name}.log'}")
         print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
     return json.loads((out / "summary.json").read_text())
+
+
+def merged_rows(table: Path, rows: list[dict], key: Callable[[dict], Hashable]) -> list[dict]:
+    """`rows` written into the JSON list at `table` over its earlier rows of the same key;
+    the whole list, earlier rows first."""
+    earlier = {key(r): r for r in json.loads(table.read_text())} if table.is_file() else {}
+    merged = list({**earlier, **{key(r): r for r in rows}}.values())
+    table.write_text(json.dumps(merged, indent=1))
+    return merged

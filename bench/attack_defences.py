@@ -18,10 +18,9 @@ Writes attack_defences.json and attack_defences.png to --work.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from _runs import simulate_once
+from _runs import merged_rows, simulate_once
 
 from fedpeft.core.config import load_config
 from fedpeft.scoring import accuracy, pooled_test
@@ -99,11 +98,8 @@ def main() -> None:
             backdoor = "" if r["backdoor"] is None else f"  backdoor {r['backdoor']:.1%}"
             print(f"{attack:10s} {defence:13s} global {r['global']:.3f}  personalized {r['personalized']:.3f}  "
                   f"rejected {r['rejected']}{backdoor}", flush=True)
-    table = work / "attack_defences.json"
-    earlier = {(r["attack"], r["defence"]): r for r in json.loads(table.read_text())} if table.is_file() else {}
-    cells = {**earlier, **{(r["attack"], r["defence"]): r for r in rows}}
-    rows = list(cells.values())
-    table.write_text(json.dumps(rows, indent=1))
+    rows = merged_rows(work / "attack_defences.json", rows, key=lambda r: (r["attack"], r["defence"]))
+    cells = {(r["attack"], r["defence"]): r for r in rows}
     plot(rows, work / "attack_defences.png")
     clean = {r["defence"]: r["global"] for r in rows if r["attack"] == "clean"}
     best_clean = clean.get("fedavg", max(clean.values()))

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _runs import simulate_once
+from _runs import merged_rows, simulate_once
 
 from fedpeft.core.config import load_config
 from fedpeft.scoring import accuracy, pooled_test
@@ -100,10 +100,7 @@ def main() -> None:
             print(f"{method:9s} {row['privacy']:11s} noise {str(noise):5s} epsilon {eps:6s} test {row['test']:.3f}  val "
                   f"{row['val'] if row['val'] is not None else float('nan'):.3f}  personalized "
                   f"{row['personalized'] or float('nan'):.3f}", flush=True)
-    table = work / "privacy_accuracy.json"
-    earlier = {r["run"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
-    rows = list({**earlier, **{r["run"]: r for r in rows}}.values())
-    table.write_text(json.dumps(rows, indent=1))
+    rows = merged_rows(work / "privacy_accuracy.json", rows, key=lambda r: r["run"])
     plot(rows, work / "privacy_accuracy.png")
     print(f"| method | DP | noise multiplier | epsilon (delta 1e-5) | test acc, {len(test)} rows of "
           f"{args.score_clients} clients | last-round val acc | personalized |")

@@ -23,7 +23,7 @@ import numpy as np
 from fedpeft.core.adapters.state import Arrays, compute_delta, get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import Base
-from fedpeft.core.training.data import DataSpec, TextSplit, client_data, num_partitions
+from fedpeft.core.training.data import DataSpec, TextSplit, client_data, num_partitions, pooled
 from fedpeft.core.training.loop import train
 from fedpeft.core.training.settings import TrainSettings
 
@@ -51,11 +51,9 @@ def root_split(spec: DataSpec, examples: int, seed: int) -> TextSplit:
     """`examples` training rows drawn (seeded) from up to ROOT_CLIENTS clients' rows pooled."""
     picker = random.Random(seed)
     partitions = num_partitions(spec)
-    pooled: list[tuple[str, int]] = []
-    for partition in sorted(picker.sample(range(partitions), min(partitions, ROOT_CLIENTS))):
-        rows = client_data(spec, partition).train
-        pooled += zip(rows.texts, rows.labels)
-    chosen = picker.sample(pooled, min(examples, len(pooled)))
+    rows = pooled(client_data(spec, partition).train
+                  for partition in sorted(picker.sample(range(partitions), min(partitions, ROOT_CLIENTS))))
+    chosen = picker.sample(list(zip(rows.texts, rows.labels)), min(examples, len(rows)))
     return TextSplit([t for t, _ in chosen], [y for _, y in chosen])
 
 

@@ -43,10 +43,15 @@ def choose_attackers(num_clients: int, share: float, seed: int, kinds: list[str]
         raise ConfigError(f"unknown attack(s) {unknown}; known: {list(ATTACKS)}")
     if "colluding" in kinds and not norm_bound:
         raise ConfigError("attack 'colluding' stays just under the norm bound: set security.max_update_norm")
-    free = [p for p in range(num_clients) if str(p) not in taken]
-    count = min(len(free) - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
-    chosen = sorted(random.Random(seed + 1).sample(free, max(count, 0)))
+    chosen = seeded_share([p for p in range(num_clients) if str(p) not in taken], share, num_clients, seed + 1)
     return {"partitions": {str(p): i for i, p in enumerate(chosen)}, "kinds": kinds, "from_round": from_round}
+
+
+def seeded_share(pool: list[int], share: float, num_clients: int, seed: int) -> list[int]:
+    """share x num_clients partitions (rounded up) drawn from `pool`, seeded and sorted;
+    at least one of the pool is left out (honest)."""
+    count = min(len(pool) - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
+    return sorted(random.Random(seed).sample(pool, max(count, 0)))
 
 
 def attack(plan: dict, partition: int, server_round: int) -> str | None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
-import random
 import time
 import zipfile
 
@@ -84,8 +82,7 @@ def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str]
         raise ConfigError(f"unknown misbehaviour(s) {unknown}; known: {list(BEHAVIOURS)}")
     if "scale" in kinds and not norm_bound:
         raise ConfigError("misbehaviour 'scale' needs a norm bound: set security.max_update_norm")
-    count = min(num_clients - 1, math.ceil(round(share * num_clients, 6))) if share > 0 else 0
-    bad = {str(p): i for i, p in enumerate(sorted(random.Random(seed).sample(range(num_clients), count)))}
+    bad = {str(p): i for i, p in enumerate(attacks_.seeded_share(list(range(num_clients)), share, num_clients, seed))}
     attack = attacks_.choose_attackers(num_clients, attackers, seed, attacks or [], attack_from_round, norm_bound,
                                        set(bad))
     return {"partitions": bad, "behaviours": kinds, "norm_bound": norm_bound, "attack": attack}

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +57,15 @@ class TextSplit:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def pooled(splits: Iterable[TextSplit]) -> TextSplit:
+    """The splits' rows in one split, in order (the centralized reference, a root set, a shared test set)."""
+    rows = TextSplit()
+    for split in splits:
+        rows.texts += split.texts
+        rows.labels += split.labels
+    return rows
 
 
 def batches(split: TextSplit, batch_size: int, order: list[int]) -> list[tuple[list[str], list[int]]]:
