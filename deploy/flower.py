@@ -21,6 +21,7 @@ import psutil
 import tomli_w
 
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.tls import CA_CERT, SERVER_CERT, SERVER_KEY
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: installed beside this Python
@@ -177,8 +178,8 @@ class FlowerCli:
         proc = self._flwr(*args, "--format", "json")
         start = proc.stdout.find("{")
         try:
-            reply = json.loads(proc.stdout[start:]) if start >= 0 else {}
-        except json.JSONDecodeError:
+            reply = parse_json_object(proc.stdout[start:], "flwr's answer") if start >= 0 else {}
+        except JSONRefused:
             reply = {}
         if proc.returncode != 0 or not reply.get("success"):
             detail = reply.get("error-message") or (proc.stdout + proc.stderr).strip()[-1500:]

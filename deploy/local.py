@@ -17,6 +17,8 @@ from pathlib import Path
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import FedPeftError
 from fedpeft.core.trust.atomic import write_atomic
+from fedpeft.core.trust.files import read_small
+from fedpeft.core.trust.json_reader import parse_json
 from fedpeft.core.trust.keys import Keyring, key_id, load_public_key, new_key_pair, public_key_path
 from fedpeft.core.trust.tls import CA_CERT, write_tls_files
 
@@ -185,7 +187,10 @@ class LocalDeployment:
         own session, holding ports and the database): stop them before starting again."""
         if not self.pid_file.exists():
             return
-        for pid in json.loads(self.pid_file.read_text()):
+        pids = parse_json(read_small(self.pid_file), str(self.pid_file))
+        for pid in pids if isinstance(pids, list) else []:
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+                continue  # only process ids this class wrote are signalled
             if kill_flower_tree(pid):
                 print(f"[fedpeft] stopped process {pid} (and its children) left by an earlier deployment", flush=True)
         self.pid_file.unlink()

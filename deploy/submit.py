@@ -7,7 +7,6 @@ run config), and the Flower app submitted is fedpeft's own (deploy/flower_app).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -16,6 +15,7 @@ from pathlib import Path
 from fedpeft.core.config import BUNDLED_MODEL, FederationConfig
 from fedpeft.core.errors import FedPeftError
 from fedpeft.core.trust.atomic import write_atomic
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object, read_json
 from fedpeft.server.run_log import progress_line
 
 from .flower import FlowerCli
@@ -67,8 +67,8 @@ class MetricsFollower:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         for line in lines[self.printed:]:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = parse_json_object(line, str(self.path))
+            except JSONRefused:
                 return  # a line still being written
             print(progress_line(row, self.rounds), flush=True)
             self.printed += 1
@@ -91,4 +91,4 @@ def submit_and_wait(cli: FlowerCli, config: FederationConfig, work: Path, timeou
     if status != "finished:completed" or not summary.is_file() or summary.stat().st_mtime < submitted:
         raise FedPeftError(f"run {run_id} ended {status} without writing {summary}; the end of its ServerApp's "
                            f"log:\n{cli.run_log(run_id)[-3000:]}")
-    return json.loads(summary.read_text())
+    return read_json(summary)

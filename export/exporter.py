@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,27 @@ def staged(out: Path) -> AbstractContextManager[Path]:
     return staged_folder(out)
 
 
+@contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """transformers' warnings and progress bars off: loading the base for a new head prints
+    a "LOAD REPORT" of the head's missing weights (replaced by the adapter's) and a bar,
+    which would stand before a failed export's one error line."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
 def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=print) -> dict[str, Any]:
     """Build, check and sign the export folder; returns its manifest."""
-    with staged(request.out) as staging:
+    with transformers_quiet(), staged(request.out) as staging:
         task = get_task(request.task)
         package = BasePackage.from_pretrained(request.model_folder, task, request.quantization)
         release = check_adapter(request, package.base_id)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 from fedpeft.core.choices import (
     ATTACKS,
@@ -18,6 +21,7 @@ from fedpeft.core.choices import (
     QUANTIZATION_MODES,
     STRATEGIES,
 )
+from fedpeft.core.config import DAY_S, EPOCHS, RANGES, SEED, Range
 from fedpeft.core.errors import ConfigError, FedPeftError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
 
@@ -257,7 +261,8 @@ def _operator_key(args: argparse.Namespace):
 def _registry_serve(args: argparse.Namespace) -> None:
     from fedpeft.server.registry.serve import ServeSettings, run
 
-    run(ServeSettings(store=Path(args.store), operators=Path(args.operators), host=args.host, port=args.port,
+    host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6: gRPC's HOST:PORT wants brackets
+    run(ServeSettings(store=Path(args.store), operators=Path(args.operators), host=host, port=args.port,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure,
                       publish_deadline=args.publish_deadline))
@@ -296,14 +301,12 @@ def _registry_rollback(args: argparse.Namespace) -> None:
 
 
 def _registry_list(args: argparse.Namespace) -> None:
-    import json
+    from fedpeft.server.registry.operator import describe
 
     with _registry_client(args) as client:
         entries = client.releases(args.base_id or "")
     for entry in entries:
-        m = json.loads(entry.release.manifest)  # listing only: devices verify before use
-        print(f"v{m['version']}\tbase {m['base_id'][:12]}\t{','.join(entry.channels) or '-'}\t"
-              f"expires {m['expires']}" + (f"\trollback of {m['rollback_of'][:12]}" if m.get("rollback_of") else ""))
+        print(describe(entry))  # listing only: devices verify before use
 
 
 def _device(args: argparse.Namespace):
@@ -335,33 +338,87 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="CSV or JSONL file with text, label and optional client_id columns")
     parser.add_argument("--model", help="transformers model folder (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--partitioner", choices=PARTITIONERS, help="how rows become clients (natural: by client_id)")
-    parser.add_argument("--rounds", type=int, help="federated rounds")
-    parser.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
-    parser.add_argument("--clients-per-round", type=int, help="clients sampled per round (overrides --fraction)")
-    parser.add_argument("--report-clients", type=int, help="clients sampled for the end-of-run report (0: all)")
-    parser.add_argument("--round-timeout", type=float, help="seconds a round waits for replies")
-    parser.add_argument("--local-epochs", type=int, help="epochs each client trains per round")
-    parser.add_argument("--learning-rate", type=float, help="clients' AdamW learning rate")
+    parser.add_argument("--rounds", type=RANGES["federation.rounds"], help="federated rounds")
+    parser.add_argument("--fraction", type=RANGES["federation.fraction"], help="fraction of clients sampled per round")
+    parser.add_argument("--clients-per-round", type=RANGES["federation.clients_per_round"],
+                        help="clients sampled per round (overrides --fraction)")
+    parser.add_argument("--report-clients", type=RANGES["personalization.clients"],
+                        help="clients sampled for the end-of-run report (0: all)")
+    parser.add_argument("--round-timeout", type=RANGES["federation.round_timeout"],
+                        help="seconds a round waits for replies")
+    parser.add_argument("--local-epochs", type=RANGES["train.epochs"], help="epochs each client trains per round")
+    parser.add_argument("--learning-rate", type=RANGES["train.learning_rate"], help="clients' AdamW learning rate")
     parser.add_argument("--strategy", choices=list(STRATEGIES), help="how the server combines verified deltas")
     parser.add_argument("--device", choices=DEVICES, help="where PyTorch clients train (auto: a GPU if PyTorch sees one)")
     parser.add_argument("--delta-encoding", choices=DELTA_ENCODINGS, help="how clients' deltas travel up")
     parser.add_argument("--method", choices=METHODS, help="adapter method (core/adapters/methods/)")
     parser.add_argument("--quantization", choices=QUANTIZATION_MODES, help="how the frozen base is quantized")
-    parser.add_argument("--seed", type=int, help="the run's one seed (data, template, training)")
+    parser.add_argument("--seed", type=RANGES["run.seed"], help="the run's one seed (data, template, training)")
     parser.add_argument("--out", help="output folder")
-    parser.add_argument("--max-update-norm", type=float, help="reject deltas with a larger L2 norm (0: no bound)")
+    parser.add_argument("--max-update-norm", type=RANGES["security.max_update_norm"],
+                        help="reject deltas with a larger L2 norm (0: no bound)")
     parser.add_argument("--privacy", choices=PRIVACY_MODES, help="client-level differential privacy (central: the "
                         "server clips each delta and adds Gaussian noise; distributed: each client does, before signing)")
-    parser.add_argument("--clip", type=float, help="L2 norm each delta is clipped to (privacy on)")
-    parser.add_argument("--noise-multiplier", type=float, help="noise std on the sum of deltas, in units of --clip")
-    parser.add_argument("--target-epsilon", type=float, help="refuse a run that would spend more epsilon (0: none)")
+    parser.add_argument("--clip", type=RANGES["privacy.clip"], help="L2 norm each delta is clipped to (privacy on)")
+    parser.add_argument("--noise-multiplier", type=RANGES["privacy.noise_multiplier"],
+                        help="noise std on the sum of deltas, in units of --clip")
+    parser.add_argument("--target-epsilon", type=RANGES["privacy.target_epsilon"],
+                        help="refuse a run that would spend more epsilon (0: none)")
 
 
-def _node_count(value: str) -> int:
-    """--nodes, checked before anything (a key, a certificate) is written."""
-    if not value.isdigit() or int(value) < 2:
-        raise argparse.ArgumentTypeError(f"a federation needs at least 2 SuperNodes, got {value!r}")
-    return int(value)
+# The command-line values that are no config key; the others use core/config.py's RANGES.
+# Each is an argparse `type=`, so a bad value is refused with one line and exit code 2
+# before any import, key or file (tests/test_cli_values.py drives every one).
+NODES = Range(int, 2, 256, reason="a federation needs at least 2 SuperNodes")
+RUN_TIMEOUT = Range(float, 0, 30 * DAY_S, low_open=True)
+SHARE = Range(float, 0, 1)
+CERTIFICATE_DAYS = Range(int, 1, 36_500)
+PORT = Range(int, 0, 65_535)
+PUBLISH_DEADLINE = Range(float, 0, DAY_S, low_open=True)
+VERSION = Range(int, 1, 2**63 - 1, reason="SQLite's integer range")
+THREADS = Range(int, 0, 1024)
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host(text: str) -> str:
+    """--host: an IP address or a DNS name (RFC 1123), refused in one line here rather
+    than as a gRPC or x509 traceback later; 256.1.1.1 is neither (a name's last label is
+    never all digits)."""
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.split(".")
+    if len(text) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit():
+        return text
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    raise argparse.ArgumentTypeError(f"must be an IP address or a DNS name, got {shown!r}")
+
+
+def _address(text: str) -> str:
+    """HOST:PORT with _host's rules, an IPv6 host in brackets, and a port in 1..65535."""
+    host, colon, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        if not colon or bracketed != (":" in host):  # brackets around an IPv6 address, and only there
+            raise ValueError
+        _host(host)
+        Range(int, 1, 65_535)(port)
+    except (ValueError, argparse.ArgumentTypeError):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT (an IP address or DNS name, a port in 1..65535), "
+                                         f"got {shown!r}") from None
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is refused in one line (no usage block): the line
+    names the option and what it allows, and --help has the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _command(group, name: str, text: str, example: str) -> argparse.ArgumentParser:
@@ -375,22 +432,26 @@ def _group(commands, name: str, text: str, dest: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedpeft", description=__doc__)
+    parser = _Parser(prog="fedpeft", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedpeft {version('fedpeft')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = _command(commands, "simulate", "run a federation on Flower's simulation engine",
                    "fedpeft simulate --clients 20 --rounds 10 --method lora --out runs/lora")
     _run_arguments(sim)
-    sim.add_argument("--clients", type=int, help="simulated clients (data partitions; natural: from the data)")
+    sim.add_argument("--clients", type=RANGES["data.clients"],
+                     help="simulated clients (data partitions; natural: from the data)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and the libraries' logs here too")
-    sim.add_argument("--misbehaving", type=float, help="share of clients that send bad deltas (e.g. 0.2)")
-    sim.add_argument("--attackers", type=float, help="share of clients that attack with validly signed deltas")
+    sim.add_argument("--misbehaving", type=RANGES["simulation.misbehaving"],
+                     help="share of clients that send bad deltas (e.g. 0.2)")
+    sim.add_argument("--attackers", type=RANGES["simulation.attackers"],
+                     help="share of clients that attack with validly signed deltas")
     sim.add_argument("--attack", nargs="+", choices=ATTACKS, help="the attackers' kinds (default sign-flip)")
-    sim.add_argument("--attack-from-round", type=int, help="the round the attacks begin (default 1)")
+    sim.add_argument("--attack-from-round", type=RANGES["simulation.attack_from_round"],
+                     help="the round the attacks begin (default 1)")
     sim.add_argument("--centralized-baseline", action=argparse.BooleanOptionalAction,
                      help="also train the adapter on all clients' rows pooled and report it (default: on)")
-    sim.add_argument("--device-clients", type=float,
+    sim.add_argument("--device-clients", type=RANGES["simulation.device_clients"],
                      help="share of clients that train as devices: ONNX Runtime training graph, numpy optimizer")
     sim.add_argument("--restart", action="store_true",
                      help="start afresh even if --out holds a checkpoint (default: resume after its last completed round)")
@@ -400,17 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     local = _command(deploy, "local", "a SuperLink and N SuperNodes as processes on 127.0.0.1 (TLS, node auth)",
                      "fedpeft deploy local --nodes 3 --rounds 3 --out runs/deploy")
     _run_arguments(local)
-    local.add_argument("--nodes", type=_node_count, default=2, help="SuperNodes, one data partition each (at least 2; "
+    local.add_argument("--nodes", type=NODES, default=2, help="SuperNodes, one data partition each (at least 2; "
                                                                    "default 2)")
-    local.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
+    local.add_argument("--timeout", type=RUN_TIMEOUT, default=7200, help="seconds the whole run may take")
     local.set_defaults(run=_deploy_local)
     submit = _command(deploy, "run", "submit the federation to a running SuperLink (on its machine) and wait",
                       "fedpeft deploy run --superlink SERVER:9092 --ca-cert tls/ca.crt --keyring keyring.json")
     _run_arguments(submit)
-    submit.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    submit.add_argument("--superlink", type=_address, required=True, help="HOST:PORT of the SuperLink")
     submit.add_argument("--ca-cert", required=True, help="CA certificate that signed the SuperLink's (fedpeft certs)")
     submit.add_argument("--keyring", help="enrollment list of the SuperNodes' signing keys (fedpeft keys enroll)")
-    submit.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
+    submit.add_argument("--timeout", type=RUN_TIMEOUT, default=7200, help="seconds the whole run may take")
     submit.set_defaults(run=_deploy_run)
     node_key = _command(deploy, "node-key", "a SuperNode authentication key (P-384, OpenSSH) and its .pub",
                         "fedpeft deploy node-key --out node-auth.key")
@@ -450,10 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", help="transformers model folder of the base (default: bundled MiniLM)")
     exp.add_argument("--quantization", help="how the base was quantized for transport (identifies the base)")
     exp.add_argument("--data", help="data for the parity check (default: the config's)")
-    exp.add_argument("--max-length", type=int, default=128, help="tokenizer truncation on devices")
-    exp.add_argument("--min-int8-agreement", type=float,
+    exp.add_argument("--max-length", type=RANGES["train.max_length"], default=128,
+                     help="tokenizer truncation on devices")
+    exp.add_argument("--min-int8-agreement", type=SHARE,
                      help="refuse the export if int8 and PyTorch predictions agree less often (default 0.99)")
-    exp.add_argument("--max-int8-accuracy-drop", type=float, help="default 0.01")
+    exp.add_argument("--max-int8-accuracy-drop", type=SHARE, help="default 0.01")
     exp.add_argument("--int8-scheme", choices=["blockwise", "per-tensor"], default="blockwise",
                      help="how finely activations are quantized (export/int8.py)")
     exp.add_argument("--training-graph", action=argparse.BooleanOptionalAction, default=True,
@@ -478,12 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
     certs = _command(commands, "certs", "write a private CA and a server certificate (TLS for registry, SuperLink)",
                      "fedpeft certs --out tls --host 127.0.0.1")
     certs.add_argument("--out", required=True, help="folder for ca.crt, server.pem, server.key")
-    certs.add_argument("--host", action="append", required=True, help="IP or DNS name of the server (repeatable)")
-    certs.add_argument("--valid-days", type=int, default=365, help="certificate lifetime (default 365)")
+    certs.add_argument("--host", action="append", required=True, type=_host,
+                       help="IP or DNS name of the server (repeatable)")
+    certs.add_argument("--valid-days", type=CERTIFICATE_DAYS, default=365, help="certificate lifetime (default 365)")
     certs.set_defaults(run=_certs)
 
     def registry_address(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--registry", default="127.0.0.1:50061", help="HOST:PORT of `fedpeft registry serve`")
+        sub.add_argument("--registry", type=_address, default="127.0.0.1:50061",
+                         help="HOST:PORT of `fedpeft registry serve`")
         sub.add_argument("--ca-cert", help="CA certificate that signed the registry's TLS certificate")
         sub.add_argument("--insecure", action="store_true", help="plaintext (a registry started with --insecure)")
 
@@ -497,12 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "--tls-cert tls/server.pem --tls-key tls/server.key")
     serve.add_argument("--store", required=True, help="folder of blobs and the SQLite index (created if absent)")
     serve.add_argument("--operators", required=True, help="keyring of operator public keys allowed to publish")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=50061, help="0: any free port (printed)")
+    serve.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=PORT, default=50061, help="0: any free port (printed)")
     serve.add_argument("--tls-cert", help="server certificate (PEM), e.g. server.pem from `fedpeft certs`")
     serve.add_argument("--tls-key", help="its private key (PEM)")
     serve.add_argument("--insecure", action="store_true", help="plaintext; for a trusted laptop only")
-    serve.add_argument("--publish-deadline", type=float, default=300.0,
+    serve.add_argument("--publish-deadline", type=PUBLISH_DEADLINE, default=300.0,
                        help="seconds a publish stream may take before it is cut and its files discarded")
     serve.set_defaults(run=_registry_serve)
     pub = _command(registry, "publish", "publish a signed adapter folder as the next version of its base",
@@ -512,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator(pub)
     pub.add_argument("--channel", default="canary", help="channel the release starts on (default canary)")
     pub.add_argument("--onnx-adapter", help="also ship this `fedpeft export --onto` folder's .onnx_adapter")
-    pub.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
+    pub.add_argument("--valid-days", type=RANGES["security.release_days"], default=30.0,
+                     help="devices refuse the release after this")
     pub.set_defaults(run=_registry_publish)
     for name, version_flag, run, text in (
             ("promote", "--version", _registry_promote, "make a published version the current one of a channel"),
@@ -521,10 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "--base-id BASE --operator-key keys/operator.key --ca-cert tls/ca.crt")
         operator(change)
         change.add_argument("--base-id", required=True, help="the base whose releases this changes (summary.json)")
-        change.add_argument(version_flag, type=int, required=True, help="release version")
+        change.add_argument(version_flag, type=VERSION, required=True, help="release version")
         change.add_argument("--channel", required=True, help="e.g. stable, canary")
         if name == "rollback":
-            change.add_argument("--valid-days", type=float, default=30.0, help="devices refuse the release after this")
+            change.add_argument("--valid-days", type=RANGES["security.release_days"], default=30.0,
+                                help="devices refuse the release after this")
         change.set_defaults(run=run)
     lst = _command(registry, "list", "show the published releases and their channels",
                    "fedpeft registry list --ca-cert tls/ca.crt")
@@ -553,14 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export", required=True, help="export folder with the training graph (fedpeft export)")
     train.add_argument("--data", required=True, help="CSV or JSONL with text and label columns; never leaves the device")
     defaults = _train_defaults()
-    train.add_argument("--epochs", type=int, default=2, help="passes over the rows (default 2, as [personalization])")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+    train.add_argument("--epochs", type=EPOCHS, default=2,
+                       help="passes over the rows (default 2, as [personalization])")
+    train.add_argument("--batch-size", type=RANGES["train.batch_size"], default=defaults.batch_size,
+                       help=f"default {defaults.batch_size}")
+    train.add_argument("--learning-rate", type=RANGES["train.learning_rate"], default=defaults.learning_rate,
                        help=f"default {defaults.learning_rate}")
-    train.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per row (truncation)")
+    train.add_argument("--max-length", type=RANGES["train.max_length"], default=defaults.max_length,
+                       help="tokens per row (truncation)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="numpy AdamW or SGD")
-    train.add_argument("--seed", type=int, default=0, help="batch order")
-    train.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its choice)")
+    train.add_argument("--seed", type=SEED, default=0, help="batch order")
+    train.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime threads (0: its choice)")
     train.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
     train.set_defaults(run=_device_train)
     return parser

@@ -16,6 +16,7 @@ from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import FedPeftError
 from fedpeft.core.training.accelerator import client_resources, pick_device
 from fedpeft.core.training.data import client_data, load_rows, num_partitions
+from fedpeft.core.trust.json_reader import read_json
 from fedpeft.core.trust.keys import (
     OPERATOR_PASSPHRASE_ENV,
     Keyring,
@@ -44,7 +45,7 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
         from fedpeft.server.privacy import PrivacyLedger
 
         planned_epsilon(PrivacyLedger(config.privacy), config.federation.rounds,
-                        round_fraction(config.federation, nodes), nodes)
+                        round_fraction(config.federation, nodes), nodes, config.federation.min_clients)
     print(f"[fedpeft] {nodes} clients, {len(labels)} labels, {config.federation.rounds} rounds, training on {device}"
           + (f" ({config.simulation.clients_per_gpu} clients per GPU)" if device == "cuda" else "") + f" -> {out}",
           flush=True)
@@ -62,6 +63,10 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
     sim = config.simulation
     plan = choose_plan(nodes, sim.misbehaving, config.run.seed, sim.behaviours, config.security.max_update_norm,
                        sim.attackers, sim.attacks, sim.attack_from_round)
+    if "slow-report" in plan["behaviours"]:
+        from fedpeft.server.federation import evaluation_timeout
+
+        plan["report_deadline"] = evaluation_timeout(config)  # a slow reporter holds its report past it
     if plan["partitions"]:
         print(f"[fedpeft] misbehaving clients: {sorted(int(p) for p in plan['partitions'])} "
               f"rotating through {plan['behaviours']}", flush=True)
@@ -97,7 +102,7 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
         shutil.rmtree(work, ignore_errors=True)
     if not summary_path.is_file():
         raise FedPeftError(f"the federation did not finish: no {summary_path} (see the log above)")
-    summary = json.loads(summary_path.read_text())
+    summary = read_json(summary_path)
     if plan["partitions"]:
         summary["misbehaving"] = {"plan": plan, "expected_rejected": expected_rejections(plan, config.federation.rounds)}
     if plan["attack"]["partitions"]:

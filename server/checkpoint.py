@@ -24,6 +24,7 @@ from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.trust.hashing import canonical_json, sha256_hex, tensors_id
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 2  # 1 kept the enrollment list and hashed only the tensors
@@ -68,7 +69,9 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         return None
     try:
         with safe_open(path, framework="np") as handle:
-            meta = json.loads((handle.metadata() or {})[_META])
+            # our own file, but a disk can be tampered with: the guarded reader; the
+            # metrics rows it holds may carry a non-finite loss
+            meta = parse_json_object((handle.metadata() or {})[_META], f"checkpoint {path}", allow_nonfinite=True)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"unsupported format {meta.get('format')!r}")
@@ -82,7 +85,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         checkpoint = Checkpoint(int(meta["round"]), str(meta["run_id"]), str(meta["base_id"]),
                                 str(meta["template_id"]), adapter, state, list(meta["rows"]))
         actual = _state_id(tensors, meta)
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, SafetensorError, JSONRefused, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"checkpoint {path} is unreadable: {exc}") from exc
     if actual != expected:
         raise IntegrityError(f"checkpoint {path}: its tensors or metadata do not match the hash stored with them")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, GPT2Config, GPT2LMHeadModel
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
@@ -28,6 +30,13 @@ from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.parity import ParityLimits
 from fedpeft.server.registry.process import RegistryProcess
+
+# Every property-based (fuzz) test draws this many examples: the short pass by default,
+# `FEDPEFT_FUZZ_EXAMPLES=5000` for the long run (README). No test sets its own count
+# (tests/test_fuzz.py checks), or the variable would not lengthen it.
+FUZZ_EXAMPLES = int(os.environ.get("FEDPEFT_FUZZ_EXAMPLES", "200"))
+settings.register_profile("fedpeft", max_examples=FUZZ_EXAMPLES, deadline=None)
+settings.load_profile("fedpeft")
 
 DATA = DataSpec(num_clients=3, labels=tuple(LABELS))
 # A 2-layer, 32-wide random BERT is far more fragile under int8 than a real model; the

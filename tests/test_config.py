@@ -1,10 +1,12 @@
+import math
 import re
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
-from fedpeft.core.config import FederationConfig, load_config
+from fedpeft.core.config import RANGES, FederationConfig, load_config
 from fedpeft.core.errors import ConfigError
 
 
@@ -93,6 +95,8 @@ def test_toml_values_of_the_wrong_type_are_named(tmp_path):
     (["--config", "missing.toml"], "cannot read config"),
     (["--data", "missing.csv"], "missing.csv"),
     (["--max-update-norm", "nan"], "must be a finite number"),
+    (["--rounds", "0"], "argument --rounds: must be an integer in 1..100000, got '0'"),
+    (["--learning-rate=-inf"], "argument --learning-rate: must be a finite number in (0, 10]"),
 ])
 def test_bad_simulate_input_fails_in_seconds_with_one_line_and_writes_nothing(tmp_path, args, named):
     """Before Ray, torch or any model loads: no traceback, no output folder, no key file."""
@@ -103,3 +107,29 @@ def test_bad_simulate_input_fails_in_seconds_with_one_line_and_writes_nothing(tm
     assert len(lines) == 1 and named in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_numeric_config_value_has_a_range_and_the_shipped_values_are_in_it():
+    """A numeric field added to a config dataclass without a range in RANGES fails here."""
+    numeric = {f"{section.name}.{item.name}" for section in fields(FederationConfig)
+               for item in fields(section.default_factory) if item.type in ("int", "float")}
+    assert numeric == set(RANGES), f"without a range: {sorted(numeric - set(RANGES))}"
+    shipped, defaults = load_config(None), FederationConfig()
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        assert allowed.allows(getattr(getattr(shipped, section), name)), key
+        assert allowed.allows(getattr(getattr(defaults, section), name)), key
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_hostile_config_values_are_refused_by_name(key):
+    allowed = RANGES[key]
+    hostile = [-1, 10**22, float("nan"), float("inf"), -float("inf"), allowed.high * 2 + 1, True]
+    hostile += [allowed.low] * allowed.low_open + [allowed.high] * allowed.high_open + [allowed.low - 1]
+    if allowed.kind is int:
+        hostile.append(0.5)
+    for value in hostile:
+        with pytest.raises(ConfigError, match=re.escape(key) + " must be an? "):
+            load_config(None).with_overrides(**{key: value})
+    if allowed.kind is float:
+        assert not allowed.allows(math.nextafter(allowed.high, math.inf))

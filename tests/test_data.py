@@ -123,3 +123,22 @@ def test_natural_partitioning_needs_client_ids(tmp_path):
     path = _write_csv(tmp_path / "d.csv", _rows(), columns=("text", "label"))
     with pytest.raises(DataError, match="client_id"):
         client_data(DataSpec(source=str(path)), 0)
+
+
+def test_a_csv_field_over_the_csv_limit_is_named_not_a_csv_error(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nshort,x\n" + "a" * 200_000 + ",y\n")
+    with pytest.raises(DataError, match=r"line \d+ is not usable CSV .*field larger than field limit"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize("line,named", [
+    ("[" * 100_000 + "]" * 100_000, "nests"),            # RecursionError in json.loads before
+    ('{"text": "a", "label": NaN}', "not valid JSON"),  # NaN is not JSON
+    ('["text", "label"]', "must be a JSON object"),
+])
+def test_jsonl_rows_go_through_the_guarded_reader(tmp_path, line, named):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n' + line + "\n")
+    with pytest.raises(DataError, match=f"line 2 is not a usable JSON object: .*{named}"):
+        read_rows(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_strategy import GLOBAL, KEYS, ROUND, _deltas, _flower_run, _reply, _signed, _strategy  # noqa: F401
@@ -16,7 +16,6 @@ from fedpeft.core.wire.records import from_record
 from fedpeft.server.verify import VerifyPolicy
 
 
-@settings(max_examples=200, deadline=None)
 @given(values=hnp.arrays(np.float32, st.integers(1, 700), elements=st.floats(-1e3, 1e3, width=32)),
        kind=st.sampled_from(["fp32", "fp16", "int8"]), block=st.sampled_from([8, 64, 128, 256]))
 def test_every_encoding_round_trips_within_its_step(values, kind, block):

@@ -8,13 +8,12 @@ of the template, trained and sent too.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedpeft.core.trust.hashing import manifest_id, tensor_manifest
+from fedpeft.core.trust.hashing import manifest_id, plain_json, tensor_manifest
 
 from .methods import get_method
 from .spec import TemplateSpec
@@ -93,4 +92,4 @@ def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     def default(value: Any) -> Any:
         return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
 
-    return json.loads(json.dumps(config, default=default))
+    return plain_json(config, default)

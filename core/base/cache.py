@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.hashing import is_sha256_hex
+from fedpeft.core.trust.json_reader import read_json
 
 from .package import BasePackage
 
@@ -81,7 +82,8 @@ class NodeCache:
         folder = self.path(base_id)
         if not self.has(base_id):
             raise IntegrityError(f"base {base_id[:12]} is not in the node cache at {self.root}")
-        manifest = json.loads((folder / "manifest.json").read_text())
+        # A model config may hold Infinity; the manifest is checked against base_id below anyway.
+        manifest = read_json(folder / "manifest.json", allow_nonfinite=True)
         files = {p.name: p.read_bytes() for p in (folder / "files").iterdir()}
         tensors = load_file(str(folder / "tensors.safetensors"))
         package = BasePackage(manifest=manifest, files=files, tensors=tensors)
@@ -113,7 +115,7 @@ class NodeCache:
         folder = self.template_path(template_id)
         if not self.has_template(template_id):
             raise IntegrityError(f"template {template_id[:12]} is not in the node cache at {self.root}")
-        description = json.loads((folder / "template.json").read_text())
+        description = read_json(folder / "template.json")
         template = AdapterTemplate.from_description(description, load_file(str(folder / "init.safetensors")))
         if template.template_id != template_id:
             raise IntegrityError(f"cached template {template_id[:12]} no longer matches its id")

@@ -11,7 +11,6 @@ imports no torch); building one from a transformers folder imports torch when it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedpeft.core.errors import IntegrityError
-from fedpeft.core.trust.hashing import manifest_id, sha256_hex, tensor_manifest
+from fedpeft.core.trust.hashing import manifest_id, plain_json, sha256_hex, tensor_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +74,7 @@ class BasePackage:
             "format": FORMAT,
             "task": task.name,
             "quantization": quantization,
-            "config": json.loads(json.dumps(config, default=str)),
+            "config": plain_json(config, default=str),
             "fp32_bytes": sum(t.numel() * 4 for t in state.values()),
             "files": {n: sha256_hex(b) for n, b in sorted(files.items())},
             "tensors": tensor_manifest(tensors),

@@ -21,12 +21,14 @@ from pathlib import Path
 from fedpeft.core.choices import PARTITIONERS
 from fedpeft.core.errors import DataError
 from fedpeft.core.trust.files import UnreadableFile, read_small
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 
 from . import synthetic_data
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 MIN_CLIENT_EXAMPLES = 5
 MAX_DATA_BYTES = 2 * 1024**3  # a data file is read whole: refuse one larger than this before reading
+MAX_ROW_BYTES = 1024 * 1024   # one JSONL row; a CSV field is held to the csv module's limit (128 KiB)
 
 
 
@@ -46,8 +48,12 @@ class DataSpec:
 
     @classmethod
     def from_json(cls, text: str) -> DataSpec:
-        values = json.loads(text)
-        return cls(**{**values, "labels": tuple(values["labels"])})
+        """The spec a job carries (the server's text): the guarded reader, and only known keys."""
+        values = parse_json_object(text, "the job's data spec")
+        try:
+            return cls(**{**values, "labels": tuple(values["labels"])})
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"the job's data spec does not fit DataSpec ({exc})") from None
 
 
 @dataclass
@@ -105,19 +111,20 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: cannot read file ({exc})") from exc
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(raw.splitlines()))
+        reader = csv.DictReader(raw.splitlines())
+        try:
+            rows = list(reader)
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): one line, not csv's traceback
+            raise DataError(f"{path}: line {reader.line_num} is not usable CSV ({exc})") from None
     else:
         rows = []
         for number, line in enumerate(raw.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {number} is not a JSON object")
-            rows.append(row)
+                rows.append(parse_json_object(line, f"line {number}", limit=MAX_ROW_BYTES))
+            except JSONRefused as exc:
+                raise DataError(f"{path}: line {number} is not a usable JSON object: {exc.detail}") from None
     if not rows:
         raise DataError(f"{path}: no rows")
     for number, row in enumerate(rows, start=1):

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
 
+from fedpeft.core.config import RANGES
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.trust.json_reader import parse_json, parse_json_object
 from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 
@@ -59,11 +62,11 @@ class Job:
             base_id=str(config["base-id"]),
             template_id=str(config["template-id"]),
             data=DataSpec.from_json(str(config["data"])),
-            train=TrainSettings(**json.loads(str(config["train"]))),
+            train=_train_settings(str(config["train"])),
             personal_epochs=int(config["personal-epochs"]),
             local_only_epochs=int(config["local-only-epochs"]),
             run_id=str(config["run-id"]),
-            device_partitions=tuple(int(p) for p in json.loads(str(config["device-partitions"]))),
+            device_partitions=tuple(int(p) for p in parse_json(str(config["device-partitions"]), "device-partitions")),
             device_export=str(config["device-export"]),
             encoding=DeltaEncoding(str(config["delta-encoding"]), int(config["delta-block"])),
             dp_clip=float(config["dp-clip"]),
@@ -74,3 +77,17 @@ class Job:
     def binding(self) -> DeltaBinding:
         """The run-wide part of what this job's deltas are bound to."""
         return DeltaBinding(self.run_id, self.base_id, self.template_id)
+
+
+def _train_settings(text: str) -> TrainSettings:
+    """The job's hyper-parameters, held to the config's ranges on the node too: a server's
+    text must not set 10**22 epochs or a NaN learning rate."""
+    values = parse_json_object(text, "the job's train settings")
+    try:
+        settings = TrainSettings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"the job's train settings do not fit TrainSettings ({exc})") from None
+    for key, allowed in RANGES.items():
+        if key.startswith("train."):
+            allowed.check(f"the job's {key}", getattr(settings, key.removeprefix("train.")))
+    return settings

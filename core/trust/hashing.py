@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,38 @@ def sha256_hex(data: bytes) -> str:
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys and no whitespace, so equal objects hash equally."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def plain_json(value: Any, default: Callable[[Any], Any] = str) -> Any:
+    """`value` as `json.loads(json.dumps(value, default=default))` would return it (tuples
+    as lists, keys as strings, subclasses as their base type, other objects through
+    `default`), built directly: a manifest made from a library's objects is not a JSON parse."""
+    if value is None or isinstance(value, bool):
+        return bool(value) if value is not None else None
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {_json_key(key): plain_json(item, default) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(item, default) for item in value]
+    return plain_json(default(value), default)
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as json.dumps writes it."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, int):
+        return str(int.__int__(key))
+    if isinstance(key, float):
+        return json.dumps(float.__float__(key))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
 def tensor_sha256(array: np.ndarray) -> bytes:

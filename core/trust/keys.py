@@ -22,6 +22,7 @@ from fedpeft.core.errors import ConfigError, IntegrityError
 from .atomic import write_atomic, write_new_private
 from .files import UnreadableFile, read_small
 from .hashing import sha256_hex
+from .json_reader import JSONRefused, parse_json_object
 
 PRIVATE_KEY_MODE = 0o600
 OPERATOR_PASSPHRASE_ENV = "FEDPEFT_OPERATOR_PASSPHRASE"
@@ -148,7 +149,7 @@ class Keyring:
     def from_json(cls, text: str, path: Path | None = None) -> Keyring:
         """A list from its JSON text (a keyring file, or the copy a server checkpoint holds)."""
         try:
-            data = json.loads(text)
+            data = parse_json_object(text, f"keyring {path or '(checkpoint copy)'}")
             if data.get("format") != KEYRING_FORMAT:
                 raise ValueError(f"unsupported format {data.get('format')!r}")
             keys = {}
@@ -157,7 +158,7 @@ class Keyring:
                 if key_id(public) != kid:
                     raise ValueError(f"entry {kid[:12]} holds the key {key_id(public)[:12]}")
                 keys[kid] = EnrolledKey(kid, str(entry["name"]), public, float(entry["enrolled_at"]))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (JSONRefused, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"keyring {path or '(checkpoint copy)'} is unreadable: {exc}") from exc
         return cls(path, keys)
 

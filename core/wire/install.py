@@ -9,6 +9,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.package import BasePackage
+from fedpeft.core.trust.json_reader import parse_json_object
 
 from .records import from_record, to_record
 
@@ -29,9 +30,12 @@ def install_content(template: AdapterTemplate, package: BasePackage | None) -> R
 def package_from_content(content: RecordDict) -> BasePackage:
     meta = content.config_records["base-meta"]
     files = {k[len("file:"):]: bytes(v) for k, v in meta.items() if k.startswith("file:")}
-    return BasePackage(json.loads(str(meta["manifest"])), files, from_record(content.array_records["base"]))
+    manifest = parse_json_object(str(meta["manifest"]), "the install message's base manifest",
+                                 allow_nonfinite=True)  # a model config may hold Infinity; verified by base_id
+    return BasePackage(manifest, files, from_record(content.array_records["base"]))
 
 
 def template_from_content(content: RecordDict) -> AdapterTemplate:
-    description = json.loads(str(content.config_records["template-meta"]["description"]))
+    description = parse_json_object(str(content.config_records["template-meta"]["description"]),
+                                    "the install message's template description")
     return AdapterTemplate.from_description(description, from_record(content.array_records["template"]))
