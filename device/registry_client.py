@@ -76,15 +76,23 @@ class RegistryClient:
                 return entries
             token = reply.next_page_token
 
+    def identity(self) -> str:
+        """The registry id a publish request must name."""
+        return self._call("Identity", pb.IdentityRequest()).registry_id
+
     def promote(self, statement: bytes, signature: bytes) -> pb.PromoteReply:
         return self._call("Promote", pb.PromoteRequest(promotion=pb.SignedManifest(manifest=statement,
                                                                                    signature=signature)))
 
-    def publish(self, manifest: bytes, signature: bytes, blobs: dict[str, Path],
+    def publish(self, request: tuple[bytes, bytes], release: tuple[bytes, bytes], blobs: dict[str, Path],
                 progress: Callable[[int], None] | None = None) -> pb.PublishReply:
-        """Send a signed release and the files (by SHA-256) the registry does not hold yet."""
+        """Send a signed publish request (statement, signature), the signed release it names
+        (release.json, release.sig) and the files (by SHA-256) the registry does not hold yet."""
+        start = pb.PublishStart(request=pb.SignedManifest(manifest=request[0], signature=request[1]),
+                                release=pb.SignedManifest(manifest=release[0], signature=release[1]))
+
         def messages() -> Iterator[pb.PublishRequest]:
-            yield pb.PublishRequest(release=pb.SignedManifest(manifest=manifest, signature=signature))
+            yield pb.PublishRequest(start=start)
             sent = 0
             for sha256, path in blobs.items():
                 with open(path, "rb") as handle:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"{\n\x0ePublishRequest\x12\x33\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04part\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"V\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"V\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\x83\x03\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"t\n\x0cPublishStart\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"\x86\x01\n\x0ePublishRequest\x12/\n\x05start\x18\x03 \x01(\x0b\x32\x1e.fedpeft.registry.PublishStartH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04partJ\x04\x08\x01\x10\x02R\x07release\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"V\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"V\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"\x11\n\x0fIdentityRequest\"$\n\rIdentityReply\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"E\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\xd3\x03\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReply\x12N\n\x08Identity\x12!.fedpeft.registry.IdentityRequest\x1a\x1f.fedpeft.registry.IdentityReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDMANIFEST']._serialized_end=104
   _globals['_BLOBCHUNK']._serialized_start=106
   _globals['_BLOBCHUNK']._serialized_end=163
-  _globals['_PUBLISHREQUEST']._serialized_start=165
-  _globals['_PUBLISHREQUEST']._serialized_end=288
-  _globals['_PUBLISHREPLY']._serialized_start=290
-  _globals['_PUBLISHREPLY']._serialized_end=365
-  _globals['_LISTREQUEST']._serialized_start=367
-  _globals['_LISTREQUEST']._serialized_end=417
-  _globals['_RELEASEENTRY']._serialized_start=419
-  _globals['_RELEASEENTRY']._serialized_end=502
-  _globals['_LISTREPLY']._serialized_start=504
-  _globals['_LISTREPLY']._serialized_end=590
-  _globals['_LATESTREQUEST']._serialized_start=592
-  _globals['_LATESTREQUEST']._serialized_end=668
-  _globals['_LATESTREPLY']._serialized_start=670
-  _globals['_LATESTREPLY']._serialized_end=756
-  _globals['_FETCHREQUEST']._serialized_start=758
-  _globals['_FETCHREQUEST']._serialized_end=804
-  _globals['_PROMOTEREQUEST']._serialized_start=806
-  _globals['_PROMOTEREQUEST']._serialized_end=875
-  _globals['_PROMOTEREPLY']._serialized_start=877
-  _globals['_PROMOTEREPLY']._serialized_end=945
-  _globals['_REGISTRY']._serialized_start=948
-  _globals['_REGISTRY']._serialized_end=1335
+  _globals['_PUBLISHSTART']._serialized_start=165
+  _globals['_PUBLISHSTART']._serialized_end=281
+  _globals['_PUBLISHREQUEST']._serialized_start=284
+  _globals['_PUBLISHREQUEST']._serialized_end=418
+  _globals['_PUBLISHREPLY']._serialized_start=420
+  _globals['_PUBLISHREPLY']._serialized_end=495
+  _globals['_LISTREQUEST']._serialized_start=497
+  _globals['_LISTREQUEST']._serialized_end=547
+  _globals['_RELEASEENTRY']._serialized_start=549
+  _globals['_RELEASEENTRY']._serialized_end=632
+  _globals['_LISTREPLY']._serialized_start=634
+  _globals['_LISTREPLY']._serialized_end=720
+  _globals['_LATESTREQUEST']._serialized_start=722
+  _globals['_LATESTREQUEST']._serialized_end=798
+  _globals['_LATESTREPLY']._serialized_start=800
+  _globals['_LATESTREPLY']._serialized_end=886
+  _globals['_IDENTITYREQUEST']._serialized_start=888
+  _globals['_IDENTITYREQUEST']._serialized_end=905
+  _globals['_IDENTITYREPLY']._serialized_start=907
+  _globals['_IDENTITYREPLY']._serialized_end=943
+  _globals['_FETCHREQUEST']._serialized_start=945
+  _globals['_FETCHREQUEST']._serialized_end=991
+  _globals['_PROMOTEREQUEST']._serialized_start=993
+  _globals['_PROMOTEREQUEST']._serialized_end=1062
+  _globals['_PROMOTEREPLY']._serialized_start=1064
+  _globals['_PROMOTEREPLY']._serialized_end=1132
+  _globals['_REGISTRY']._serialized_start=1135
+  _globals['_REGISTRY']._serialized_end=1602
 # @@protoc_insertion_point(module_scope)

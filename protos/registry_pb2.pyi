@@ -24,13 +24,21 @@ class BlobChunk(_message.Message):
     data: bytes
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
-class PublishRequest(_message.Message):
-    __slots__ = ("release", "chunk")
+class PublishStart(_message.Message):
+    __slots__ = ("request", "release")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    request: SignedManifest
     release: SignedManifest
+    def __init__(self, request: _Optional[_Union[SignedManifest, _Mapping]] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+
+class PublishRequest(_message.Message):
+    __slots__ = ("start", "chunk")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    start: PublishStart
     chunk: BlobChunk
-    def __init__(self, release: _Optional[_Union[SignedManifest, _Mapping]] = ..., chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
+    def __init__(self, start: _Optional[_Union[PublishStart, _Mapping]] = ..., chunk: _Optional[_Union[BlobChunk, _Mapping]] = ...) -> None: ...
 
 class PublishReply(_message.Message):
     __slots__ = ("release_id", "version", "bytes_received")
@@ -83,6 +91,16 @@ class LatestReply(_message.Message):
     not_modified: bool
     release: SignedManifest
     def __init__(self, not_modified: _Optional[bool] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+
+class IdentityRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IdentityReply(_message.Message):
+    __slots__ = ("registry_id",)
+    REGISTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    registry_id: str
+    def __init__(self, registry_id: _Optional[str] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("sha256", "offset")

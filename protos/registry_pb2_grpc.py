@@ -59,6 +59,11 @@ class RegistryStub:
                 request_serializer=fedpeft_dot_protos_dot_registry__pb2.PromoteRequest.SerializeToString,
                 response_deserializer=fedpeft_dot_protos_dot_registry__pb2.PromoteReply.FromString,
                 _registered_method=True)
+        self.Identity = channel.unary_unary(
+                '/fedpeft.registry.Registry/Identity',
+                request_serializer=fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.SerializeToString,
+                response_deserializer=fedpeft_dot_protos_dot_registry__pb2.IdentityReply.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -94,6 +99,12 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Identity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Promote,
                     request_deserializer=fedpeft_dot_protos_dot_registry__pb2.PromoteRequest.FromString,
                     response_serializer=fedpeft_dot_protos_dot_registry__pb2.PromoteReply.SerializeToString,
+            ),
+            'Identity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Identity,
+                    request_deserializer=fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.FromString,
+                    response_serializer=fedpeft_dot_protos_dot_registry__pb2.IdentityReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class Registry:
             '/fedpeft.registry.Registry/Promote',
             fedpeft_dot_protos_dot_registry__pb2.PromoteRequest.SerializeToString,
             fedpeft_dot_protos_dot_registry__pb2.PromoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Identity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedpeft.registry.Registry/Identity',
+            fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.SerializeToString,
+            fedpeft_dot_protos_dot_registry__pb2.IdentityReply.FromString,
             options,
             channel_credentials,
             insecure,

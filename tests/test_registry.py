@@ -1,17 +1,21 @@
 """The adapter registry as a real process on 127.0.0.1 over TLS: publish, pull, apply,
 promote and roll back; a device refusing every kind of bad release while keeping its
-current adapter; restarts after kill -9; 200 concurrent pulls."""
+current adapter; restarts after kill -9; 200 concurrent pulls; 1,000 refused anonymous
+publishes while operator streams hold every slot. Publish requests: test_registry_publish.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,16 +30,26 @@ from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
-from fedpeft.core.trust.release import sign_promotion, sign_release
-from fedpeft.core.trust.signed_files import ManifestError
+from fedpeft.core.trust.hashing import sha256_hex
+from fedpeft.core.trust.release import PROMOTION_VALID, Release, sign_promotion, sign_release
+from fedpeft.core.trust.signed_files import (
+    ManifestError,
+    check_signed,
+    sign_manifest,
+    timestamp,
+    validity,
+    write_signed,
+)
 from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.device.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
 from fedpeft.protos import registry_pb2 as pb
 from fedpeft.protos import registry_pb2_grpc
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
-from fedpeft.server.registry.service import LIST_PAGE
+from fedpeft.server.registry.publish_request import PUBLISH_REQUEST_TYPE, PUBLISH_REQUEST_VALID, sign_publish_request
+from fedpeft.server.registry.service import FIRST_MESSAGE_S, LIST_PAGE, MAX_PUBLISHES
 
 grpc = pytest.importorskip("grpc")
 
@@ -142,10 +156,10 @@ def _install_v1(registry, material, tmp_path, base_id, client):
     return device
 
 
-def _refused(device, client, reason):
+def _refused(device, client, reason, now=None):
     before_state, before_files = json.dumps(device.state), _tensors(device.current)
     with pytest.raises(ManifestError) as refused:
-        device.pull(client)
+        device.pull(client, now=now)
     assert refused.value.reason == reason, refused.value
     assert json.dumps(device.state) == before_state
     np.testing.assert_equal(_tensors(device.current), before_files)
@@ -206,11 +220,11 @@ def test_device_refuses_a_replayed_release_even_after_a_local_rollback(registry,
 def test_device_refuses_expired_metadata(registry, material, tmp_path, tiny_package):
     with _client(registry, material) as client:
         device = _install_v1(registry, material, tmp_path, tiny_package.base_id, client)
-        # valid for 5 s: long enough for the registry to accept it on a loaded machine
-        v2 = operator.publish(client, _operator(material), material / "adapter-2", "stable", valid_days=5 / 86400)
+        # valid for a day; the device's clock is moved past it (v1 is valid for 30 days)
+        v2 = operator.publish(client, _operator(material), material / "adapter-2", "stable", valid_days=1)
         expires = datetime.fromisoformat(v2.manifest["expires"])
-        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
-        _refused(device, client, "expired")
+        _refused(device, client, "expired", now=expires + timedelta(seconds=1))
+        assert device.pull(client).version == 2  # on time, the same release installs
 
 
 def test_a_frozen_registry_cannot_keep_a_device_on_an_expired_release(registry, material, tmp_path, tiny_package):
@@ -266,9 +280,11 @@ def test_only_operator_keys_publish_and_promote(registry, material, tmp_path, ti
                  labels=manifest["labels"], parent=None, metrics={}, valid_days=30)
     with _client(registry, material) as client:
         device = _install_v1(registry, material, tmp_path, tiny_package.base_id, client)
-        with pytest.raises(RegistryError) as refused:
-            client.publish(*_signed_files(forged), _blobs(forged))
-        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED and "not an operator key" in str(refused.value)
+        for requester in (_operator(material), intruder):  # an operator's request: still not an operator's release
+            with pytest.raises(RegistryError) as refused:
+                _send(client, requester, forged)
+            assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert "not an operator key" in str(refused.value)
         v1 = operator.releases(client, _operator(material), tiny_package.base_id)[0]
         with pytest.raises(RegistryError, match="PERMISSION_DENIED"):
             client.promote(*sign_promotion(intruder, v1, "canary"))
@@ -286,7 +302,7 @@ def test_the_registry_refuses_stale_versions_replayed_promotions_and_bad_blobs(r
             client.promote(*old_promotion)  # replaying an earlier statement cannot demote the channel
         manifest, signature = (material / "adapter-1" / "release.json").read_bytes(), (material / "adapter-1" / "release.sig").read_bytes()
         with pytest.raises(RegistryError, match="FAILED_PRECONDITION: stale-version"):
-            client.publish(manifest, signature, {})  # version 1 again
+            _send(client, key, (manifest, signature), {})  # version 1 again
         staged = tmp_path / "staged"
         shutil.copytree(material / "adapter-1", staged)
         release = sign_release(staged, key, version=7, base_id=v1.base_id, template_id=v1.template_id,
@@ -294,8 +310,7 @@ def test_the_registry_refuses_stale_versions_replayed_promotions_and_bad_blobs(r
         wrong = tmp_path / "wrong.bin"
         wrong.write_bytes(b"x" * release.files["adapter_config.json"]["size"])
         with pytest.raises(RegistryError, match="DATA_LOSS"):
-            client.publish((staged / "release.json").read_bytes(), (staged / "release.sig").read_bytes(),
-                           {release.files["adapter_config.json"]["sha256"]: wrong})
+            _send(client, key, staged, {release.files["adapter_config.json"]["sha256"]: wrong})
         for bad in ("../../index.sqlite", "A" * 64, ""):
             with pytest.raises(RegistryError, match="INVALID_ARGUMENT"):
                 client.fetch_blob(bad, 10, tmp_path / "part")
@@ -328,7 +343,7 @@ def test_kill_9_during_publish_and_during_a_pull_loses_nothing(registry, materia
             registry.kill9()
 
     with _client(registry, material) as client, pytest.raises(RegistryError):
-        client.publish(*_signed_files(big), _blobs(big), progress=kill_after_first_chunk)
+        _send(client, _operator(material), big, progress=kill_after_first_chunk)
     registry.start()  # same store, same port
     assert "1 release(s)" in registry.banner
     with _client(registry, material) as client:
@@ -354,6 +369,15 @@ def _signed_files(folder):
 def _blobs(folder):
     manifest = json.loads((folder / "release.json").read_bytes())
     return {entry["sha256"]: folder / name for name, entry in manifest["files"].items()}
+
+
+def _send(client, key, release, blobs=None, channel="stable", **options):
+    """Publish a signed release (a folder, or (release.json, release.sig) bytes) with a fresh
+    publish request signed by `key` for this registry; `blobs` default: the folder's files."""
+    signed = _signed_files(release) if isinstance(release, Path) else release
+    request = sign_publish_request(key, client.identity(), Release(sha256_hex(signed[0]), json.loads(signed[0])),
+                                   channel)
+    return client.publish(request, signed, _blobs(release) if blobs is None else blobs, **options)
 
 
 def test_200_concurrent_device_pulls(registry, material, tmp_path, tiny_package):
@@ -382,85 +406,165 @@ def test_serve_refuses_to_start_without_tls_or_operators(material, tmp_path):
     assert no_ops.returncode == 2 and "no operator key" in no_ops.stderr
 
 
-def _replay_publishes(registry, material, signed: pb.SignedManifest, count: int, stall: float = 0.0) -> list:
-    """`count` anonymous Publish streams at once, each sending `signed` and one chunk of a blob
-    it lists, then holding the stream `stall` seconds; returns each stream's gRPC status code."""
-    import asyncio
+def _signed_copy(material, folder: Path, version: int, **release) -> Path:
+    """adapter-2's files in `folder` with a new operator-signed release of `version`: a
+    release the operator has signed (as every run folder holds one) but not published."""
+    shutil.copytree(material / "adapter-2", folder)
+    manifest = json.loads((folder / "release.json").read_bytes())
+    fields = dict(base_id=manifest["base_id"], template_id=manifest["template_id"], labels=manifest["labels"],
+                  parent=None, metrics={}, valid_days=30)
+    sign_release(folder, _operator(material), version=version, **{**fields, **release})
+    return folder
 
-    blob = json.loads(signed.manifest)["files"]["adapter_model.safetensors"]["sha256"]
+
+def _first(signed: tuple[bytes, bytes], request: tuple[bytes, bytes] | None) -> pb.PublishRequest:
+    """A publish stream's first message: the signed release, with `request` (None: without one)."""
+    start = pb.PublishStart(release=pb.SignedManifest(manifest=signed[0], signature=signed[1]))
+    if request is not None:
+        start.request.CopyFrom(pb.SignedManifest(manifest=request[0], signature=request[1]))
+    return pb.PublishRequest(start=start)
+
+
+def _requested(folder: Path, key, registry_id: str, channel: str = "stable", **when) -> pb.PublishRequest:
+    """The first message an operator sends to publish `folder`'s release."""
+    signed = _signed_files(folder)
+    release = Release(sha256_hex(signed[0]), json.loads(signed[0]))
+    return _first(signed, sign_publish_request(key, registry_id, release, channel, **when))
+
+
+async def _stream(stub, first: pb.PublishRequest | None, hold) -> tuple:
+    """One Publish stream: `first` (None: nothing is ever sent), then 1 KiB of the adapter
+    blob its release lists, then held open for `hold` (seconds, or until an asyncio.Event is
+    set), as a slow or hostile caller would; returns (gRPC status code, details)."""
+    async def messages():
+        if first is None:
+            await asyncio.Event().wait()  # never: the registry has to cut the stream
+        yield first
+        blob = json.loads(first.start.release.manifest)["files"]["adapter_model.safetensors"]["sha256"]
+        yield pb.PublishRequest(chunk=pb.BlobChunk(sha256=blob, offset=0, data=b"x" * 1024))
+        await (hold.wait() if isinstance(hold, asyncio.Event) else asyncio.sleep(hold))
+
+    try:
+        await stub.Publish(messages(), timeout=120)
+        return grpc.StatusCode.OK, ""
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details()
+
+
+@contextlib.asynccontextmanager
+async def _stubs(registry, material, count: int = 10):
+    """`count` TLS channels to the registry (the streams of a test spread over them)."""
     credentials = grpc.ssl_channel_credentials((material / "tls" / "ca.crt").read_bytes())
-
-    async def attempt(stub) -> grpc.StatusCode:
-        async def messages():
-            yield pb.PublishRequest(release=signed)
-            yield pb.PublishRequest(chunk=pb.BlobChunk(sha256=blob, offset=0, data=b"x" * 1024))
-            await asyncio.sleep(stall)  # then hold the stream open, as a slow or hostile caller would
-
-        try:
-            await stub.Publish(messages(), timeout=60)
-            return grpc.StatusCode.OK
-        except grpc.aio.AioRpcError as error:
-            return error.code()
-
-    async def run() -> list:
-        channels = [grpc.aio.secure_channel(registry.address, credentials) for _ in range(10)]
-        stubs = [registry_pb2_grpc.RegistryStub(c) for c in channels]
-        codes = await asyncio.gather(*(attempt(stubs[i % 10]) for i in range(count)))
+    channels = [grpc.aio.secure_channel(registry.address, credentials) for _ in range(count)]
+    try:
+        yield [registry_pb2_grpc.RegistryStub(channel) for channel in channels]
+    finally:
         for channel in channels:
             await channel.close()
-        return codes
 
+
+def _streams(registry, material, firsts: list, hold: float = 0.0) -> list:
+    """Streams opening with each of `firsts` at once (see _stream); their (code, details)."""
+    async def run() -> list:
+        async with _stubs(registry, material) as stubs:
+            return await asyncio.gather(*(_stream(stubs[i % len(stubs)], first, hold)
+                                          for i, first in enumerate(firsts)))
     return asyncio.run(run())
+
+
+async def _until(condition, poller: Future, timeout_s: float = 120.0) -> None:
+    """Wait (generously: this is not a latency check) until `condition()`; a failed poller fails at once."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            if poller.done():
+                poller.result()
+            await asyncio.sleep(0.05)
+
+
+def _slots_taken(registry) -> list[int]:
+    """The versions whose publish streams took a slot, from the registry's log."""
+    taken = [line for line in list(registry.log) if "publish slot taken" in line]
+    return sorted(int(re.search(r"for v(\d+) ", line)[1]) for line in taken)
 
 
 def test_1000_concurrent_anonymous_publishes_hold_nothing_and_devices_are_still_served(registry, material, tmp_path,
                                                                                          tiny_package):
-    """Releases are public (List): anyone can replay one into Publish. Each replay is refused
-    before any file opens (ALREADY_EXISTS) or turned away at once (RESOURCE_EXHAUSTED); a
-    device pull meanwhile answers within a second and nothing is left in incoming/."""
+    """Releases are public (List): anyone can replay one into Publish, without a publish
+    request or with one already used. While MAX_PUBLISHES operator streams hold every publish
+    slot, one more operator publish is turned away (RESOURCE_EXHAUSTED) and 1,000 anonymous
+    replays are each refused by name before they could take a slot; a device polling
+    throughout is served while the slots are held (any failure of its thread fails the
+    test), and nothing is left in incoming/."""
+    key = _operator(material)
     with _client(registry, material) as client:
-        operator.publish(client, _operator(material), material / "adapter-1", "stable")
+        operator.publish(client, key, material / "adapter-1", "stable")
         signed = client.releases(tiny_package.base_id)[0].release
         device = _device(tmp_path / "device", material, tiny_package.base_id)
         assert device.pull(client).version == 1
-    latencies = []
+        registry_id = client.identity()
+    used = _index(registry).execute("SELECT statement, signature FROM promotions").fetchone()  # v1's request
+    anonymous = [_first((signed.manifest, signed.signature), None), _first((signed.manifest, signed.signature), used)]
+    operators = [_requested(_signed_copy(material, tmp_path / f"v{v}", v), key, registry_id)
+                 for v in range(2, MAX_PUBLISHES + 3)]  # one more than there are slots
+    pulls: list[float] = []  # when each completed pull started
     stop = threading.Event()
 
-    def poll():
+    def poll() -> None:
         with _client(registry, material) as client:
             while not stop.is_set():
-                start = time.monotonic()
+                started = time.monotonic()
                 assert device.pull(client).status == "not-modified"
-                latencies.append(time.monotonic() - start)
+                pulls.append(started)
 
-    poller = threading.Thread(target=poll)
-    poller.start()
-    try:
-        codes = _replay_publishes(registry, material, signed, 1000, stall=1.0)
-    finally:
-        stop.set()
-        poller.join()
-    assert set(codes) <= {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
-    assert len(codes) == 1000 and latencies and max(latencies) < 1.0, (len(latencies), max(latencies or [0]))
+    async def scenario(poller: Future) -> tuple:
+        release = asyncio.Event()
+        async with _stubs(registry, material) as stubs:
+            holders = [asyncio.create_task(_stream(stubs[0], first, release)) for first in operators[:-1]]
+            await _until(lambda: _slots_taken(registry) == list(range(1, MAX_PUBLISHES + 2)), poller)  # v1, then v2...
+            held_at = time.monotonic()
+            one_more = await _stream(stubs[1], operators[-1], 0)
+            codes = await asyncio.gather(*(_stream(stubs[i % 10], anonymous[i % 2], 1.0) for i in range(1000)))
+            await _until(lambda: sum(t >= held_at for t in pulls) >= 3, poller)  # served while every slot is held
+            assert _slots_taken(registry) == list(range(1, MAX_PUBLISHES + 2))  # nobody else took one meanwhile
+            release.set()
+            return one_more, codes, await asyncio.gather(*holders)
+
+    with ThreadPoolExecutor(1) as pool:
+        poller = pool.submit(poll)
+        try:
+            one_more, replies, held = asyncio.run(scenario(poller))
+        finally:
+            stop.set()
+        poller.result()  # the device's failures and exceptions reach the test
+    assert one_more[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in one_more[1], one_more
+    codes = [code for code, _ in replies]
+    assert set(codes) <= {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED}, set(codes)
+    assert len(codes) == 1000 and pulls, (len(codes), len(pulls))
+    assert all("no-request" in details for _, details in replies[0::2]), {d for _, d in replies[0::2]}
+    assert all("replayed-request" in details for _, details in replies[1::2]), {d for _, d in replies[1::2]}
+    assert [code for code, _ in held] == [grpc.StatusCode.DATA_LOSS] * MAX_PUBLISHES  # 1 KiB is not the blob
     assert list((registry.root / "store" / "incoming").iterdir()) == []
+    with _client(registry, material) as client:
+        assert [json.loads(e.release.manifest)["version"] for e in client.releases()] == [1]
 
 
 def test_a_publish_stream_that_stalls_is_cut_at_its_deadline(material, tmp_path, tiny_package):
+    """A stream that stalls after a valid first message is cut at the publish deadline; one
+    that never sends a first message is cut at the same (shorter than FIRST_MESSAGE_S) wait."""
     registry = RegistryProcess(tmp_path, material / "operators.json", material / "tls",
                                extra=("--publish-deadline", "2")).start()
     try:
-        fresh = tmp_path / "fresh"
-        shutil.copytree(material / "adapter-2", fresh)
-        release = sign_release(fresh, _operator(material), version=5, base_id=tiny_package.base_id,
-                               template_id="c" * 64, labels=list(LABELS), parent=None, metrics={}, valid_days=1)
-        signed = pb.SignedManifest(manifest=(fresh / "release.json").read_bytes(),
-                                   signature=(fresh / "release.sig").read_bytes())
+        fresh = _signed_copy(material, tmp_path / "fresh", 5, template_id="c" * 64, valid_days=1)
+        with _client(registry, material) as client:
+            first = _requested(fresh, _operator(material), client.identity())
         start = time.monotonic()
-        assert _replay_publishes(registry, material, signed, 1, stall=30) == [grpc.StatusCode.DEADLINE_EXCEEDED]
+        replies = _streams(registry, material, [first, None], hold=30)
+        assert [code for code, _ in replies] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2, replies
+        assert "took more than 2 s" in replies[0][1] and "no first message within 2 s" in replies[1][1], replies
         assert time.monotonic() - start < 15
         assert list((registry.root / "store" / "incoming").iterdir()) == []
         with _client(registry, material) as client:
-            assert client.releases(release.base_id) == []
+            assert client.releases(tiny_package.base_id) == []
     finally:
         registry.stop()
 
@@ -474,3 +578,139 @@ def test_list_answers_in_pages_and_the_client_reads_them_all(registry, material)
         assert len(first.releases) == LIST_PAGE and first.next_page_token
         versions = [json.loads(e.release.manifest)["version"] for e in client.releases()]
     assert versions == list(range(1, LIST_PAGE + 4))
+
+
+def test_a_leaked_signed_release_or_publish_request_publishes_nothing(registry, material, tmp_path, tiny_package):
+    """Every run folder holds an operator-signed release: holding one, or a publish request
+    for another release, registry or time, or one already used (even across a kill -9), must
+    not publish it and move the base's version floor. Each is refused by name; the
+    operator's own fresh request publishes it and moves the channel it names."""
+    key, intruder = _operator(material), load_private_key(material / "intruder.key")
+    leaked, other = _signed_copy(material, tmp_path / "leaked", 2), _signed_copy(material, tmp_path / "other", 3)
+    signed = _signed_files(leaked)
+    with _client(registry, material) as client:
+        operator.publish(client, key, material / "adapter-1", "stable")
+        registry_id = client.identity()
+    now = datetime.now(UTC)
+    for_other = _requested(other, key, registry_id).start.request
+    too_long = sign_manifest({  # signed 11 minutes ago, claiming a year: the registry's own bound holds
+        "type": PUBLISH_REQUEST_TYPE, "registry_id": registry_id, "channel": "stable",
+        "release_id": sha256_hex(signed[0]), "base_id": tiny_package.base_id, "version": 2, "files": {},
+        "expires": timestamp(now + timedelta(days=365)),
+        "created": (now - PUBLISH_REQUEST_VALID - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}, key)
+    attempts = [
+        (_first(signed, None), grpc.StatusCode.PERMISSION_DENIED, "no-request"),
+        (_requested(leaked, intruder, registry_id), grpc.StatusCode.PERMISSION_DENIED, "not-operator"),
+        (_first(signed, (for_other.manifest, for_other.signature)), grpc.StatusCode.PERMISSION_DENIED, "wrong-release"),
+        (_requested(leaked, key, "0" * 32), grpc.StatusCode.PERMISSION_DENIED, "wrong-registry"),
+        (_requested(leaked, key, registry_id, now=now - PUBLISH_REQUEST_VALID - timedelta(seconds=5)),
+         grpc.StatusCode.INVALID_ARGUMENT, "expired"),
+        (_first(signed, too_long), grpc.StatusCode.INVALID_ARGUMENT, "expired"),
+        (_requested(leaked, key, registry_id, now=now + timedelta(hours=1)), grpc.StatusCode.FAILED_PRECONDITION,
+         "not-yet-valid"),
+    ]
+    replies = _streams(registry, material, [first for first, _, _ in attempts])
+    for (_, code, reason), (got, details) in zip(attempts, replies, strict=True):
+        assert got == code and details.startswith(reason), (reason, got, details)
+
+    # a valid request whose stream fails is used up, and stays used after a kill -9
+    used = _requested(leaked, key, registry_id)
+    assert [code for code, _ in _streams(registry, material, [used])] == [grpc.StatusCode.DATA_LOSS]
+    registry.kill9()
+    registry.start()
+    request = (used.start.request.manifest, used.start.request.signature)
+    with _client(registry, material) as client:
+        with pytest.raises(RegistryError, match="ALREADY_EXISTS: replayed-request"):
+            client.publish(request, signed, _blobs(leaked))
+        assert [json.loads(e.release.manifest)["version"] for e in client.releases()] == [1]  # the floor did not move
+        _send(client, key, leaked)  # the operator's fresh request
+        assert client.latest(tiny_package.base_id, "stable", 1).manifest == signed[0]
+        # a request signed 8 minutes ago is still valid (channel beta: stable has newer statements)
+        old = sign_publish_request(key, registry_id, Release(sha256_hex(_signed_files(other)[0]),
+                                                             json.loads(_signed_files(other)[0])), "beta",
+                                   now=now - PUBLISH_REQUEST_VALID + timedelta(minutes=2))
+        client.publish(old, _signed_files(other), _blobs(other))
+        with pytest.raises(RegistryError, match="ALREADY_EXISTS: replayed-request"):
+            client.publish(old, _signed_files(other), _blobs(other))
+        listed = {json.loads(e.release.manifest)["version"]: list(e.channels) for e in client.releases()}
+    assert listed == {1: [], 2: ["stable"], 3: ["beta"]}
+
+
+def test_streams_that_never_send_a_first_message_hold_no_publish_slot(registry, material):
+    """Twice MAX_PUBLISHES anonymous streams that open and send nothing take no slot (it is
+    taken only after a valid signed first message): the operator publishes meanwhile, and
+    each silent stream is cut after FIRST_MESSAGE_S, by name."""
+    async def scenario() -> tuple:
+        async with _stubs(registry, material) as stubs:
+            silent = [asyncio.create_task(_stream(stubs[i % len(stubs)], None, 0)) for i in range(2 * MAX_PUBLISHES)]
+            await asyncio.sleep(0.5)  # let them open (not a timing assertion: see the break in the closing note)
+
+            def publish():
+                with _client(registry, material) as client:
+                    return operator.publish(client, _operator(material), material / "adapter-1", "stable")
+
+            return await asyncio.to_thread(publish), await asyncio.gather(*silent)
+
+    release, silent = asyncio.run(scenario())
+    assert release.version == 1
+    assert [code for code, _ in silent] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2 * MAX_PUBLISHES
+    assert all(f"no first message within {FIRST_MESSAGE_S:g} s" in details for _, details in silent), silent
+
+
+@pytest.mark.parametrize("name", ["adapter\x00.json", "/etc/passwd", "../escape", "a/../../b", "./a", "a//b", "a/", "",
+                                  "a\\b", "a\nb", "a\x1b[2J", "x" * 256])
+def test_a_signed_file_name_must_be_a_plain_relative_name(material, name):
+    key = _operator(material)
+    files = {name: {"size": 1, "sha256": "0" * 64}}
+    payload, signature = sign_manifest({"type": "t", "files": files, **validity(1)}, key)
+    with pytest.raises(ManifestError) as refused:
+        check_signed(payload, signature, key.public_key(), "t")
+    assert refused.value.reason == "bad-file-name"
+
+
+def test_publishing_an_export_that_lists_a_nul_file_name_is_refused_by_name(registry, material, tmp_path, tiny_package):
+    """The signed ONNX adapter manifest of `publish --onnx-adapter` lists a name with a NUL
+    byte: a named refusal (it was a ValueError from the OS), and nothing is published."""
+    key = _operator(material)
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    (onnx / "adapter.onnx_adapter").write_bytes(b"weights")
+    write_signed(onnx, ADAPTER_EXPORT_NAME, {
+        "type": ADAPTER_EXPORT_TYPE, "base_id": tiny_package.base_id, "release_id": "0" * 64,
+        "files": {"adapter.onnx_adapter\x00": {"size": 7, "sha256": sha256_hex(b"weights")}}, **validity(1)}, key)
+    with _client(registry, material) as client:
+        with pytest.raises(ManifestError) as refused:
+            operator.publish(client, key, material / "adapter-1", "stable", onnx_adapter=onnx)
+        assert refused.value.reason == "bad-file-name"
+        assert client.releases() == []
+
+
+def test_promotions_are_valid_for_10_minutes(registry, material):
+    """A promotion statement signed more than PROMOTION_VALID ago is refused (the signer's
+    clock is injected); one signed 8 minutes ago still applies."""
+    key = _operator(material)
+    with _client(registry, material) as client:
+        v1 = operator.publish(client, key, material / "adapter-1", "canary")
+        now = datetime.now(UTC)
+        with pytest.raises(RegistryError, match="INVALID_ARGUMENT: expired"):
+            client.promote(*sign_promotion(key, v1, "stable", now=now - PROMOTION_VALID - timedelta(seconds=5)))
+        client.promote(*sign_promotion(key, v1, "beta", now=now - PROMOTION_VALID + timedelta(minutes=2)))
+        assert [list(e.channels) for e in client.releases()] == [["beta", "canary"]]
+
+
+def test_registry_cli_publishes_and_lists_what_it_can_read(registry, material):
+    """`fedpeft registry publish` signs the publish request itself; `registry list` prints a
+    line a release, and a garbage answer (too deep, not an object, missing keys) is named."""
+    address = ["--registry", registry.address, "--ca-cert", str(material / "tls" / "ca.crt")]
+    published = subprocess.run([sys.executable, "-m", "fedpeft.cli", "registry", "publish", str(material / "adapter-1"),
+                                "--operator-key", str(material / "operator.key"), "--channel", "stable", *address],
+                               capture_output=True, text=True)
+    assert published.returncode == 0 and "published v1" in published.stdout, published.stderr
+    listed = subprocess.run([sys.executable, "-m", "fedpeft.cli", "registry", "list", *address],
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.startswith("v1\tbase ") and "\tstable\t" in listed.stdout
+    garbage = {b"[" * 100_000 + b"]" * 100_000: "too-deep", b"[]": "malformed", b'{"version": 1}': "malformed",
+               b'{"version": "x", "base_id": "b", "expires": "e"}': "malformed"}
+    for manifest, reason in garbage.items():
+        entry = pb.ReleaseEntry(release=pb.SignedManifest(manifest=manifest, signature=b"{}"))
+        assert operator.describe(entry) == f"unreadable entry: {reason}"

@@ -19,6 +19,7 @@ from fedpeft.core.errors import IntegrityError
 
 from .files import UnreadableFile, file_sha256, read_small, regular_file_size
 from .hashing import canonical_json, is_sha256_hex, sha256_hex
+from .json_reader import JSONRefused, parse_json_object
 from .keys import key_id, verify_signature
 
 
@@ -37,6 +38,17 @@ def timestamp(moment: datetime) -> str:
 def validity(days: float, now: datetime | None = None) -> dict[str, str]:
     now = now or datetime.now(UTC)
     return {"created": timestamp(now), "expires": timestamp(now + timedelta(days=days))}
+
+
+def is_plain_name(file_name: object) -> bool:
+    """A relative POSIX path a signed manifest may list: no NUL or other control character
+    (the OS would raise on one), no backslash, no absolute path, no empty, `.` or `..` part,
+    so that it names a file inside the folder and nothing else."""
+    if not isinstance(file_name, str) or not 0 < len(file_name) <= 255 or "\\" in file_name:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
+        return False
+    return all(part not in ("", ".", "..") for part in file_name.split("/"))
 
 
 def file_entries(folder: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -78,9 +90,9 @@ def write_signed(folder: Path, name: str, manifest: dict[str, Any], key: Ed25519
 def signer_of(signature: bytes, name: str = "manifest") -> tuple[str, bytes]:
     """(key id, raw signature) of a signature record; says nothing yet about validity."""
     try:
-        record = json.loads(signature)
+        record = parse_json_object(signature, f"{name}.sig")
         return str(record["key_id"]), bytes.fromhex(record["signature"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (JSONRefused, ValueError, KeyError, TypeError) as exc:
         raise ManifestError("malformed", f"{name}.sig is not a signature record: {exc}") from exc
 
 
@@ -96,7 +108,7 @@ def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
         raise ManifestError("bad-signature", f"{name}.sig does not match the bytes of {name}.json")
 
     try:  # only now, signed by the expected key, are the bytes parsed
-        manifest = json.loads(payload)
+        manifest = parse_json_object(payload, f"{name}.json")
         if manifest["type"] != manifest_type:
             raise ValueError(f"type {manifest['type']!r}, expected {manifest_type!r}")
         expires = datetime.fromisoformat(manifest["expires"])
@@ -106,11 +118,12 @@ def check_signed(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
         if not isinstance(files, dict):
             raise ValueError("files must be an object")
         for file_name, entry in files.items():
-            if Path(file_name).is_absolute() or ".." in Path(file_name).parts or not file_name:
-                raise ValueError(f"lists a file outside the folder: {file_name!r}")
+            if not is_plain_name(file_name):
+                raise ManifestError("bad-file-name", f"{name}.json lists {str(file_name)[:80]!r}, which is not a "
+                                                     f"plain relative file name")
             if not (isinstance(entry.get("size"), int) and is_sha256_hex(entry.get("sha256"))):
                 raise ValueError(f"{file_name}: entry needs an integer size and a lowercase hex SHA-256")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (JSONRefused, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ManifestError("malformed", f"{name}.json: {exc}") from exc
     if (now or datetime.now(UTC)) >= expires:
         raise ManifestError("expired", f"{name}.json expired at {manifest['expires']}")

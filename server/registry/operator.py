@@ -1,6 +1,8 @@
 """What an operator does to a registry: publish an adapter as a new release, promote a
 release to a channel, roll a channel back. Every step is signed with the operator key;
-the registry checks it, and devices check it again."""
+the registry checks it, and devices check it again. A publish sends a signed publish
+request for that registry, release and channel (publish_request.py) with the release,
+and the registry makes it the channel's current release in the same transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.release import (
     ADAPTER_FILES,
     ONNX_ADAPTER_FILES,
@@ -27,6 +30,8 @@ from fedpeft.device.predict import ADAPTER_EXPORT_NAME, ADAPTER_EXPORT_TYPE, ope
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.protos import registry_pb2 as pb
 
+from .publish_request import sign_publish_request
+
 BEFORE_ANY_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -37,8 +42,35 @@ def releases(client: RegistryClient, key: Ed25519PrivateKey, base_id: str) -> li
                           now=BEFORE_ANY_EXPIRY) for e in client.releases(base_id)]
 
 
+def describe(entry: pb.ReleaseEntry) -> str:
+    """One line of `registry list`: what a listed release claims, read with the guarded JSON
+    reader and not verified (devices verify before use); a registry's garbage is named, not raised."""
+    try:
+        m = parse_json_object(entry.release.manifest, "listed release.json")
+        rollback_of = f"\trollback of {_shown(m['rollback_of'])}" if m.get("rollback_of") else ""
+        return (f"v{int(m['version'])}\tbase {_shown(m['base_id'])}\t{_shown(','.join(entry.channels)) or '-'}\t"
+                f"expires {_shown(m['expires'], 40)}{rollback_of}")
+    except JSONRefused as exc:
+        return f"unreadable entry: {exc.reason}"
+    except (KeyError, TypeError, ValueError):
+        return "unreadable entry: malformed"
+
+
+def _shown(value: object, width: int = 12) -> str:
+    """A registry-supplied value cut to `width`, escaped unless printable (no terminal codes)."""
+    text = str(value)[:width]
+    return text if text.isprintable() else ascii(text)
+
+
 def promote(client: RegistryClient, key: Ed25519PrivateKey, release: Release, channel: str) -> pb.PromoteReply:
     return client.promote(*sign_promotion(key, release, channel))
+
+
+def send(client: RegistryClient, key: Ed25519PrivateKey, release: Release, signed: tuple[bytes, bytes], channel: str,
+         blobs: dict[str, Path]) -> pb.PublishReply:
+    """Publish a signed release (release.json, release.sig bytes) into `channel` with a fresh
+    publish request for this registry, sending `blobs` (by SHA-256)."""
+    return client.publish(sign_publish_request(key, client.identity(), release, channel), signed, blobs)
 
 
 def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, channel: str, *,
@@ -66,9 +98,9 @@ def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, chann
                                base_id=source.base_id, template_id=source.template_id, method=source.method,
                                labels=source.labels, parent=published[-1].release_id if published else None,
                                metrics=source.manifest.get("metrics", {}), valid_days=valid_days)
-        client.publish(read_file(staging, f"{RELEASE_NAME}.json"), read_file(staging, f"{RELEASE_NAME}.sig"),
-                       {entry["sha256"]: staging / name for name, entry in release.files.items()})
-    promote(client, key, release, channel)
+        signed = read_file(staging, f"{RELEASE_NAME}.json"), read_file(staging, f"{RELEASE_NAME}.sig")
+        blobs = {entry["sha256"]: staging / name for name, entry in release.files.items()}
+        send(client, key, release, signed, channel, blobs)
     return release
 
 
@@ -84,6 +116,5 @@ def rollback(client: RegistryClient, key: Ed25519PrivateKey, base_id: str, to_ve
                 "rollback_of": target.release_id, **validity(valid_days)}
     payload, signature = sign_manifest(manifest, key)
     release = check_release(payload, signature, key.public_key())
-    client.publish(payload, signature, {})  # the registry holds every blob already
-    promote(client, key, release, channel)
+    send(client, key, release, (payload, signature), channel, {})  # the registry holds every blob already
     return release

@@ -58,7 +58,8 @@ async def serve(settings: ServeSettings) -> None:
     await server.start()
     # One line a supervisor (or a test) can wait for; the port matters when 0 was asked.
     print(f"[fedpeft] registry listening on {settings.host}:{port} ({'TLS' if credentials else 'INSECURE'}), "
-          f"store {settings.store}, {len(store.releases())} release(s), {len(operators.keys)} operator key(s)",
+          f"store {settings.store} (registry id {store.registry_id}), {len(store.releases())} release(s), "
+          f"{len(operators.keys)} operator key(s)",
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

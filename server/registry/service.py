@@ -5,11 +5,12 @@ operator list; the signature is checked over the received bytes before they are 
 Anyone who can reach the service may read: devices do not trust the registry, they
 check every release and blob themselves (device/slot.py).
 
-Releases are public, so anyone can replay one into Publish. What an anonymous caller can
-hold is bounded: a publish stream must open with a signed release the registry does not
-have and that is newer than its base's latest (checked before any file is opened), at
-most MAX_PUBLISHES streams run at once (more are refused at once), and each must finish
-within the publish deadline. List answers in pages.
+Releases are public and every run folder holds a signed one, so a signed release does not
+allow publishing it: a publish stream opens with an operator-signed publish request for
+this registry, that release and a channel (publish_request.py), used once. Only once that
+first message has arrived (within a short wait, holding nothing) and checked out does the
+stream take one of MAX_PUBLISHES slots (none free: refused at once), and from then it must
+finish within the publish deadline. An anonymous caller holds no slot. List answers in pages.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from fedpeft.core.trust.keys import Keyring
-from fedpeft.core.trust.release import check_channel, check_promotion, check_release
+from fedpeft.core.trust.keys import EnrolledKey, Keyring
+from fedpeft.core.trust.release import Release, check_channel, check_promotion, check_release
 from fedpeft.core.trust.signed_files import ManifestError, signer_of
 from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
 from fedpeft.protos import registry_pb2 as pb
 from fedpeft.protos import registry_pb2_grpc
 
-from .store import BlobWriter, RegistryStore, StoredRelease, StoreError
+from .publish_request import PublishOrder, check_publish_request
+from .store import BlobWriter, ChannelMove, RegistryStore, StoredRelease, StoreError
 
 log = logging.getLogger("fedpeft.registry")
 MAX_PUBLISHES = 4         # publish streams at once; each holds at most one writer per file its release lists
 PUBLISH_DEADLINE_S = 300  # a publish stream that takes longer is cut and its files discarded
+FIRST_MESSAGE_S = 10.0    # the most a stream may wait before its first message (or the deadline, if shorter)
 LIST_PAGE = 100
 STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "malformed": grpc.StatusCode.INVALID_ARGUMENT, "expired": grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,7 +43,9 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "stale-promotion": grpc.StatusCode.FAILED_PRECONDITION, "unknown-release": grpc.StatusCode.NOT_FOUND,
     "not-operator": grpc.StatusCode.PERMISSION_DENIED, "wrong-key": grpc.StatusCode.PERMISSION_DENIED,
     "bad-signature": grpc.StatusCode.PERMISSION_DENIED, "busy": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "too-slow": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "too-slow": grpc.StatusCode.DEADLINE_EXCEEDED, "no-request": grpc.StatusCode.PERMISSION_DENIED,
+    "wrong-registry": grpc.StatusCode.PERMISSION_DENIED, "wrong-release": grpc.StatusCode.PERMISSION_DENIED,
+    "replayed-request": grpc.StatusCode.ALREADY_EXISTS, "not-yet-valid": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -53,7 +58,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self.store, self.operators, self.publish_deadline = store, operators, publish_deadline
         self.publishing = 0  # streams in Publish now (handlers share one event loop: a plain count)
 
-    def _operator_key(self, signature: bytes, what: str):
+    def _operator_key(self, signature: bytes, what: str) -> EnrolledKey:
         signer, _ = signer_of(signature, what)
         operator = self.operators.get(signer)
         if operator is None:
@@ -65,22 +70,24 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         await context.abort(STATUS.get(error.reason, grpc.StatusCode.INVALID_ARGUMENT), str(error))
 
     async def Publish(self, request_iterator: AsyncIterator[pb.PublishRequest], context) -> pb.PublishReply:
-        if self.publishing >= MAX_PUBLISHES:
-            await self._refuse(context, "Publish", StoreError("busy", f"{MAX_PUBLISHES} publishes are running; "
-                                                                      "try again later"))
+        messages = aiter(request_iterator)
+        try:
+            start = await self._first_message(messages)
+            operator, order, release = self._authorize(start)
+            if self.publishing >= MAX_PUBLISHES:
+                raise StoreError("busy", f"{MAX_PUBLISHES} publishes are running; try again later")
+            self.store.claim(order.request_id, order.valid_until)  # no await since the count: nobody slips in
+        except (StoreError, ManifestError) as error:
+            await self._refuse(context, "Publish", error)
         self.publishing += 1
         writers: dict[str, BlobWriter] = {}
         received = 0
         try:
+            log.info("registry: publish slot taken (%d of %d) for v%d (%s) by %s", self.publishing, MAX_PUBLISHES,
+                     release.version, release.release_id[:12], operator.name)
             async with asyncio.timeout(self.publish_deadline):
-                first = await anext(aiter(request_iterator), None)
-                if first is None or not first.HasField("release"):
-                    raise StoreError("malformed", "a publish stream starts with the signed release")
-                operator = self._operator_key(first.release.signature, "release")
-                release = check_release(first.release.manifest, first.release.signature, operator.public_key)
-                self.store.check_new(release)  # a replayed or stale release opens no file
                 sizes = {entry["sha256"]: entry["size"] for entry in release.files.values()}
-                async for message in request_iterator:
+                async for message in messages:
                     chunk = message.chunk
                     if not message.HasField("chunk") or chunk.sha256 not in sizes:
                         raise StoreError("malformed", f"chunk of a blob the release does not list: {chunk.sha256[:12]!r}")
@@ -90,7 +97,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                     received += len(chunk.data)
                 for writer in writers.values():
                     writer.finish()
-                self.store.add_release(release, first.release.manifest, first.release.signature)
+                self.store.add_release(release, start.release.manifest, start.release.signature,
+                                       ChannelMove(order.channel, order.created, start.request.manifest,
+                                                   start.request.signature))
         except TimeoutError:
             await self._refuse(context, "Publish", StoreError("too-slow", f"the publish stream took more than "
                                                                           f"{self.publish_deadline:g} s"))
@@ -100,9 +109,39 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             self.publishing -= 1
             for writer in writers.values():
                 writer.discard()
-        log.info("registry: published v%d (%s) of base %s by %s, %d bytes", release.version, release.release_id[:12],
-                 release.base_id[:12], operator.name, received)
+        log.info("registry: published v%d (%s) of base %s to %s by %s, %d bytes", release.version,
+                 release.release_id[:12], release.base_id[:12], order.channel, operator.name, received)
         return pb.PublishReply(release_id=release.release_id, version=release.version, bytes_received=received)
+
+    async def _first_message(self, messages: AsyncIterator[pb.PublishRequest]) -> pb.PublishStart:
+        """The stream's first message, waited for briefly and before any slot is taken: a
+        caller that opens streams and sends nothing holds nothing."""
+        wait = min(FIRST_MESSAGE_S, self.publish_deadline)
+        try:
+            async with asyncio.timeout(wait):
+                first = await anext(messages, None)
+        except TimeoutError:
+            raise StoreError("too-slow", f"no first message within {wait:g} s") from None
+        if first is None or not first.HasField("start") or not first.start.request.manifest:
+            raise StoreError("no-request", "a publish stream opens with an operator-signed publish request "
+                                           "and the release it names")
+        return first.start
+
+    def _authorize(self, start: pb.PublishStart) -> tuple[EnrolledKey, PublishOrder, Release]:
+        """(operator, order, release) if the request is an operator's, for this registry, unused
+        and within its time, and names the signed release sent with it, which is new: all
+        before a slot is taken or a file opened."""
+        operator = self._operator_key(start.request.signature, "publish-request")
+        order = check_publish_request(start.request.manifest, start.request.signature, operator.public_key,
+                                      self.store.registry_id)
+        signer = self._operator_key(start.release.signature, "release")
+        release = check_release(start.release.manifest, start.release.signature, signer.public_key)
+        if release.release_id != order.release_id:
+            raise ManifestError("wrong-release", f"the publish request names release {order.release_id[:12]}, "
+                                                 f"the stream sent {release.release_id[:12]}")
+        self.store.check_unclaimed(order.request_id)
+        self.store.check_new(release)  # a replayed or stale release opens no file
+        return operator, order, release
 
     async def List(self, request: pb.ListRequest, context) -> pb.ListReply:
         """One page of releases; `next_page_token` ("BASE_ID:VERSION" of the last one) asks for the next."""
@@ -161,4 +200,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         log.info("registry: %s now serves v%d (%s) of base %s, promoted by %s", statement["channel"], stored.version,
                  stored.release_id[:12], stored.base_id[:12], operator.name)
         return pb.PromoteReply(release_id=stored.release_id, channel=statement["channel"], version=stored.version)
+
+    async def Identity(self, request: pb.IdentityRequest, context) -> pb.IdentityReply:
+        """The id publish requests must name (not a secret: it only keeps one registry's
+        requests from being accepted by another)."""
+        return pb.IdentityReply(registry_id=self.store.registry_id)
 

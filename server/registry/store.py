@@ -1,5 +1,8 @@
 """The registry's storage: blobs content-addressed on disk, releases and channels in SQLite.
 
+The store draws a random registry id once; operators sign publish requests for it, and
+the ids of accepted requests are kept until they expire, so none is accepted twice.
+
 A blob is written to `incoming/`, hashed while it is written, fsynced and renamed to
 `blobs/<sha256[:2]>/<sha256>` only if its hash is the one announced. A release row is
 committed only after all of its blobs are in place, in one SQLite transaction (WAL,
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -35,6 +39,8 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS promotions (
     base_id TEXT NOT NULL, channel TEXT NOT NULL, release_id TEXT NOT NULL,
     statement BLOB NOT NULL, signature BLOB NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS publish_requests (request_id TEXT PRIMARY KEY, valid_until REAL NOT NULL);
 """
 
 
@@ -44,6 +50,16 @@ class StoreError(IntegrityError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ChannelMove:
+    """A signed statement (promotion or publish request) pointing `channel` at a release."""
+
+    channel: str
+    created: str      # when it was signed: a channel only moves forward in signing time
+    statement: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,8 @@ class RegistryStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('registry_id', ?)", (secrets.token_hex(16),))
+        self.registry_id: str = self.db.execute("SELECT value FROM meta WHERE key = 'registry_id'").fetchone()[0]
         self._incoming_serial = 0
 
     def close(self) -> None:
@@ -143,8 +161,22 @@ class RegistryStore:
             raise StoreError("stale-version", f"version {release.version} is not above the latest published "
                                               f"version {latest} of base {release.base_id[:12]}")
 
-    def add_release(self, release: Release, manifest: bytes, signature: bytes) -> None:
-        """Index a verified release whose blobs are all stored; versions only go up per base."""
+    # publish requests
+    def check_unclaimed(self, request_id: str) -> None:
+        if self.db.execute("SELECT 1 FROM publish_requests WHERE request_id = ?", (request_id,)).fetchone():
+            raise StoreError("replayed-request", f"publish request {request_id[:12]} was used already")
+
+    def claim(self, request_id: str, valid_until: datetime) -> None:
+        """Remember a publish request until it expires (it is refused as expired after that),
+        so that it opens one publish stream, even across restarts."""
+        with self._transaction():
+            self.db.execute("DELETE FROM publish_requests WHERE valid_until < ?", (datetime.now(UTC).timestamp(),))
+            self.check_unclaimed(request_id)
+            self.db.execute("INSERT INTO publish_requests VALUES (?, ?)", (request_id, valid_until.timestamp()))
+
+    def add_release(self, release: Release, manifest: bytes, signature: bytes, move: ChannelMove | None = None) -> None:
+        """Index a verified release whose blobs are all stored, and point `move`'s channel at
+        it, in one transaction; versions only go up per base."""
         missing = [name for name, entry in release.files.items() if not self.has_blob(entry["sha256"])]
         if missing:
             raise StoreError("missing-blob", f"release v{release.version} lists files the registry lacks: {missing}")
@@ -152,6 +184,8 @@ class RegistryStore:
             self.check_new(release)
             self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (
                 release.release_id, release.base_id, release.version, manifest, signature, _now()))
+            if move is not None:
+                self._move(release.base_id, release.release_id, move)
 
     def releases(self, base_id: str = "", release_id: str = "", after: tuple[str, int] = ("", 0),
                  limit: int = -1) -> list[StoredRelease]:
@@ -182,16 +216,22 @@ class RegistryStore:
             if stored is None or stored.version != statement["version"] or stored.base_id != statement["base_id"]:
                 raise StoreError("unknown-release", f"no release {statement['release_id'][:12]} "
                                                     f"v{statement['version']} of base {statement['base_id'][:12]}")
-            last = self.db.execute("SELECT MAX(created) FROM promotions WHERE base_id = ? AND channel = ?",
-                                   (stored.base_id, statement["channel"])).fetchone()[0]
-            if last is not None and statement["created"] <= last:
-                raise StoreError("stale-promotion", f"promotion signed {statement['created']} is not newer than the "
-                                                    f"last one applied to {statement['channel']} ({last})")
-            self.db.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)", (
-                stored.base_id, statement["channel"], stored.release_id, payload, signature, statement["created"]))
-            self.db.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
-                            (stored.base_id, statement["channel"], stored.release_id, statement["created"]))
+            self._move(stored.base_id, stored.release_id,
+                       ChannelMove(statement["channel"], statement["created"], payload, signature))
         return stored
+
+    def _move(self, base_id: str, release_id: str, move: ChannelMove) -> None:
+        """Point a channel at a release, inside a transaction, if `move` was signed after the
+        last statement applied to that channel (an older one is a replay)."""
+        last = self.db.execute("SELECT MAX(created) FROM promotions WHERE base_id = ? AND channel = ?",
+                               (base_id, move.channel)).fetchone()[0]
+        if last is not None and move.created <= last:
+            raise StoreError("stale-promotion", f"promotion signed {move.created} is not newer than the "
+                                                f"last one applied to {move.channel} ({last})")
+        self.db.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?)", (
+            base_id, move.channel, release_id, move.statement, move.signature, move.created))
+        self.db.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
+                        (base_id, move.channel, release_id, move.created))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
