@@ -4,43 +4,33 @@ The rows and the personalized adapter never leave the device. The adapter is sto
 `personal/adapter.onnx_adapter` in the slot's folder with `personal/personal.json`
 recording the release (and base) it was trained from. Prediction uses it only while
 that release is still the slot's current one: after a newer release is pulled, the old
-personal adapter is not used and the device says so until it personalizes again.
+personal adapter is not used and the device says so until it personalizes again. The
+record binds the adapter file by its SHA-256 (device/personal_record.py), and neither is
+read through a link.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from safetensors.numpy import load_file
 
-from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import TextSplit
 from fedpeft.core.training.settings import TrainSettings
 from fedpeft.core.trust.atomic import staged_folder
-from fedpeft.core.trust.files import UnreadableFile, read_small
+from fedpeft.core.trust.files import file_sha256, plain_folder
 
 from .onnx_adapter import write_onnx_adapter
+from .personal_record import ADAPTER, RECORD, PersonalAdapter, checked_adapter, read_record
 from .slot import Device
 from .trainer import DeviceTrainer
 
 PERSONAL_DIR = "personal"
-RECORD = "personal.json"
-ADAPTER = "adapter.onnx_adapter"
-
-
-@dataclass(frozen=True)
-class PersonalAdapter:
-    release_id: str
-    version: int
-    base_id: str
-    examples: int
-    epochs: int
-    loss: float
-    trained_at: str
+__all__ = ["ADAPTER", "PERSONAL_DIR", "RECORD", "PersonalAdapter", "personal_adapter", "personalize"]
 
 
 def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, settings: TrainSettings,
@@ -58,26 +48,28 @@ def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, setting
              f"({settings.optimizer}, ONNX Runtime)")
     arrays = load_file(str(device.current / "adapter_model.safetensors"))
     trained, result = trainer.train(arrays, rows, settings)
-    record = PersonalAdapter(release.release_id, release.version, release.base_id, result.examples, settings.epochs,
-                             result.loss, datetime.now(UTC).isoformat(timespec="seconds"))
-    with staged_folder(device.folder / PERSONAL_DIR, replace=True) as staging:
+    target = device.folder / PERSONAL_DIR
+    if os.path.lexists(target):  # replaced below; a link there is refused, not followed
+        plain_folder(target)
+    with staged_folder(target, replace=True) as staging:
         write_onnx_adapter(trained, trainer.graph_names, staging / ADAPTER, release.version)
-        (staging / RECORD).write_text(json.dumps(asdict(record), indent=1) + "\n")
+        record = PersonalAdapter(release.release_id, release.version, release.base_id, result.examples,
+                                 settings.epochs, result.loss, datetime.now(UTC).isoformat(timespec="seconds"),
+                                 file_sha256(staging / ADAPTER, follow_links=False))
+        (staging / RECORD).write_text(record.to_json())
     return record
 
 
 def personal_adapter(device: Device) -> tuple[Path | None, str]:
     """The personal `.onnx_adapter` to predict with, or None and why not."""
     folder = device.folder / PERSONAL_DIR
-    if not (folder / RECORD).exists():
+    if not os.path.lexists(folder / RECORD) and not os.path.islink(folder):
         return None, "no personal adapter (fedpeft device train makes one)"
-    try:
-        record = PersonalAdapter(**json.loads(read_small(folder / RECORD)))
-    except (UnreadableFile, ValueError, TypeError) as exc:
-        raise IntegrityError(f"{folder / RECORD} is unusable: {exc}") from exc
+    record = read_record(folder)
     current = device.state["current"]
     if current is None or record.release_id != current["release_id"]:
         now = f"v{current['version']}" if current else "nothing"
         return None, (f"the personal adapter was trained from v{record.version}, the device now holds {now}: "
                       "run fedpeft device train again")
-    return folder / ADAPTER, f"personal adapter from v{record.version} ({record.examples} rows, {record.epochs} epochs)"
+    adapter = checked_adapter(folder, record)
+    return adapter, f"personal adapter from v{record.version} ({record.examples} rows, {record.epochs} epochs)"

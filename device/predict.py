@@ -3,27 +3,39 @@
 This module imports onnxruntime, tokenizers, numpy and fedpeft.core's signature checks
 only, so it runs where torch is not installed. A device refuses an export whose
 signature, expiry or file hashes do not check out, or that was made for another base.
+An adapter swapped onto the base graph is a signed adapter export (kept to a version
+floor, device/adapter_floor.py), a device slot's verified release, or the device's own
+personal adapter bound to its record by SHA-256; ONNX Runtime's own errors on an adapter
+become one named IntegrityError.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from tokenizers import Tokenizer
 
-from fedpeft.core.errors import ConfigError
+from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.release import RELEASE_NAME, verify_release
-from fedpeft.core.trust.signed_files import ManifestError, read_signed
+from fedpeft.core.trust.signed_files import ManifestError, read_file, read_signed
+
+from .adapter_floor import AdapterFloor
+from .personal_record import RECORD, checked_adapter_file
 
 EXPORT_TYPE = "fedpeft/onnx-export"  # defined here, not in exporter.py, so devices need no torch
 EXPORT_NAME = "export"  # export.json + export.sig
 ADAPTER_EXPORT_TYPE = "fedpeft/onnx-adapter"
 ADAPTER_EXPORT_NAME = "adapter"  # adapter.json + adapter.sig beside an .onnx_adapter
+# what ONNX Runtime raises on a file or feed it cannot use
+ORT_ERRORS = (RuntimeError, ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidProtobuf,
+              ort_errors.NoSuchFile, ort_errors.RuntimeException, ort_errors.NotImplemented)
 
 
 def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -47,9 +59,9 @@ def open_export(folder: Path, public_key: Ed25519PublicKey | None, base_id: str 
     folder = Path(folder)
     if public_key is None:
         try:
-            return json.loads((folder / f"{name}.json").read_bytes())
-        except (OSError, ValueError) as exc:
-            raise ManifestError("malformed", f"{folder / name}.json: {exc}") from exc
+            return parse_json_object(read_file(folder, f"{name}.json"), f"{folder / name}.json")
+        except JSONRefused as exc:
+            raise ManifestError("malformed", str(exc)) from exc
     _, manifest = read_signed(folder, name, public_key, manifest_type)
     if base_id is not None and manifest.get("base_id") != base_id:
         raise ManifestError("wrong-base", f"export made for base {str(manifest.get('base_id'))[:12]}, device has {base_id[:12]}")
@@ -76,22 +88,13 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> dict[str,
 
 class Predictor:
     """Classify texts with one of the exported models; `adapter` (a folder written by
-    `fedpeft export --onto`, or the device's own personal `.onnx_adapter` file) swaps
-    another adapter onto the base graph without loading another model."""
+    `fedpeft export --onto`, a device slot's release folder, or the device's own personal
+    `.onnx_adapter` file) swaps another adapter onto the base graph without loading another model."""
 
     def __init__(self, folder: Path, public_key: Ed25519PublicKey | None, model: str = "int8",
                  adapter: Path | None = None) -> None:
         self.manifest = open_export(Path(folder), public_key)
-        adapter_file = Path(folder) / self.manifest["adapter"]
-        if adapter is not None and Path(adapter).suffix == ".onnx_adapter":
-            adapter_file = Path(adapter)  # the device's own personal adapter (device/personal.py), not signed
-        elif adapter is not None:
-            if public_key is not None and (Path(adapter) / f"{RELEASE_NAME}.json").exists():
-                # a device slot's folder (device/slot.py): the release it came in must still be valid
-                verify_release(Path(adapter), public_key, base_id=self.manifest["base_id"])
-            adapter_manifest = open_export(adapter, public_key, self.manifest["base_id"], ADAPTER_EXPORT_NAME,
-                                           ADAPTER_EXPORT_TYPE)
-            adapter_file = Path(adapter) / adapter_manifest["adapter"]
+        adapter_file, floor = self._adapter_file(Path(folder), public_key, adapter)
         models = self.manifest["models"]
         if model not in ("fp32", "int8", "base"):
             raise ConfigError(f"unknown model {model!r}; choose fp32, int8 or base")
@@ -103,15 +106,53 @@ class Predictor:
         self.run_options = None
         if model == "base":
             self.adapter = ort.LoraAdapter()
-            self.adapter.Load(str(adapter_file))
+            try:
+                self.adapter.Load(str(adapter_file))
+            except ORT_ERRORS as exc:
+                raise IntegrityError(f"adapter {adapter_file} does not load in ONNX Runtime: "
+                                     f"{str(exc).splitlines()[0][-200:]}") from None
             self.run_options = ort.RunOptions()
             self.run_options.add_active_adapter(self.adapter)
+            if floor is not None:
+                floor[0].record(floor[1])
         self.tokenizer = load_tokenizer(Path(folder), self.manifest)
         self.labels = list(self.manifest["labels"])
 
+    def _adapter_file(self, folder: Path, public_key: Ed25519PublicKey | None,
+                      adapter: Path | None) -> tuple[Path, tuple[AdapterFloor, int] | None]:
+        """The `.onnx_adapter` to apply, checked for what it is, and the floor to raise once it loads."""
+        if adapter is None:
+            return folder / self.manifest["adapter"], None
+        adapter = Path(adapter)
+        if adapter.suffix == ".onnx_adapter":
+            if os.path.lexists(adapter.parent / RECORD):
+                return checked_adapter_file(adapter), None  # the device's own (device/personal.py), bound by hash
+            if public_key is not None:
+                raise ManifestError("unsigned-adapter", f"{adapter} is a bare .onnx_adapter, signed by no one: give a "
+                                                        "folder written by `fedpeft export --onto`, or a device slot")
+            return adapter, None  # --no-verify: an unverified file, as the export itself
+        slot_release = (adapter / f"{RELEASE_NAME}.json").exists()
+        if public_key is not None and slot_release:
+            # a device slot's folder (device/slot.py): the release it came in must still be valid; the
+            # slot's own floor orders releases (a registry rollback republishes older adapters)
+            verify_release(adapter, public_key, base_id=self.manifest["base_id"])
+        adapter_manifest = open_export(adapter, public_key, self.manifest["base_id"], ADAPTER_EXPORT_NAME,
+                                       ADAPTER_EXPORT_TYPE)
+        floor = None
+        if public_key is not None and not slot_release:
+            keeper = AdapterFloor(folder)
+            floor = (keeper, keeper.check(adapter_manifest))
+        return adapter / adapter_manifest["adapter"], floor
+
     def logits(self, texts: list[str]) -> np.ndarray:
         feed = encode(self.tokenizer, texts, int(self.manifest["max_length"]))
-        return self.session.run(None, feed, self.run_options)[0]
+        try:
+            return self.session.run(None, feed, self.run_options)[0]
+        except ORT_ERRORS as exc:
+            if self.run_options is None:
+                raise
+            raise IntegrityError(f"the adapter does not fit this export's base graph: "
+                                 f"{str(exc).splitlines()[0][-200:]}") from None
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not self.labels:

@@ -8,11 +8,18 @@ does not lower that floor, so a replayed old release is refused after one too). 
 downloaded file must match its signed size and SHA-256. Until all of that holds,
 nothing the device uses changes. Imports no torch: ONNX devices apply the release's
 `.onnx_adapter` with export/predict.py; PyTorch ones load the PEFT folder.
+
+The slot's folder is writable by others too, so nothing in it is followed out of it:
+state.json's folder names are checked (device/slot_state.py), and every file and folder
+the slot reads or writes under it must be a regular file or a real folder, never a link
+(core/trust/files.py `follow_links=False`, `plain_folder`); a planted link is refused by
+name (UnreadableFile, reason `link`), and the installed release must be the one
+state.json names.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.atomic import staged_folder, write_atomic
-from fedpeft.core.trust.files import UnreadableFile, file_sha256, read_small
+from fedpeft.core.trust.files import file_sha256, plain_files, plain_folder, regular_file_size
 from fedpeft.core.trust.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError
 
 from .registry_client import RegistryClient
-
-STATE_FILE = "state.json"
+from .slot_state import STATE_FILE, load_state, release_folder_name, state_bytes
 
 
 @dataclass(frozen=True)
@@ -49,19 +55,21 @@ class Device:
         self.folder, self.operator_key, self.base_id = Path(folder), operator_key, base_id
         self.channel = check_channel(channel)
         self.releases, self.downloads = self.folder / "releases", self.folder / "downloads"
-        self.state = self._load_state()
+        self.state = load_state(self.folder, base_id)
 
-    def _load_state(self) -> dict:
-        path = self.folder / STATE_FILE
-        if not path.exists():
-            return {"base_id": self.base_id, "current": None, "previous": None, "floor": 0, "seen": []}
-        try:
-            state = json.loads(read_small(path))
-            if state["base_id"] != self.base_id:
-                raise ValueError(f"it belongs to base {state['base_id'][:12]}, not {self.base_id[:12]}")
-        except (UnreadableFile, ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"device state {path} is unusable: {exc}") from exc
-        return state
+    def _release_folder(self, entry: dict) -> Path:
+        """An installed release's folder once it and everything in it is plain: a real
+        folder under a real releases/, holding regular files only."""
+        folder = plain_folder(self.releases) / entry["folder"]
+        plain_files(folder)
+        return folder
+
+    def _part(self, sha256: str) -> Path:
+        """Where a download of `sha256` goes: absent, or a regular file an earlier pull left."""
+        part = plain_folder(self.downloads, create=True) / f"{sha256}.part"
+        if os.path.lexists(part):
+            regular_file_size(part, follow_links=False)
+        return part
 
     @property
     def version(self) -> int:
@@ -88,15 +96,20 @@ class Device:
         """The installed release, verified again now (signature, expiry, files): a device
         runs nothing that has expired since it was installed (TUF's freeze attack: a
         registry that keeps answering "not modified" cannot keep it on stale weights)."""
-        if self.current is None:
+        entry = self.state["current"]
+        if entry is None:
             return None
         try:
-            return verify_release(self.current, self.operator_key, base_id=self.base_id, now=now)
+            release = verify_release(self._release_folder(entry), self.operator_key, base_id=self.base_id, now=now)
         except ManifestError as error:
             if error.reason != "expired":
                 raise
             raise ManifestError("expired", f"the installed release v{self.version} has expired and the registry "
                                            f"offers nothing newer: {error.detail}") from error
+        if release.release_id != entry["release_id"]:
+            raise ManifestError("state-mismatch", f"{entry['folder']} holds release {release.release_id[:12]}, "
+                                                  f"not {entry['release_id'][:12]} as state.json says")
+        return release
 
     def pull(self, client: RegistryClient, progress: Callable[[int, int], None] | None = None,
              now: datetime | None = None) -> PullResult:
@@ -107,17 +120,16 @@ class Device:
             self.current_release(now)
             return PullResult("not-modified", self.version, self.state["current"] and self.state["current"]["release_id"])
         release = self.check(signed.manifest, signed.signature, now)
-        self.downloads.mkdir(parents=True, exist_ok=True)
         received = resumed = 0
         for name, entry in release.files.items():
-            part = self.downloads / f"{entry['sha256']}.part"
+            part = self._part(entry["sha256"])
             self._reuse_local(name, entry["sha256"], part)
             download = client.fetch_blob(entry["sha256"], entry["size"], part, progress)
             received, resumed = received + download.received, resumed + download.resumed_from
             if download.size < entry["size"]:
                 raise ManifestError("truncated", f"{name}: the registry's stream ended after {download.size} of "
                                                  f"{entry['size']} bytes (kept; the next pull resumes)")
-            if file_sha256(part) != entry["sha256"]:
+            if file_sha256(part, follow_links=False) != entry["sha256"]:
                 part.unlink()
                 raise ManifestError("file-mismatch", f"{name}: downloaded bytes differ from the signed SHA-256")
         self._install(release, signed.manifest, signed.signature)
@@ -127,18 +139,22 @@ class Device:
         """Start from the installed copy of a file the new release shares (a registry
         rollback republishes earlier weights): nothing to download, the hash still checked."""
         for entry in (self.state["current"], self.state["previous"]):
-            local = self.releases / entry["folder"] / name if entry else None
-            if local is not None and local.is_file() and not part.exists() and file_sha256(local) == sha256:
+            if os.path.lexists(part) or entry is None or not os.path.lexists(self.releases / entry["folder"]):
+                continue
+            local = self._release_folder(entry) / name
+            if local.exists() and file_sha256(local, follow_links=False) == sha256:
                 shutil.copyfile(local, part)
 
     def _install(self, release: Release, manifest: bytes, signature: bytes) -> None:
         """Assemble the release in a staging folder, verify it as a whole, rename it into
         place, then switch state.json (one atomic write) to it."""
-        name = f"v{release.version}-{release.release_id[:12]}"
-        # replace: a folder of this name can only be left by a crash before the state switch
-        with staged_folder(self.releases / name, replace=True) as staging:
+        name = release_folder_name(release.version, release.release_id)
+        target = plain_folder(self.releases, create=True) / name
+        if os.path.lexists(target):  # replaced below: a folder of this name can only be left by a crash
+            plain_folder(target)     # before the state switch; a link is refused, not followed
+        with staged_folder(target, replace=True) as staging:
             for file_name, entry in release.files.items():
-                shutil.copyfile(self.downloads / f"{entry['sha256']}.part", staging / file_name)
+                shutil.copyfile(self._part(entry["sha256"]), staging / file_name)
             (staging / f"{RELEASE_NAME}.json").write_bytes(manifest)
             (staging / f"{RELEASE_NAME}.sig").write_bytes(signature)
             verify_release(staging, self.operator_key, base_id=self.base_id)  # files and tensors, once assembled
@@ -160,11 +176,17 @@ class Device:
         return self.state["current"]
 
     def _save(self, state: dict) -> None:
-        write_atomic(self.folder / STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+        write_atomic(self.folder / STATE_FILE, state_bytes(state))
         self.state = state
 
     def _prune(self) -> None:
         keep = {e["folder"] for e in (self.state["current"], self.state["previous"]) if e}
-        for path in self.releases.iterdir() if self.releases.exists() else ():
-            if path.name not in keep:  # older releases, and staging folders an interrupted install left
+        if not os.path.lexists(self.releases):
+            return
+        for path in plain_folder(self.releases).iterdir():
+            if path.name in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():  # older releases, staging folders an interrupted install left
                 shutil.rmtree(path)
+            else:  # anything else planted here: a link is removed itself, its target untouched
+                path.unlink()

@@ -80,6 +80,7 @@ def test_bad_tls_files_and_state_files_are_one_line_errors_that_leave_nothing(tm
                               text=True, timeout=60)
         assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith(f"fedpeft: error: {named}") or named in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, as the name says
     assert not (tmp_path / "store").exists()
 
 

@@ -43,6 +43,8 @@ ONNX_ADAPTER_FILES = ("adapter.onnx_adapter", "adapter.json", "adapter.sig")  # 
 PROMOTION_TYPE = "fedpeft/promotion"
 PROMOTION_VALID = timedelta(minutes=10)  # an older promotion statement is refused as a replay
 CHANNEL_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
+MAX_LABELS = 10_000      # class names a release may carry: a head of this many rows is still small
+MAX_LABEL_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,18 @@ def verify_release(folder: Path, public_key: Ed25519PublicKey, *, base_id: str |
     if _adapter_tensors(folder) != release.manifest["tensors"]:
         raise ManifestError("tensor-mismatch", "adapter tensors differ from the signed manifest")
     return release
+
+
+def check_labels(labels: Any) -> list[str]:
+    """`labels` if it is a list of at most MAX_LABELS strings of at most MAX_LABEL_CHARS:
+    an unsigned label list sizes a model's head, so its length is bounded before use."""
+    if not isinstance(labels, list):
+        raise ManifestError("malformed", f"labels must be a list, not {type(labels).__name__}")
+    if len(labels) > MAX_LABELS:
+        raise ManifestError("too-many-labels", f"{len(labels)} labels, more than the {MAX_LABELS} allowed")
+    if not all(isinstance(label, str) and len(label) <= MAX_LABEL_CHARS for label in labels):
+        raise ManifestError("malformed", f"labels must be strings of at most {MAX_LABEL_CHARS} characters")
+    return list(labels)
 
 
 def check_channel(channel: str) -> str:
