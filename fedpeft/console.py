@@ -6,12 +6,25 @@ everything back on the console.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 LOG_NAME = "run.log"
 _THIRD_PARTY = ("flwr", "py.warnings", "transformers", "datasets", "torchao", "ray")
+# CSI (colours, cursor moves), OSC (window titles, hyperlinks) and two-byte escape sequences.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def printable(text: object, limit: int = 80) -> str:
+    """`text` safe for a terminal, a log line or a plot label: ANSI escape sequences
+    removed, every other non-printable character (newline, NUL, bidi override) shown as
+    '?', at most `limit` characters. Text a client chose must never move the cursor,
+    forge a log line or reach matplotlib's math parser unescaped (see server/report.py)."""
+    raw = str(text)[:8 * limit]  # bounds the work on a megabyte-long name
+    clean = "".join(c if c.isprintable() else "?" for c in _ANSI.sub("", raw))
+    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
 
 
 def ray_init_args(verbose: bool) -> dict:

@@ -44,8 +44,8 @@ from .privacy import report as privacy_report
 from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
-from .strategy import StrategyHooks, build_strategy
-from .verify import DeltaVerifier, VerifyPolicy
+from .strategy import StrategyHooks, build_strategy, global_problem
+from .verify import DeltaVerifier, VerifyPolicy, checked_reports
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
 INSTALL_BATCH = 8  # install messages built at once: each carries its own copy of the base
@@ -83,6 +83,7 @@ class Roster:
     ready: set[int] = field(default_factory=set)
     base_sent_to: int = 0
     bad_replies: dict[str, int] = field(default_factory=dict)  # "phase: reason" -> count, outside the rounds
+    signers: dict[int, str] = field(default_factory=dict)  # node -> the enrolled key it signed deltas with
 
     def drop(self, phase: str, node: int, bad: BadReply) -> None:
         log(WARNING, "dropped %s reply from node %d (%s)", phase, node, bad)
@@ -256,7 +257,7 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
         # What a resumed run already spent (rows from before rates were logged: everyone sampled).
         strategy.ledger.steps = [(r.get("noise_multiplier") or setup.config.privacy.noise_multiplier,
                                   r.get("sample_rate", 1.0)) for r in run_log.rows]
-        planned = planned_epsilon(strategy.ledger, fed.rounds - setup.done, fraction, len(roster.ready))
+        planned = planned_epsilon(strategy.ledger, fed.rounds - setup.done, fraction, len(roster.ready), fed.min_clients)
         dp = setup.config.privacy
         where = "by the server" if dp.mode == "central" else "by each client before signing"
         print(f"[fedpeft] client-level DP ({dp.mode}): deltas clipped and noised {where}, clip {dp.clip:g}, noise "
@@ -265,8 +266,15 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     if setup.done >= fed.rounds:
         print(f"[fedpeft] all {fed.rounds} rounds were completed before; evaluating and publishing", flush=True)
         return setup.initial, run_log
-    result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
-                            train_config=job.to_config(), evaluate_config=job.to_config(), evaluate_fn=save_checkpoint)
+    if not sec.max_update_norm and setup.config.privacy.mode == "off":  # DP bounds deltas its own way
+        print("[fedpeft] security.max_update_norm is 0: deltas of any norm are accepted (an aggregate that is not "
+              "finite is still refused); set a bound a few times the honest norms in metrics.jsonl", flush=True)
+    try:
+        result = strategy.start(grid, to_record(setup.initial), fed.rounds - setup.done, fed.round_timeout,
+                                train_config=job.to_config(), evaluate_config=job.to_config(),
+                                evaluate_fn=save_checkpoint)
+    finally:
+        roster.signers.update(strategy.signers)  # who signed what: the personalization report's names
     return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
 
 
@@ -276,10 +284,13 @@ def round_fraction(fed: FederationSection, nodes: int) -> float:
     return min(1.0, (fed.clients_per_round + 0.5) / max(1, nodes)) if fed.clients_per_round else fed.fraction
 
 
-def planned_epsilon(ledger: PrivacyLedger, rounds: int, fraction: float, nodes: int) -> float:
-    """The run's epsilon if every remaining round samples as Flower will (int(nodes x fraction)
-    of the nodes); raises ConfigError, before any round, above privacy.target_epsilon."""
-    return ledger.check_budget(rounds, max(1, int(nodes * fraction)) / max(1, nodes))
+def planned_epsilon(ledger: PrivacyLedger, rounds: int, fraction: float, nodes: int, min_clients: int = 0) -> float:
+    """The run's epsilon if every remaining round samples as Flower will: int(nodes x fraction)
+    of the nodes, but never fewer than `min_clients` (federation.min_clients is Flower's
+    min_train_nodes: a --clients-per-round below it still asks min_clients nodes); raises
+    ConfigError, before any round, above privacy.target_epsilon."""
+    sampled = min(max(1, nodes), max(1, int(nodes * fraction), min_clients))
+    return ledger.check_budget(rounds, sampled / max(1, nodes))
 
 
 def evaluation_timeout(config: FederationConfig) -> float:
@@ -305,13 +316,15 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> t
     failed: dict[int, str] = {}
     replies = ask(grid, nodes, "query.personalize",
                   lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}), timeout, failed)
-    clients = []
-    for reply in replies:
-        try:
-            clients.append(personalize_reply(reply.content, report.ARMS, setup.config.security.max_examples))
-        except BadReply as bad:
-            roster.drop("personalize", reply.metadata.src_node_id, bad)
-            failed[reply.metadata.src_node_id] = f"bad reply: {bad.reason}"
+    sec = setup.config.security
+    reports, refused = checked_reports(replies, lambda c: personalize_reply(c, report.ARMS, sec.max_examples),
+                                       roster.signers, sec.max_weight_ratio)
+    for node, bad in refused:
+        roster.drop("personalize", node, bad)
+        failed[node] = f"bad reply: {bad.reason}"
+    # Each row weighs its capped count; a capped one also says what it claimed.
+    clients = [{"client": r.client, "examples": r.examples, **r.metrics,
+                **({"claimed_examples": r.claimed} if r.claimed != r.examples else {})} for r in reports]
     missing = [{"node": node, "reason": reason} for node, reason in sorted(failed.items())]
     if missing:
         print(f"[fedpeft] {len(missing)} of {len(nodes)} clients did not report: "
@@ -333,7 +346,11 @@ def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
 
 
 def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any], privacy: dict[str, Any]) -> Release:
-    """The global adapter as a PEFT folder with a release signed by the operator key."""
+    """The global adapter as a PEFT folder with a release signed by the operator key; never
+    one that is not finite (a checkpoint written before such adapters were refused)."""
+    problem = global_problem(final)
+    if problem is not None:
+        raise FedPeftError(f"the global adapter is not publishable ({problem}); nothing was released")
     release = write_adapter(setup.out / "adapter", setup.base, setup.template, final, setup.operator_key,
                             version=setup.config.federation.rounds, model=setup.config.model, stats=stats,
                             valid_days=setup.config.security.release_days, privacy=privacy)

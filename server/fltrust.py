@@ -35,6 +35,7 @@ def trust_mean(flats: list[np.ndarray], root: np.ndarray) -> tuple[np.ndarray, l
     root_norm = float(np.linalg.norm(root))
     step, trusts = np.zeros(root.size, np.float64), []
     for flat in flats:
+        flat = flat.astype(np.float64)  # norms, products and sums in float64: float32 squares overflow
         norm = float(np.linalg.norm(flat))
         trust = max(0.0, float(np.dot(flat, root)) / (norm * root_norm)) if norm > 0 and root_norm > 0 else 0.0
         trusts.append(trust)

@@ -107,7 +107,7 @@ def noisy_mean(flats: list[np.ndarray], norms: list[float], asked: int, settings
                rng: np.random.Generator) -> np.ndarray:
     """Clipped deltas summed with equal weight, Gaussian noise added, divided by the clients asked."""
     total = np.zeros(flats[0].size if flats else 0, np.float64)
-    for flat, norm in zip(flats, norms):
-        total += flat * (min(1.0, settings.clip / norm) if norm > 0 else 1.0)
+    for flat, norm in zip(flats, norms):  # a numpy float64 factor: the product is float64 too
+        total += flat * np.float64(min(1.0, settings.clip / norm) if norm > 0 else 1.0)
     total += rng.normal(0.0, settings.noise_multiplier * settings.clip, size=total.size)
     return total / asked

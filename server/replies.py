@@ -4,6 +4,8 @@ A client's reply is untrusted bytes even when its node is authenticated: extra m
 keys make Flower's aggregation raise, a NaN poisons an average, a claimed billion
 examples buys the logged accuracy. Each function returns clean values or raises
 `BadReply` with a named reason; callers drop such a reply and count it, never raise.
+Nothing here names a client: a report's name and weight come from server/verify.py's
+`checked_reports` (the enrolled key, the capped count), never from the reply's text.
 (Deltas are checked by server/verify.py.)
 """
 
@@ -14,16 +16,18 @@ from collections.abc import Mapping
 
 from flwr.app import RecordDict
 
-BAD_REPLY_REASONS = ("malformed", "bad-metrics", "bad-example-count")
+from fedpeft.console import printable
+
+BAD_REPLY_REASONS = ("malformed", "bad-metrics", "bad-example-count", "duplicate")
 LOSS_RANGE = (0.0, 1e6)
 TRAIN_METRICS = {"train-loss": LOSS_RANGE, "steps": (0.0, 1e9)}  # in the signed delta header
 EVALUATE_METRICS = {"eval-loss": LOSS_RANGE, "eval-acc": (0.0, 1.0)}
-MAX_CLIENT_NAME = 128
 
 
 class BadReply(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         assert reason in BAD_REPLY_REASONS, reason
+        detail = printable(detail, 200)  # it may quote the reply's keys and values
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
 
@@ -62,16 +66,13 @@ def evaluate_reply(content: RecordDict, max_examples: int) -> tuple[int, dict[st
     return examples, checked_metrics(metrics, EVALUATE_METRICS)
 
 
-def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: int) -> dict:
-    """One client's row of the personalization report."""
+def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: int) -> tuple[int, dict[str, float]]:
+    """(examples, arm -> test accuracy) of a personalization reply. The name a client
+    states in it is not read: it is shown under its enrolled key's (server/verify.py)."""
     metrics = dict(_one_metric_record(content))
     examples = example_count(metrics.pop("num-examples", None), max_examples)
     accuracies = checked_metrics(metrics, {f"{arm}-acc": (0.0, 1.0) for arm in arms})
-    client = content.config_records.get("client")
-    name = client.get("name") if client is not None else None
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_CLIENT_NAME:
-        raise BadReply("malformed", f"client name {str(name)[:40]!r}")
-    return {"client": name, "examples": examples, **{arm: accuracies[f"{arm}-acc"] for arm in arms}}
+    return examples, {arm: accuracies[f"{arm}-acc"] for arm in arms}
 
 
 def status_reply(content: RecordDict) -> tuple[bool, bool]:

@@ -1,4 +1,8 @@
-"""Personalization report and plots: what a person looks at after a run."""
+"""Personalization report and plots: what a person looks at after a run.
+
+Client names come from the enrolled keys (server/verify.py's `checked_reports`), and are
+still drawn as plain text: printable, bounded, and never parsed as mathtext or TeX (a `$`
+in a name made matplotlib raise after the release was written)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedpeft.console import printable  # noqa: E402
+
 ARMS = ("initial", "global", "personalized", "local_only")
+PLAIN_TEXT = {"parse_math": False, "usetex": False}  # text objects that may hold a client's name
+NAME_CHARS = 40  # of a client's name on a plot
 
 
 def arm_stats(clients: list[dict[str, Any]], arm: str) -> dict[str, float]:
@@ -58,14 +66,14 @@ def plot_curves(rows: list[dict[str, Any]], initial_accuracy: float, final_accur
 
 def plot_clients(clients: list[dict[str, Any]], path: Path) -> None:
     """Each client's test accuracy for the four adapters, with its test-split size."""
-    names = [f"{c['client']}\n(n={c['examples']})" for c in clients]
+    names = [f"{printable(c['client'], NAME_CHARS)}\n(n={c['examples']})" for c in clients]
     x = np.arange(len(names))
     width = 0.2
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4.5))
     for i, arm in enumerate(ARMS):
         ax.bar(x + (i - 1.5) * width, [c[arm] for c in clients], width, label=arm.replace("_", "-"))
     ax.set_xticks(x, names, rotation=45 if len(names) > 10 else 0, ha="right" if len(names) > 10 else "center",
-                  fontsize=8)
+                  fontsize=8, **PLAIN_TEXT)
     ax.set(ylabel="test accuracy", ylim=(0, 1))
     ax.set_title("Test accuracy per client (n: test examples)", pad=24)
     ax.legend(ncol=len(ARMS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)

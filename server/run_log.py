@@ -39,12 +39,14 @@ class RunLog:
             "rejected": dict(traffic.rejected),
             "rejections": list(traffic.rejections),
             "unchanged": traffic.unchanged,
+            "refused_global": traffic.refused_global,  # why the round's aggregate was refused, else None
             "max_update_norm": round(traffic.max_norm, 6),
             "capped_weights": traffic.capped,
             "sample_rate": round(traffic.sample_rate, 6),
             "noise_multiplier": traffic.noise_multiplier,  # on the round's sum, in units of clip (privacy on)
             "epsilon": traffic.epsilon,  # the run's so far (privacy on), else None
             "distrusted": traffic.distrusted,  # fltrust: accepted deltas given no weight, else None
+            "distrusted_clients": traffic.distrusted_clients,  # fltrust: whose, else None
         }
 
     def evaluate_done(self, server_round: int, metrics: MetricRecord | None, rejected: dict[str, int]) -> None:
@@ -77,10 +79,11 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
     rejected = sum(row.get("rejected", {}).values())
     spent = "" if row.get("epsilon") is None else f"  epsilon {row['epsilon']:.3g}"
     spent += f"  distrusted {row['distrusted']}" if row.get("distrusted") else ""
+    refused = f" (aggregate refused: {row['refused_global']})" if row.get("refused_global") else ""
     return (
         f"[fedpeft] round {row['round']}/{rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
         f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
         f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
         f"{f'  rejected {rejected}' if rejected else ''}"
-        f"{'  global unchanged' if row.get('unchanged') else ''}{spent}  ({row['seconds']:.0f} s)"
+        f"{'  global unchanged' if row.get('unchanged') else ''}{refused}{spent}  ({row['seconds']:.0f} s)"
     )

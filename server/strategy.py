@@ -6,13 +6,14 @@ with a signed envelope. Each reply is verified first (server/verify.py). Plain F
 then computed as `global + example-weighted mean(delta)` in one pass; for every other Flower
 message strategy (FedAdam, FedYogi, FedMedian, FedTrimmedAvg, Krum...) each delta is
 turned back into `global + delta` and the strategy aggregates it unchanged (for the
-server optimizers the pseudo-gradient is then the mean delta).
+server optimizers the pseudo-gradient is then the mean delta). Either way the sums run
+in float64, and the new global adapter is checked (`global_problem`) before Flower
+takes it: one that is not finite or exceeds MAX_GLOBAL_VALUE is refused by name and the
+round keeps the global adapter it started from.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -24,7 +25,7 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedpeft.core.adapters.state import Arrays, apply_delta
+from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
@@ -36,12 +37,39 @@ from fedpeft.core.wire.records import from_record, record_bytes, to_record
 
 from .fltrust import RootUpdate, trust_mean
 from .privacy import PrivacyLedger, noisy_mean, plain_mean
-from .replies import BadReply, evaluate_reply
-from .verify import DeltaVerifier, RejectedDelta, RoundExpectation, VerifiedDelta, content_bytes
+from .replies import evaluate_reply
+from .verify import (
+    DeltaVerifier,
+    RejectedDelta,
+    RoundExpectation,
+    VerifiedDelta,
+    checked_reports,
+    content_bytes,
+    weight_cap,
+)
 
 # What Flower's server optimizers carry between rounds: FedOpt's moments (dicts of
 # tensors) and FedAvgM's momentum (a list, in the trained tensors' order).
 SERVER_OPTIMIZER_STATE = ("m_t", "v_t", "momentum_vector")
+# What Flower's strategies reassign while aggregating (never change in place): FedAvgM
+# steps from `current_arrays`, its last aggregate. Put back when an aggregate is refused.
+AGGREGATION_STATE = (*SERVER_OPTIMIZER_STATE, "current_arrays")
+# The largest value a global adapter may hold: float16's maximum, so that a half-precision
+# load or export stays finite. Honest adapters stay orders of magnitude below it; an
+# average that reaches it came from deltas no bound stopped (security.max_update_norm = 0).
+MAX_GLOBAL_VALUE = float(np.finfo(np.float16).max)
+
+
+def global_problem(arrays: Arrays) -> str | None:
+    """Why `arrays` must not become the global adapter (None: they may), naming the first
+    tensor that is not finite or holds a value beyond MAX_GLOBAL_VALUE."""
+    for name, value in arrays.items():
+        if not np.isfinite(value).all():
+            return f"non-finite: {name}"
+        peak = float(np.abs(value).max(initial=0.0))
+        if peak > MAX_GLOBAL_VALUE:
+            return f"out-of-bound: {name} holds {peak:.3g} (bound {MAX_GLOBAL_VALUE:g})"
+    return None
 
 
 @dataclass
@@ -62,6 +90,8 @@ class RoundTraffic:
     noise_multiplier: float | None = None  # the noise on this round's sum, in units of clip (privacy on)
     epsilon: float | None = None  # the run's epsilon after this round (privacy on)
     distrusted: int | None = None  # fltrust: accepted deltas given no weight (pointing away from the root's)
+    distrusted_clients: list[str] | None = None  # fltrust: who they came from (enrolled names)
+    refused_global: str | None = None  # why the aggregate was not taken as the new global (global_problem)
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
@@ -102,6 +132,7 @@ class DeltaStrategyMixin:
         self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
         self.ledger = PrivacyLedger(privacy) if privacy.mode != "off" else None
         self.noise = np.random.default_rng()  # OS entropy: noise nobody (a client) can predict
+        self.signers: dict[int, str] = {}  # node id -> enrolled name it proved by a verified signature
 
     def trained_only(self, arrays: ArrayRecord) -> ArrayRecord:
         """What a round sends down: the trained tensors. Frozen ones never change (see
@@ -128,7 +159,8 @@ class DeltaStrategyMixin:
 
     def _with_noise_shares(self, messages: list[Message], binding) -> list[Message]:
         """Distributed DP: tell each asked client its delta's clip and noise share; accept
-        noised deltas up to clip plus the noise's length (core/privacy.py)."""
+        noised deltas up to clip plus the noise's length (core/privacy.py), or up to
+        security.max_update_norm where that is smaller (verify.tightest_bound)."""
         dp = self.ledger.settings
         std = share_std(dp.noise_multiplier, dp.clip, len(messages))
         for msg in messages:
@@ -160,11 +192,14 @@ class DeltaStrategyMixin:
             except Exception as exc:  # any other exception: a check that broke on crafted input must not end the round
                 rejection = exc if isinstance(exc, RejectedDelta) else \
                     RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}")
+                if rejection.client:  # its signature verified: the node holds that enrolled key
+                    self.signers[msg.metadata.src_node_id] = rejection.client
                 client = rejection.client or f"node {msg.metadata.src_node_id}"
                 log(WARNING, "round %d: rejected delta from %s (%s)", server_round, client, rejection)
                 self.traffic.reject(client, rejection)
                 continue
             signers.add(delta.key_id)
+            self.signers[msg.metadata.src_node_id] = delta.client
             self.traffic.max_norm = max(self.traffic.max_norm, delta.norm)
             self.traffic.accepted += 1
             yield msg, delta
@@ -178,19 +213,14 @@ class DeltaStrategyMixin:
         hash) do not depend on which client answered first, nor on a resumed simulation's
         fresh keys."""
         accepted = sorted(self.verified_replies(server_round, replies), key=lambda pair: (pair[1].client, pair[1].key_id))
-        cap = self._weight_cap([d.num_examples for _, d in accepted])
+        cap = weight_cap([d.num_examples for _, d in accepted], self.max_weight_ratio)
         self.traffic.capped = sum(d.num_examples > cap for _, d in accepted)
         return [(msg, delta, min(delta.num_examples, cap)) for msg, delta in accepted]
-
-    def _weight_cap(self, counts: list[int]) -> float:
-        """The most any one reply may weigh this round: `max_weight_ratio` x the median count."""
-        if not counts or not self.max_weight_ratio:
-            return math.inf
-        return max(1, math.floor(self.max_weight_ratio * statistics.median(counts)))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
+        before = {a: getattr(self, a) for a in AGGREGATION_STATE if hasattr(self, a)}
         if self.streams_mean:
             new_global, metrics = self._running_mean(server_round, replies)
         else:
@@ -202,9 +232,26 @@ class DeltaStrategyMixin:
             self.traffic.unchanged = True
             metrics = None
         elif new_global is not None:
-            # Tensors no client trains (FFA-LoRA's A) stay bit-identical, free of the
-            # rounding that averaging identical copies with float weights brings.
-            arrays = to_record({n: new_global[n] if n in self.tensors else g for n, g in self.global_arrays.items()})
+            # Back to each tensor's dtype (the sums ran in float64). Tensors no client trains
+            # (FFA-LoRA's A) stay bit-identical, free of the rounding that averaging
+            # identical copies with float weights brings.
+            with np.errstate(over="ignore"):  # a float32 overflow is an infinity, refused just below
+                candidate = {n: new_global[n].astype(self.tensors[n][0]) if n in self.tensors else g
+                             for n, g in self.global_arrays.items()}
+            problem = global_problem(candidate)
+            if problem is None:
+                arrays = to_record(candidate)
+            else:
+                # Refused, not repaired: a user expects a round that went wrong to cost that
+                # round, not the run (no exception) and not the published adapter (no NaN
+                # checkpointed, evaluated or released). The round keeps the global it started
+                # from, says why (metrics.jsonl "refused_global", the progress line), and a
+                # server optimizer forgets the step it took towards the refused adapter.
+                log(WARNING, "round %d: the aggregated adapter is refused (%s); the global adapter is unchanged",
+                    server_round, problem)
+                self.traffic.unchanged, self.traffic.refused_global, metrics = True, problem, None
+                for attr, value in before.items():
+                    setattr(self, attr, value)
         if self.hooks.on_train is not None:
             self.hooks.on_train(server_round, metrics, self.traffic)
         return arrays, metrics
@@ -238,22 +285,24 @@ class DeltaStrategyMixin:
             root = layout.flatten(self.root_update(self.global_arrays, server_round))
             step, trusts = trust_mean([d.flat for _, d, _ in accepted], root)
             self.traffic.distrusted = sum(t == 0 for t in trusts)
+            self.traffic.distrusted_clients = [d.client for (_, d, _), t in zip(accepted, trusts) if t == 0]
         else:
             sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
             scaled = np.empty(layout.count, np.float64)
-            for _, delta, count in accepted:
-                sums += np.multiply(delta.flat, count, out=scaled)
+            for _, delta, count in accepted:  # multiplied in float64 too: a float32 product can overflow
+                sums += np.multiply(delta.flat, count, out=scaled, dtype=np.float64)
             step = sums / total
-        return layout.split((layout.flatten(self.global_arrays) + step).astype(np.float32)), metrics
+        return layout.split(layout.flatten(self.global_arrays) + step), metrics  # float64; aggregate_train casts back
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
         """Any other Flower strategy, given `global + delta` over the trained tensors (what
         configure_train sent, in its order: FedAvgM and FedOpt subtract the two tensor by
-        tensor), weighted by the capped signed example count."""
-        trained = {n: a for n, a in self.global_arrays.items() if n in self.tensors}
+        tensor), weighted by the capped signed example count. The sums are in float64:
+        Flower's weighted sum multiplies in the arrays' dtype, and these are float64."""
+        trained = {n: a.astype(np.float64) for n, a in self.global_arrays.items() if n in self.tensors}
         accepted = []
         for msg, delta, count in self.weighted(server_round, replies):
-            msg.content = RecordDict({"arrays": to_record(apply_delta(trained, delta.arrays)),
+            msg.content = RecordDict({"arrays": to_record({n: g + delta.arrays[n] for n, g in trained.items()}),
                                       "metrics": MetricRecord({**delta.metrics, "num-examples": count})})
             accepted.append(msg)
         if not accepted:
@@ -262,25 +311,18 @@ class DeltaStrategyMixin:
         return (from_record(arrays) if arrays is not None else None), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Flower's evaluation average over replies that pass server/replies.py, weights capped as in training."""
+        """Flower's evaluation average over the reports server/verify.py passes, weights capped as in training."""
         server_round += self.round_offset
-        clean: list[tuple[Message, int, dict[str, float]]] = []
+        max_examples = self.verifier.policy.max_examples
+        reports, refused = checked_reports(replies, lambda content: evaluate_reply(content, max_examples),
+                                           self.signers, self.max_weight_ratio)
         rejected: dict[str, int] = {}
-        for msg in replies:
-            if msg.has_error():
-                continue
-            try:
-                examples, metrics = evaluate_reply(msg.content, self.verifier.policy.max_examples)
-            except BadReply as bad:
-                log(WARNING, "round %d: dropped evaluate reply from node %d (%s)", server_round,
-                    msg.metadata.src_node_id, bad)
-                rejected[bad.reason] = rejected.get(bad.reason, 0) + 1
-                continue
-            clean.append((msg, examples, metrics))
-        cap = self._weight_cap([n for _, n, _ in clean])
-        for msg, examples, metrics in clean:
-            msg.content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": min(examples, cap)})})
-        aggregated = super().aggregate_evaluate(server_round, [m for m, _, _ in clean]) if clean else None
+        for node, bad in refused:
+            log(WARNING, "round %d: dropped evaluate reply from node %d (%s)", server_round, node, bad)
+            rejected[bad.reason] = rejected.get(bad.reason, 0) + 1
+        for r in reports:
+            r.reply.content = RecordDict({"metrics": MetricRecord({**r.metrics, "num-examples": r.examples})})
+        aggregated = super().aggregate_evaluate(server_round, [r.reply for r in reports]) if reports else None
         if self.hooks.on_evaluate is not None:
             self.hooks.on_evaluate(server_round, aggregated, rejected)
         return aggregated

@@ -6,20 +6,27 @@ signature is checked over the header bytes exactly as they arrived and only then
 those bytes parsed, and the payload is read only once the signed manifest and encoding
 say how long it must be. One SHA-256 and one decode per delta (core/wire/delta_codec.py).
 Flower does not check update contents; this module is ours.
+
+Reports (evaluate and personalization replies) are checked here too, as deltas are:
+their schema by server/replies.py, their name from the enrolled key the node proved it
+holds by signing a delta (never from the reply's text), their example counts capped as
+training weights are (`checked_reports`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from google.protobuf.message import DecodeError
 
+from fedpeft.console import printable
 from fedpeft.core.trust.keys import Keyring, verify_signature
 from fedpeft.core.wire.delta_codec import DeltaEncoding, DeltaLayout
 from fedpeft.core.wire.envelope import ENVELOPE_KEY, ENVELOPE_RECORD, FORMAT_VERSION, PAYLOAD_KEY, DeltaBinding
@@ -27,6 +34,8 @@ from fedpeft.core.wire.records import NotAsSigned, decode_signed_array
 from fedpeft.protos import delta_pb2
 
 from .replies import TRAIN_METRICS, BadReply, checked_metrics
+
+DETAIL_CHARS = 200  # a rejection's detail as logged and written to metrics.jsonl
 
 REASONS = (
     "too-large", "malformed", "no-signature", "unknown-key", "bad-signature", "wrong-run", "wrong-round",
@@ -37,10 +46,15 @@ REASONS = (
 
 
 class RejectedDelta(Exception):
-    """A reply that must not reach the average; `reason` is one of REASONS."""
+    """A reply that must not reach the average; `reason` is one of REASONS.
+
+    `client` is the enrolled name of the key whose signature over the header verified,
+    None when no signature did (a claimed key id names nobody). `detail` may quote the
+    reply: it is made printable and bounded here, once for every rejection."""
 
     def __init__(self, reason: str, detail: str, client: str | None = None) -> None:
         assert reason in REASONS, reason
+        detail = printable(detail, DETAIL_CHARS)
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.client = reason, detail, client
 
@@ -52,7 +66,7 @@ class RoundExpectation:
     binding: DeltaBinding
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)
-    max_norm: float = 0.0  # this round's norm bound instead of the policy's (distributed DP: clip plus the noise)
+    max_norm: float = 0.0  # this round's bound (distributed DP: clip plus noise); only tightens the policy's
 
     @cached_property
     def layout(self) -> DeltaLayout:
@@ -96,17 +110,32 @@ class VerifiedDelta:
         return self.layout.split(self.flat)
 
 
+def _value_bytes(value) -> int:
+    """Bytes of one Config/MetricRecord value as Flower carries it: bytes and strings at
+    their length (UTF-8), numbers and booleans at 8, lists element by element."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, list):
+        return sum(_value_bytes(v) for v in value)
+    return 8
+
+
 def content_bytes(content: RecordDict) -> int:
-    """Bytes of a reply's tensors and byte-valued config entries (the envelope among them).
+    """Bytes of everything a reply carries: every record (tensors, config and metric
+    entries, the envelope among them) and every key. An extra record counts as much as
+    the delta: a 5 MB string or a million-float MetricRecord exceeds the limit too.
 
     Reads `content.values()` once: Flower's `array_records` / `config_records` build a new
     dict on every access, which costs more than the checks of a small delta."""
     size = 0
-    for record in content.values():
+    for name, record in content.items():
+        size += len(name)
         if isinstance(record, ArrayRecord):
-            size += sum(len(a.data) for a in record.values())
-        elif isinstance(record, ConfigRecord):
-            size += sum(len(v) for v in record.values() if isinstance(v, bytes))
+            size += sum(len(key) + len(a.data) for key, a in record.items())
+        elif isinstance(record, (ConfigRecord, MetricRecord)):
+            size += sum(len(key) + _value_bytes(v) for key, v in record.items())
     return size
 
 
@@ -143,8 +172,8 @@ class DeltaVerifier:
         enrolled = self.keyring.get(signed.key_id)
         if enrolled is None:
             raise RejectedDelta("unknown-key", f"key {signed.key_id[:16]!r} is not enrolled")
-        if not verify_signature(enrolled.public_key, signed.signature, signed.header):
-            raise RejectedDelta("bad-signature", "signature does not match the header bytes", enrolled.name)
+        if not verify_signature(enrolled.public_key, signed.signature, signed.header):  # nobody proven: no name
+            raise RejectedDelta("bad-signature", f"signature does not match the header bytes (claims {enrolled.name}'s key)")
 
         # Only now, with the bytes proven to come from `enrolled`, are they parsed.
         header = delta_pb2.DeltaHeader()
@@ -234,7 +263,66 @@ class DeltaVerifier:
             bad = int(np.flatnonzero(~np.isfinite(flat))[0])
             name = expect.layout.names[int(np.searchsorted(expect.layout.offsets, bad, side="right")) - 1]
             raise RejectedDelta("non-finite", name, client)
-        norm, bound = squares ** 0.5, expect.max_norm or self.policy.max_update_norm
+        norm, bound = squares ** 0.5, tightest_bound(expect.max_norm, self.policy.max_update_norm)
         if bound and norm > bound:
             raise RejectedDelta("norm-too-large", f"L2 norm {norm:.4g} > bound {bound:.4g}", client)
         return flat, norm
+
+
+def tightest_bound(*bounds: float) -> float:
+    """The smallest of the bounds that are set (0: none): a round's own bound (distributed
+    DP's noise-aware one) may tighten `security.max_update_norm`, never loosen it."""
+    return min((b for b in bounds if b > 0), default=0.0)
+
+
+def weight_cap(counts: Sequence[int], ratio: float) -> float:
+    """The most any one reply may weigh among `counts`: `ratio` x their median (0: no cap).
+    One reply can then weigh at most ratio / (k + ratio) against k honest equal ones."""
+    if not counts or not ratio:
+        return math.inf
+    return max(1, math.floor(ratio * statistics.median(counts)))
+
+
+@dataclass(frozen=True)
+class Report:
+    """An evaluate or personalization reply that passed its checks."""
+
+    reply: Message
+    client: str                # the enrolled name the node signed deltas under, else "node <id>"
+    claimed: int               # the example count the reply states
+    examples: int              # its weight: `claimed` capped as training weights are
+    metrics: dict[str, float]
+
+
+def report_name(node: int, signers: Mapping[int, str]) -> str:
+    """Who a node's report is shown as: the enrolled key it proved it holds by signing a
+    delta this run; a node that signed none is named by its Flower node id."""
+    return signers.get(node) or f"node {node}"
+
+
+def checked_reports(replies: Iterable[Message], parse: Callable[[RecordDict], tuple[int, dict[str, float]]],
+                    signers: Mapping[int, str], max_weight_ratio: float,
+                    ) -> tuple[list[Report], list[tuple[int, BadReply]]]:
+    """Replies that pass `parse` (server/replies.py: schema, ranges, count at most
+    security.max_examples, else refused), named by `report_name`, a second report under
+    one enrolled name refused as a duplicate; the counts capped at `weight_cap` of the round's
+    counts. Returns the reports, and each refused node with why."""
+    parsed, refused, names = [], [], set()
+    for msg in replies:
+        if msg.has_error():
+            continue
+        node = msg.metadata.src_node_id
+        try:
+            claimed, metrics = parse(msg.content)
+            client = report_name(node, signers)
+            if node in signers and client in names:  # one enrolled key held by two nodes: one report
+                raise BadReply("duplicate", f"a second report from a node signing as {client}")
+        except BadReply as bad:
+            refused.append((node, bad))
+            continue
+        names.add(client)
+        parsed.append((msg, client, claimed, metrics))
+    cap = weight_cap([claimed for _, _, claimed, _ in parsed], max_weight_ratio)
+    reports = [Report(msg, client, claimed, int(min(claimed, cap)), metrics)
+               for msg, client, claimed, metrics in parsed]
+    return reports, refused

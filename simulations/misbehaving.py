@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import time
 import zipfile
@@ -27,6 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from fedpeft.client import client_app, identity
 from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.trust.json_reader import parse_json_object
 from fedpeft.core.trust.keys import key_id
 from fedpeft.core.wire.delta_codec import DeltaEncoding, DeltaLayout
 from fedpeft.core.wire.envelope import (
@@ -59,11 +59,15 @@ EXPECTED_REASON = {
     "inflated-count": None,            # signs INFLATED_COUNT examples: accepted, weight capped (max_weight_ratio)
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
     "slow-report": None,               # honest delta; stalls its personalization report past the deadline
+    "hostile-report": None,            # honest delta; its personalization report claims a hostile name and count
 }
-OPT_IN = ("slow-report",)  # only when asked for in [simulation] behaviours
-SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply
+OPT_IN = ("slow-report", "hostile-report")  # only when asked for in [simulation] behaviours
+SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply, at least
+SLOW_REPORT_PAST_DEADLINE_S = 10.0  # ... and at least this long past the plan's "report_deadline"
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
 BEHAVIOURS = tuple(EXPECTED_REASON)
+# Mathtext that made matplotlib raise, another client's name, a terminal escape, a forged line.
+HOSTILE_NAME = "$\\frac{$ client-0\x1b[2J\n[fedpeft] forged line $" + "{" * 500 + "$"
 
 
 def choose_plan(num_clients: int, share: float, seed: int, behaviours: list[str] | None = None,
@@ -183,7 +187,7 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
     if kind == "inflated-count":
         header.num_examples = INFLATED_COUNT
         return _resign(content, key, header)
-    if kind in ("bad-eval", "slow-report"):
+    if kind in ("bad-eval", "slow-report", "hostile-report"):
         return content  # the train reply stays honest; misbehaving_mod spoils the evaluate / report reply
     if kind == "replay":
         if previous is not None:
@@ -193,13 +197,22 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
     raise ConfigError(f"unknown misbehaviour {kind!r}")
 
 
+def spoil_report(content: RecordDict) -> RecordDict:
+    """An honest personalization reply turned hostile: every accuracy 1.0 over
+    INFLATED_COUNT test examples, under HOSTILE_NAME (the server must name it by its key,
+    cap its weight and draw nothing it says)."""
+    metrics = content.metric_records["metrics"]
+    spoiled = {k: (INFLATED_COUNT if k == "num-examples" else 1.0) for k in metrics}
+    return RecordDict({"metrics": MetricRecord(spoiled), "client": ConfigRecord({"name": HOSTILE_NAME})})
+
+
 def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod: bad clients (per the FEDPEFT_MISBEHAVING plan) spoil train replies;
     data-poisoning attackers train on poisoned rows instead."""
     kind_of_message = msg.metadata.message_type
     if PLAN_ENV not in os.environ:
         return call_next(msg, context)
-    plan, partition = json.loads(os.environ[PLAN_ENV]), int(context.node_config["partition-id"])
+    plan, partition = parse_json_object(os.environ[PLAN_ENV], PLAN_ENV), int(context.node_config["partition-id"])
     if kind_of_message == "train":
         kind = behaviour(plan, partition, int(msg.content.config_records["config"]["server-round"]))
         if kind in attacks_.DATA_ATTACKS:
@@ -211,8 +224,13 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return reply
     if kind_of_message == "query.personalize" and str(partition) in plan["partitions"] and \
             "slow-report" in plan["behaviours"]:
-        time.sleep(SLOW_REPORT_S)  # a device that went quiet: the server must say it did not report
+        # A device that went quiet: the server must say it did not report. It stays quiet past
+        # the run's reporting deadline however long that is (the plan says, see simulate.py).
+        time.sleep(max(SLOW_REPORT_S, plan.get("report_deadline", 0.0) + SLOW_REPORT_PAST_DEADLINE_S))
         return reply
+    if kind_of_message == "query.personalize" and str(partition) in plan["partitions"] and \
+            "hostile-report" in plan["behaviours"]:
+        return Message(spoil_report(reply.content), reply_to=msg)
     if kind_of_message not in ("train", "evaluate"):
         return reply
     server_round = int(msg.content.config_records["config"]["server-round"])
@@ -223,7 +241,7 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
         metrics = reply.content.metric_records["metrics"]
         spoiled = MetricRecord({**metrics, "eval-loss": float("nan"), "client-secret-metric": 1.0})
         return Message(RecordDict({"metrics": spoiled}), reply_to=msg)
-    if kind in (None, "slow-report"):
+    if kind in (None, "slow-report", "hostile-report"):
         return reply
     previous = None
     if "replay-arrays" in context.state.array_records:
