@@ -64,6 +64,14 @@ def test_ffa_lora_keeps_a_frozen_and_sends_no_a(tiny_base):
 def test_plain_lora_trains_a(tiny_base):
     session = _session(tiny_base, "lora")
     assert any(".lora_A." in n for n in session.template.trainable_names)
+    a_names = [n for n in session.template.init if ".lora_A." in n]
+    data = client_data(DataSpec(num_clients=2), 1)
+    delta, result = local_update(session, _job(session), data.train, dict(session.template.init), seed=2)
+    assert result.steps > 0 and a_names and set(a_names) <= set(delta)  # A travels up in the delta
+    after = get_adapter_arrays(session.model)
+    for name in a_names:  # ... and training moved every A
+        assert np.abs(delta[name]).max() > 0
+        assert not np.array_equal(after[name], session.template.init[name])
 
 
 def test_template_id_is_reproducible_and_depends_on_the_seed(tiny_base):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from test_strategy import BINDING, KEYS, _content, _flower_run, _keyring, _Nodes, _reply  # noqa: F401  (_flower_run: messages need a Flower run)
 
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.trust.keys import Keyring
@@ -81,15 +82,17 @@ def test_unknown_format_and_missing_metadata_are_refused(tmp_path, checkpoint):
         load_checkpoint(path)
 
 
-def test_fedadam_moments_go_into_the_checkpoint_and_come_back(checkpoint):
+def test_fedadam_moments_go_into_the_checkpoint_and_come_back(tmp_path, checkpoint):
     tensors = {n: ("<f4", a.shape) for n, a in checkpoint.adapter.items()}
     verifier = DeltaVerifier(Keyring(), VerifyPolicy(0.0, 100, 0))
     strategy = build_strategy("fedadam", 1.0, 2, DeltaBinding("r", "b" * 64, "c" * 64), tensors, verifier)
     assert strategy.state_arrays() == {}  # no round aggregated yet
-    strategy.restore_state(checkpoint.strategy_state)
+    checkpoint.save(tmp_path / "checkpoint.safetensors")  # the moments go through the file
+    strategy.restore_state(load_checkpoint(tmp_path / "checkpoint.safetensors").strategy_state)
     state = strategy.state_arrays()
     assert set(state) == {"m_t", "v_t"}
     assert all(np.array_equal(state["v_t"][n], checkpoint.strategy_state["v_t"][n]) for n in checkpoint.adapter)
+    assert all(np.array_equal(state["m_t"][n], checkpoint.strategy_state["m_t"][n]) for n in checkpoint.adapter)
     with pytest.raises(ConfigError, match="'eta'"):
         strategy.restore_state({"eta": {}})
 
@@ -145,3 +148,61 @@ def test_resume_trusts_the_keyring_file_not_the_keys_enrolled_when_the_checkpoin
     resumed = prepare(config, LABELS, tmp_path / "out", resume=True)
     assert resumed.done == 1 and resumed.job.run_id == first.job.run_id
     assert sorted(e.name for e in resumed.keyring.keys.values()) == ["client-0"]
+
+
+def _rounds_of(strategy, arrays: dict, rounds: range, keys, deltas) -> dict:
+    """`strategy` run through `rounds` (the run's round numbers) from `arrays`: each round it
+    sends the global down and aggregates the signed deltas `deltas[round]` bound to it."""
+    from flwr.app import ConfigRecord
+
+    from fedpeft.core.trust.hashing import tensors_id
+    from fedpeft.core.wire.envelope import DeltaClaim, EncodedDelta, sign_delta
+    from fedpeft.core.wire.records import from_record, to_record
+
+    for flower_round, server_round in enumerate(rounds, start=1):
+        list(strategy.configure_train(flower_round, to_record(arrays), ConfigRecord(), _Nodes()))
+        claim = DeltaClaim(BINDING.for_round(server_round, tensors_id(arrays)), 10, {"train-loss": 1.0, "steps": 1})
+        replies = [_reply(_content(d, sign_delta(k, claim, EncodedDelta.of(d)))) for k, d in zip(keys, deltas[server_round])]
+        result, _ = strategy.aggregate_train(flower_round, replies)
+        arrays = from_record(result)
+    return arrays
+
+
+@pytest.mark.parametrize("name, options, state", [
+    ("fedadam", {"eta": 0.05}, {"m_t", "v_t"}),
+    ("fedavgm", {"server_learning_rate": 1.0, "server_momentum": 0.9}, {"momentum_vector"}),
+])
+def test_a_server_optimizer_resumed_from_a_checkpoint_file_takes_the_uninterrupted_step(tmp_path, name, options, state):
+    """Rounds 1-2, the checkpoint written to disk and read back as a restarted server does,
+    round 3 by a new strategy that restored it: the adapter is the one an uninterrupted
+    strategy reaches, bit for bit. A strategy that starts round 3 without the state (FedAdam's
+    moments, FedAvgM's momentum) takes another step."""
+    rng = np.random.default_rng(5)
+    start = {"a": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+    tensors = {n: ("<f4", a.shape) for n, a in start.items()}
+    deltas = {r: [{n: rng.normal(size=a.shape).astype(np.float32) for n, a in start.items()} for _ in range(2)]
+              for r in (1, 2, 3)}
+
+    def strategy(offset: int = 0):
+        return build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), VerifyPolicy()), 1,
+                              dict(options), round_offset=offset)
+
+    whole = _rounds_of(strategy(), start, range(1, 4), KEYS, deltas)
+
+    first = strategy()
+    after_two = _rounds_of(first, start, range(1, 3), KEYS, deltas)
+    path = tmp_path / "checkpoint.safetensors"
+    Checkpoint(2, "ab" * 16, BINDING.base_id, BINDING.template_id, after_two, first.state_arrays(), []).save(path)
+    loaded = load_checkpoint(path)
+    assert set(loaded.strategy_state) == state
+    resumed = strategy(offset=2)
+    resumed.restore_state(loaded.strategy_state)
+    for attr in state:  # what came back from the file is what the strategy held
+        for key, value in first.state_arrays()[attr].items():
+            np.testing.assert_array_equal(resumed.state_arrays()[attr][key], value)
+    result = _rounds_of(resumed, loaded.adapter, range(3, 4), KEYS, deltas)
+    for n in start:
+        np.testing.assert_array_equal(result[n], whole[n])
+
+    forgetful = _rounds_of(strategy(offset=2), loaded.adapter, range(3, 4), KEYS, deltas)
+    assert any(not np.array_equal(forgetful[n], whole[n]) for n in start)

@@ -40,6 +40,16 @@ def _running(program: str) -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"]) if program in " ".join(p.info["cmdline"] or ())]
 
 
+def _auth_public_key_line(private_key: Path) -> str:
+    """The first base64 line of the PEM public key a SuperNode with this key presents (what
+    the SuperLink logs when it refuses the key)."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode().splitlines()[1]
+
+
 def _checkpoint_round(out: Path) -> int:
     checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
     return checkpoint.round if checkpoint else 0
@@ -95,7 +105,9 @@ def deployed(tiny_bert_dir, tmp_path_factory):
         facts["first_run"], facts["second_run"] = first_run, second_run
         facts["stranger_online"] = stranger.alive and "SuperNode ID" in stranger.log_text()
         facts["stranger_log"] = stranger.log_text()
+        facts["stranger_public_key"] = _auth_public_key_line(stranger_key)
         stranger.stop()
+        facts["superlink_log"] = deployment.superlink.log.read_text()  # both starts of the SuperLink
     finally:
         deployment.stop()
     assert facts["status"] == "finished:completed", facts["server_log"][-3000:]
@@ -118,6 +130,13 @@ def test_runs_to_completion_with_tls_node_auth_and_signed_deltas(deployed):
 
 def test_an_unregistered_supernode_is_refused(deployed):
     assert not deployed["stranger_online"], deployed["stranger_log"][-2000:]
+    # Not merely dead: the SuperLink refused its key (Flower's Fleet.ActivateNode error, logged
+    # with the key it was offered), and the SuperNode was told so.
+    refusals = [line for line in deployed["superlink_log"].splitlines()
+                if "No SuperNode found with the given public key" in line]
+    assert any(deployed["stranger_public_key"] in line for line in refusals), \
+        (refusals, deployed["superlink_log"][-2000:])
+    assert "Failed to activate SuperNode" in deployed["stranger_log"], deployed["stranger_log"][-2000:]
 
 
 def test_a_supernode_killed_mid_round_does_not_stop_the_round_and_rejoins(deployed):

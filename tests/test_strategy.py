@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
+import time
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedpeft.core.config import PrivacySection
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.hashing import tensors_id
-from fedpeft.core.trust.keys import Keyring, key_id
+from fedpeft.core.trust.keys import EnrolledKey, Keyring, key_id
 from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import (
     DELTA_RECORD,
@@ -28,7 +32,10 @@ from fedpeft.core.wire.envelope import (
 )
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.protos import delta_pb2
-from fedpeft.server.strategy import build_strategy
+from fedpeft.server.federation import ask
+from fedpeft.server.report import ARMS
+from fedpeft.server.run_log import RunLog
+from fedpeft.server.strategy import StrategyHooks, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 from fedpeft.simulations import misbehaving
 
@@ -170,6 +177,9 @@ def test_fedavgm_steps_by_its_server_learning_rate_and_checkpoints_its_momentum(
     resumed = _strategy("fedavgm", server_learning_rate=2.0, server_momentum=0.9)
     resumed.restore_state(state)
     assert [a.shape for a in resumed.momentum_vector] == [GLOBAL[n].shape for n in TRAINED]
+    for kept, restored in zip(strategy.momentum_vector, resumed.momentum_vector):  # the values, not only the shapes
+        np.testing.assert_array_equal(restored, kept)
+    assert np.abs(np.concatenate([m.ravel() for m in resumed.momentum_vector])).max() > 0
 
 
 def _bad(kind: str) -> RecordDict:
@@ -328,9 +338,76 @@ def test_the_envelope_signs_the_bytes_that_travel():
     assert delta_pb2.DeltaHeader.FromString(signed.header) == header
 
 
+def _node_context(partition: int) -> Context:
+    """What a simulated node's ClientApp (and its mods) see: its partition."""
+    return Context(run_id=1, node_id=100 + partition, node_config={"partition-id": partition}, state=RecordDict(),
+                   run_config={})
+
+
+def _honest_evaluate(msg: Message, context: Context) -> Message:
+    """An honest node's evaluate reply (accuracy 0.5 + 0.1 x its partition, 20 examples)."""
+    partition = int(context.node_config["partition-id"])
+    metrics = MetricRecord({"num-examples": 20, "eval-loss": 0.5, "eval-acc": 0.5 + 0.1 * partition})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _honest_report(msg: Message, context: Context) -> Message:
+    """An honest node's personalization report."""
+    partition = int(context.node_config["partition-id"])
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 20, **{f"{arm}-acc": 0.5 for arm in ARMS}}),
+                          "client": ConfigRecord({"name": f"client-{partition}"})})
+    return Message(content, reply_to=msg)
+
+
+class _ThreadedGrid:
+    """Flower's Grid as server/federation.ask uses it: each message is handled by its node's
+    ClientApp callable on a thread of its own; what is back by the deadline is returned."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle  # (message) -> reply
+
+    def send_and_receive(self, messages, timeout):
+        replies: list[Message] = []
+        threads = [threading.Thread(target=lambda m=m: replies.append(self.handle(m)), daemon=True) for m in messages]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return list(replies)
+
+
+def _misbehaviour_outside_the_delta(kind: str, plan: dict, tmp_path) -> None:
+    """"bad-eval" and "slow-report" leave train replies alone: their misbehaviour is an
+    evaluate reply and a personalization report, run here through misbehaving_mod."""
+    (bad,) = (int(p) for p in plan["partitions"])
+    partitions = (0, 1, 2)
+    if kind == "bad-eval":
+        config = RecordDict({"config": ConfigRecord({"server-round": ROUND})})
+        replies = [misbehaving.misbehaving_mod(Message(config, dst_node_id=100 + p, message_type="evaluate"),
+                                               _node_context(p), _honest_evaluate) for p in partitions]
+        strategy = _strategy()
+        run_log = RunLog(tmp_path / "metrics.jsonl", ROUND)
+        strategy.hooks = StrategyHooks(on_evaluate=run_log.evaluate_done)
+        strategy.aggregate_evaluate(1, replies)
+        (row,) = run_log.rows
+        assert row["eval_rejected"] == {"bad-metrics": 1}  # the NaN-and-extra-key reply, dropped and counted
+        honest = [0.5 + 0.1 * p for p in partitions if p != bad]
+        assert row["val_accuracy"] == pytest.approx(sum(honest) / len(honest))  # the average of the others only
+    if kind == "slow-report":
+        nodes = {100 + p: p for p in partitions}
+        grid = _ThreadedGrid(lambda m: misbehaving.misbehaving_mod(m, _node_context(nodes[m.metadata.dst_node_id]),
+                                                                    _honest_report))
+        failed: dict[int, str] = {}
+        replies = ask(grid, list(nodes), "query.personalize", lambda _: RecordDict(), 3.0, failed)
+        assert failed == {100 + bad: "no reply within 3 s"}  # held past the deadline, and named
+        assert sorted(r.metadata.src_node_id for r in replies) == [100 + p for p in partitions if p != bad]
+
+
 @pytest.mark.parametrize("kind", misbehaving.BEHAVIOURS)
-def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind):
-    """simulations/misbehaving.py's bad clients are caught for the reason they claim."""
+def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind, monkeypatch, tmp_path):
+    """simulations/misbehaving.py's bad clients are caught for the reason they claim; the
+    kinds whose delta is honest ("bad-eval", "slow-report") misbehave where they claim to."""
     honest = _deltas(8, 3)
     previous = _signed(honest[2], KEYS[2], server_round=ROUND - 1)
     spoiled = misbehaving.spoil(_signed(honest[2], KEYS[2]), kind, KEYS[2], previous, norm_bound=100.0)
@@ -342,6 +419,11 @@ def test_each_simulated_misbehaviour_meets_its_expected_rejection(kind):
     assert strategy.traffic.rejected == ({reason: 1} if reason else {})
     assert strategy.traffic.accepted == (2 if reason else 3)
     assert strategy.traffic.capped == (kind == "inflated-count")
+    if kind in ("bad-eval", "slow-report"):
+        plan = misbehaving.choose_plan(3, 0.3, seed=0, behaviours=[kind])
+        assert len(plan["partitions"]) == 1
+        monkeypatch.setenv(misbehaving.PLAN_ENV, json.dumps(plan))
+        _misbehaviour_outside_the_delta(kind, plan, tmp_path)
 
 
 def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
@@ -439,3 +521,169 @@ def test_fltrust_gives_no_weight_to_deltas_against_the_roots_and_cuts_large_ones
     assert cosine > 0.9 and np.linalg.norm(step) <= np.linalg.norm(flat_root) * (1 + 1e-5)
     with pytest.raises(ConfigError, match="fltrust"):
         _strategy("fltrust")
+
+
+def test_fltrust_trains_the_root_update_on_the_server_and_gives_a_flipped_delta_no_weight(tiny_package):
+    """FLTrust with the server's real root update (server/fltrust.RootUpdate: the tiny BERT
+    trained on a seeded root set), three clients' deltas trained on their own rows by the
+    client's code, and a fourth that sends one of them sign-flipped: the flipped one, and
+    only it, gets trust 0, and the step agrees with the root's."""
+    from fedpeft.client.runtime import Session
+    from fedpeft.client.task import local_update
+    from fedpeft.core.adapters.spec import TemplateSpec
+    from fedpeft.core.adapters.template import create_template
+    from fedpeft.core.base.model import load_base
+    from fedpeft.core.training.data import DataSpec, client_data
+    from fedpeft.core.training.job import Job
+    from fedpeft.core.training.settings import TrainSettings
+    from fedpeft.core.training.synthetic_data import LABELS
+    from fedpeft.core.wire.envelope import DeltaClaim
+    from fedpeft.server.fltrust import RootUpdate, root_split
+
+    base = load_base(tiny_package, num_labels=len(LABELS))
+    template = create_template(base.model, base.task, TemplateSpec(method="ffa-lora", rank=4), list(LABELS))
+    settings, spec = TrainSettings(epochs=1, learning_rate=1e-2, max_length=24), DataSpec(num_clients=4)
+    session = Session(base, template, template.attach(base.model))
+    job = Job("0" * 64, template.template_id, spec, settings)
+    honest = [local_update(session, job, client_data(spec, p).train, dict(template.init), seed=p)[0] for p in range(3)]
+    session.model.unload()
+
+    global_arrays = dict(template.init)
+    tensors = {n: (global_arrays[n].dtype.str, global_arrays[n].shape) for n in template.trainable_names}
+    real_root = RootUpdate(base, template, root_split(spec, 40, seed=0), settings)
+    roots = []
+    strategy = build_strategy("fltrust", 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), VerifyPolicy()),
+                              round_offset=ROUND - 1,
+                              root_update=lambda arrays, r: roots.append(real_root(arrays, r)) or roots[-1])
+    list(strategy.configure_train(1, to_record(global_arrays), ConfigRecord(), _Nodes()))
+    claim = DeltaClaim(BINDING.for_round(ROUND, tensors_id(global_arrays)), 10, {"train-loss": 1.0, "steps": 1})
+    contents = [_content(d, sign_delta(KEYS[i], claim, EncodedDelta.of(d))) for i, d in enumerate(honest)]
+    contents.append(misbehaving.spoil(_content(honest[1], sign_delta(KEYS[3], claim, EncodedDelta.of(honest[1]))),
+                                      "sign-flip", KEYS[3], None))
+    arrays, _ = strategy.aggregate_train(1, [_reply(c) for c in contents])
+
+    assert len(roots) == 1 and strategy.traffic.accepted == 4
+    assert strategy.traffic.distrusted == 1 and strategy.traffic.distrusted_clients == ["client-3"]
+    names = sorted(tensors)
+    flat_root = np.concatenate([roots[0][n].ravel() for n in names])
+    assert np.linalg.norm(flat_root) > 0  # the server really trained on its root set
+    for d in honest:  # honest clients' deltas point the root's way
+        flat = np.concatenate([d[n].ravel() for n in names])
+        assert flat @ flat_root > 0
+    step = np.concatenate([(from_record(arrays)[n] - global_arrays[n]).ravel() for n in names])
+    assert step @ flat_root / (np.linalg.norm(step) * np.linalg.norm(flat_root)) > 0.5
+
+
+def test_multikrum_averages_the_deltas_closest_to_each_other_and_leaves_out_the_outliers():
+    """multikrum (Flower's MultiKrum on global + delta): with 2 assumed malicious of 5 and 3
+    to select, the 3 honest deltas are averaged (not one picked, as Krum does) and two far
+    outliers, both accepted by every check, have no say."""
+    honest = _spread_honest(3, 43)
+    rng = np.random.default_rng(44)
+    outliers = [{n: (30 * rng.normal(size=GLOBAL[n].shape)).astype(np.float32) for n in TRAINED} for _ in range(2)]
+    replies = [_reply(_signed(d, KEYS[i])) for i, d in enumerate(honest + outliers)]
+    strategy = _strategy("multikrum", policy=VerifyPolicy(max_update_norm=1000.0), num_malicious_nodes=2,
+                         num_nodes_to_select=3)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.traffic.accepted == 5 and not strategy.traffic.rejected
+    for name in TRAINED:
+        expected = GLOBAL[name] + sum(d[name] for d in honest) / 3
+        np.testing.assert_allclose(from_record(arrays)[name], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(from_record(arrays)["frozen"], GLOBAL["frozen"])
+
+
+def test_a_check_that_crashes_is_the_rejection_crashed_check_and_the_round_goes_on():
+    """Any exception while checking a reply (a bug of ours: here an enrollment entry holding
+    a P-256 key where an Ed25519 key belongs, whose verify() takes other arguments) rejects
+    that reply as crashed-check; the other replies are aggregated."""
+    deltas = _deltas(14, 3)
+    keyring = _keyring()
+    broken = key_id(KEYS[2].public_key())
+    keyring.keys[broken] = EnrolledKey(broken, "client-2", ec.generate_private_key(ec.SECP256R1()).public_key(), 0.0)
+    strategy = _strategy()
+    strategy.verifier = DeltaVerifier(keyring, strategy.verifier.policy)
+    arrays, _ = strategy.aggregate_train(ROUND, [_reply(_signed(d, KEYS[i])) for i, d in enumerate(deltas)])
+    assert strategy.traffic.rejected == {"crashed-check": 1} and strategy.traffic.accepted == 2
+    (rejection,) = strategy.traffic.rejections
+    assert rejection["reason"] == "crashed-check" and "TypeError" in rejection["detail"]
+    np.testing.assert_allclose(from_record(arrays)["a"], GLOBAL["a"] + (deltas[0]["a"] + deltas[1]["a"]) / 2, rtol=1e-6)
+
+
+def _failing_two(kind: str) -> RecordDict:
+    """A reply that fails two checks at once (README "Checks, each a named rejection reason"):
+    it must be rejected for the one checked first."""
+    delta = _deltas(15, 1)[0]
+    key, x = KEYS[3], "x" * 64
+    if kind == "too-large+no-signature":
+        content = _content(delta, None)
+        content["padding"] = ConfigRecord({"blob": b"\0" * 200_000})
+        return content
+    if kind == "no-signature+tensor-hash-mismatch":
+        return _content({**delta, "a": delta["a"] + 1}, None)
+    if kind == "unknown-key+wrong-round":
+        return _signed(delta, Ed25519PrivateKey.generate(), server_round=ROUND - 1)
+    if kind == "bad-signature+wrong-run":
+        signed = delta_pb2.SignedDelta.FromString(sign_delta(key, _claim(run_id=x), EncodedDelta.of(delta)))
+        signed.signature = KEYS[0].sign(signed.header)
+        return _content(delta, signed.SerializeToString())
+    if kind == "wrong-run+wrong-round":
+        return _signed(delta, key, run_id=x, server_round=ROUND - 1)
+    if kind == "wrong-round+wrong-base":
+        return _signed(delta, key, server_round=ROUND - 1, base_id=x)
+    if kind == "wrong-base+wrong-template":
+        return _signed(delta, key, base_id=x, template_id=x)
+    if kind == "wrong-template+wrong-parent":
+        return _signed(delta, key, template_id=x, parent_id=x)
+    if kind == "wrong-parent+bad-example-count":
+        return _signed(delta, key, parent_id=x, num_examples=0)
+    if kind == "bad-example-count+bad-encoding":
+        return _signed(delta, key, DeltaEncoding("fp16"), num_examples=0)
+    if kind == "bad-encoding+unexpected-tensor":
+        return _signed({**delta, "frozen": np.zeros(3, np.float32)}, key, DeltaEncoding("fp16"))
+    if kind == "unexpected-tensor+missing-tensor":
+        return _signed({"a": delta["a"], "frozen": np.zeros(3, np.float32)}, key)
+    if kind == "missing-tensor+bad-dtype":
+        return _edited_header({"a": delta["a"]}, key, lambda h: setattr(h.tensors[0], "dtype", "<f8"))
+    if kind == "bad-dtype+bad-shape":
+        def edit(header):
+            header.tensors[0].dtype = "<f8"
+            header.tensors[0].shape[:] = [3, 2]
+        return _edited_header(delta, key, edit)
+    if kind == "bad-shape+tensor-hash-mismatch":
+        content = _signed({**delta, "a": delta["a"].reshape(3, 2)}, key)
+        content[DELTA_RECORD] = EncodedDelta.of({**delta, "a": delta["a"] + 1}).record()
+        return content
+    if kind == "tensor-hash-mismatch+non-finite":
+        content = _signed(delta, key)
+        content[DELTA_RECORD] = EncodedDelta.of({**delta, "b": np.full(4, np.nan, np.float32)}).record()
+        return content
+    if kind == "non-finite+norm-too-large":
+        return _signed({"a": delta["a"] * 1000, "b": np.array([0, np.inf, 0, 0], np.float32)}, key)
+    raise AssertionError(kind)
+
+
+ORDER = ["too-large+no-signature", "no-signature+tensor-hash-mismatch", "unknown-key+wrong-round",
+         "bad-signature+wrong-run", "wrong-run+wrong-round", "wrong-round+wrong-base", "wrong-base+wrong-template",
+         "wrong-template+wrong-parent", "wrong-parent+bad-example-count", "bad-example-count+bad-encoding",
+         "bad-encoding+unexpected-tensor", "unexpected-tensor+missing-tensor", "missing-tensor+bad-dtype",
+         "bad-dtype+bad-shape", "bad-shape+tensor-hash-mismatch", "tensor-hash-mismatch+non-finite",
+         "non-finite+norm-too-large"]
+
+
+@pytest.mark.parametrize("kind", ORDER)
+def test_a_reply_failing_two_checks_is_rejected_for_the_one_checked_first(kind):
+    strategy = _strategy(policy=VerifyPolicy(max_update_norm=100.0, max_examples=1000, max_message_bytes=100_000))
+    good = _deltas(16, 1)[0]
+    strategy.aggregate_train(ROUND, [_reply(_signed(good, KEYS[0])), _reply(_failing_two(kind))])
+    first = kind.split("+")[0]
+    assert strategy.traffic.rejected == {first: 1} and strategy.traffic.accepted == 1
+
+
+def test_a_second_delta_from_one_key_that_fails_a_check_is_rejected_for_that_check_not_as_a_duplicate():
+    """duplicate is the last check: it applies to deltas that passed every other one."""
+    deltas = _deltas(17, 2)
+    strategy = _strategy()
+    strategy.aggregate_train(ROUND, [_reply(_signed(deltas[0], KEYS[0])),
+                                     _reply(_signed({n: v * 1000 for n, v in deltas[1].items()}, KEYS[0])),
+                                     _reply(_signed(deltas[1], KEYS[0]))])
+    assert strategy.traffic.rejected == {"norm-too-large": 1, "duplicate": 1} and strategy.traffic.accepted == 1

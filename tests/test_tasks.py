@@ -1,5 +1,6 @@
 """The task layer: a causal LM is a second task type on the same base/adapter/delta path."""
 
+import numpy as np
 import pytest
 
 from fedpeft.client.runtime import Session
@@ -14,6 +15,17 @@ from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import DataSpec, client_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.settings import TrainSettings
+from fedpeft.core.trust.hashing import tensors_id
+
+
+def _base_hashes(model) -> dict[str, str]:
+    """Hash of every base (non-adapter) tensor, the quantized data of torchao tensors included."""
+    hashes = {}
+    for name, tensor in model.state_dict().items():
+        if "lora_" not in name:
+            data = tensor.qdata if hasattr(tensor, "qdata") else tensor
+            hashes[name] = tensors_id({"t": data.detach().contiguous().float().numpy()})
+    return hashes
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4", "none"])
@@ -28,9 +40,12 @@ def test_causal_lm_trains_adapters_over_a_frozen_base(tmp_path, tiny_gpt2_dir, q
     template = create_template(base.model, task, TemplateSpec(method="lora", rank=2), [])
     session = Session(base, template, template.attach(base.model))
     job = Job(package.base_id, template.template_id, DataSpec(num_clients=2), TrainSettings(max_length=24))
+    before = _base_hashes(session.model)
     delta, result = local_update(session, job, client_data(job.data, 0).train, dict(template.init), seed=0)
     assert result.steps > 0 and result.loss > 0
     assert delta and all(".lora_" in name for name in delta)
+    assert any(np.abs(d).max() > 0 for d in delta.values())  # the adapter trained ...
+    assert _base_hashes(session.model) == before  # ... over a base that did not change, bit for bit
 
 
 def test_unknown_task_is_named():
