@@ -120,7 +120,7 @@ def personalize(msg: Message, context: Context) -> Message:
     scores = task.personalization(session, job, data, _global_adapter(msg, session),
                                   seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})
-    return Message(RecordDict({"metrics": metrics, "client": ConfigRecord({"name": data.client})}), reply_to=msg)
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)  # the server names it by the node's key
 
 
 def make_client_app(mods: list[Mod] | None = None) -> ClientApp:

@@ -3,6 +3,7 @@ devices (pull), operators (publish, promote, list) and the benchmarks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from fedpeft.core.errors import FedPeftError
+from fedpeft.core.trust.files import open_append, regular_file_size
 from fedpeft.core.trust.tls import read_pem
 from fedpeft.protos import REGISTRY_CHUNK_BYTES as CHUNK_BYTES
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
@@ -110,7 +112,7 @@ class RegistryClient:
         """Append blob `sha256` to `part` until it holds `size` bytes, resuming from what
         `part` already holds. Stops at `size` bytes: a longer stream is cut, not stored;
         a shorter one leaves `part` short (the caller sees Download.size < size)."""
-        start = part.stat().st_size if part.exists() else 0
+        start = regular_file_size(part, follow_links=False) if os.path.lexists(part) else 0
         if start > size:
             part.unlink()
             start = 0
@@ -119,7 +121,7 @@ class RegistryClient:
             return Download(resumed_from=start, received=0, size=size)
         try:
             stream = self.stub.FetchBlob(pb.FetchRequest(sha256=sha256, offset=start), timeout=self.timeout_s)
-            with open(part, "ab") as handle:
+            with open_append(part) as handle:  # never through a link planted under downloads/
                 for chunk in stream:
                     if written >= size:
                         stream.cancel()

@@ -18,7 +18,7 @@ from flwr.app import RecordDict
 
 from fedpeft.console import printable
 
-BAD_REPLY_REASONS = ("malformed", "bad-metrics", "bad-example-count", "duplicate")
+BAD_REPLY_REASONS = ("too-large", "malformed", "bad-metrics", "bad-example-count", "duplicate")
 LOSS_RANGE = (0.0, 1e6)
 TRAIN_METRICS = {"train-loss": LOSS_RANGE, "steps": (0.0, 1e9)}  # in the signed delta header
 EVALUATE_METRICS = {"eval-loss": LOSS_RANGE, "eval-acc": (0.0, 1.0)}

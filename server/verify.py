@@ -259,10 +259,13 @@ class DeltaVerifier:
             squares = float(np.dot(flat, flat))
         # A sum of squares is finite only if every value is; when it is not, the
         # exact test tells a NaN or infinity from a finite overflow.
-        if not math.isfinite(squares) and not np.isfinite(flat).all():
-            bad = int(np.flatnonzero(~np.isfinite(flat))[0])
-            name = expect.layout.names[int(np.searchsorted(expect.layout.offsets, bad, side="right")) - 1]
-            raise RejectedDelta("non-finite", name, client)
+        if not math.isfinite(squares):
+            if not np.isfinite(flat).all():
+                bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+                name = expect.layout.names[int(np.searchsorted(expect.layout.offsets, bad, side="right")) - 1]
+                raise RejectedDelta("non-finite", name, client)
+            wide = flat.astype(np.float64)  # finite values whose float32 squares overflow: the true norm
+            squares = float(np.dot(wide, wide))
         norm, bound = squares ** 0.5, tightest_bound(expect.max_norm, self.policy.max_update_norm)
         if bound and norm > bound:
             raise RejectedDelta("norm-too-large", f"L2 norm {norm:.4g} > bound {bound:.4g}", client)
@@ -294,6 +297,9 @@ class Report:
     metrics: dict[str, float]
 
 
+REPORT_BYTES = 16 * 1024  # a report is a handful of numbers; anything it carries beyond them counts
+
+
 def report_name(node: int, signers: Mapping[int, str]) -> str:
     """Who a node's report is shown as: the enrolled key it proved it holds by signing a
     delta this run; a node that signed none is named by its Flower node id."""
@@ -303,7 +309,7 @@ def report_name(node: int, signers: Mapping[int, str]) -> str:
 def checked_reports(replies: Iterable[Message], parse: Callable[[RecordDict], tuple[int, dict[str, float]]],
                     signers: Mapping[int, str], max_weight_ratio: float,
                     ) -> tuple[list[Report], list[tuple[int, BadReply]]]:
-    """Replies that pass `parse` (server/replies.py: schema, ranges, count at most
+    """Replies of at most REPORT_BYTES (every record counted) that pass `parse` (server/replies.py: schema, ranges, count at most
     security.max_examples, else refused), named by `report_name`, a second report under
     one enrolled name refused as a duplicate; the counts capped at `weight_cap` of the round's
     counts. Returns the reports, and each refused node with why."""
@@ -313,6 +319,9 @@ def checked_reports(replies: Iterable[Message], parse: Callable[[RecordDict], tu
             continue
         node = msg.metadata.src_node_id
         try:
+            size = content_bytes(msg.content)
+            if size > REPORT_BYTES:  # read before a record of it is parsed
+                raise BadReply("too-large", f"a report of {size} bytes, limit {REPORT_BYTES}")
             claimed, metrics = parse(msg.content)
             client = report_name(node, signers)
             if node in signers and client in names:  # one enrolled key held by two nodes: one report

@@ -10,7 +10,7 @@ import pytest
 from fedpeft.core.config import load_config
 from fedpeft.core.errors import ConfigError, DataError, IntegrityError
 from fedpeft.core.training.data import read_rows
-from fedpeft.core.trust.files import UnreadableFile, read_small
+from fedpeft.core.trust.files import UnreadableFile, open_append, read_small
 from fedpeft.core.trust.keys import Keyring, load_public_key
 from fedpeft.core.trust.signed_files import ManifestError, check_files
 
@@ -98,3 +98,23 @@ def test_signed_file_entries_stream_files_larger_than_a_manifest(tmp_path):
     digest = hashlib.sha256(b"\0" * (SMALL_FILE_BYTES + 1)).hexdigest()
     assert entries == {"model.onnx": {"sha256": digest, "size": SMALL_FILE_BYTES + 1}}
     check_files(tmp_path, entries)
+
+
+def test_appending_never_writes_through_a_link_or_into_a_fifo(tmp_path):
+    """What a device's download appends to (device/registry_client.fetch_blob): a link
+    planted at the part file is refused and its target untouched; a FIFO does not hang."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "planted.part").symlink_to(victim)
+    with pytest.raises(UnreadableFile) as caught:
+        open_append(tmp_path / "planted.part")
+    assert caught.value.reason == "link" and victim.read_bytes() == b"keep"
+    os.mkfifo(tmp_path / "fifo.part")
+    with pytest.raises(UnreadableFile) as caught:
+        open_append(tmp_path / "fifo.part")
+    assert caught.value.reason == "not-a-file"
+    with open_append(tmp_path / "new.part") as handle:
+        handle.write(b"ab")
+    with open_append(tmp_path / "new.part") as handle:
+        handle.write(b"cd")
+    assert (tmp_path / "new.part").read_bytes() == b"abcd"

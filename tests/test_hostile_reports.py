@@ -27,7 +27,7 @@ from fedpeft.core.errors import FedPeftError
 from fedpeft.server.federation import Roster, personalize, publish
 from fedpeft.server.run_log import RunLog
 from fedpeft.server.strategy import MAX_GLOBAL_VALUE, StrategyHooks, global_problem
-from fedpeft.server.verify import DETAIL_CHARS, VerifyPolicy
+from fedpeft.server.verify import DETAIL_CHARS, REPORT_BYTES, DeltaVerifier, RejectedDelta, VerifyPolicy
 from fedpeft.simulations.misbehaving import HOSTILE_NAME, INFLATED_COUNT, spoil_report
 
 NODES = (11, 12, 13)  # the nodes configure_train asks (test_strategy._Nodes)
@@ -47,7 +47,7 @@ def _trained_round(strategy, keys=KEYS[:3], nodes=NODES) -> None:
 
 
 def _personalize_content(examples: int, accuracy: float, name: str) -> RecordDict:
-    """A reply as client/client_app.personalize builds it."""
+    """A personalization reply claiming a name (honest clients send none; the server reads none)."""
     metrics = MetricRecord({"num-examples": examples, **{f"{arm}-acc": accuracy for arm in report.ARMS}})
     return RecordDict({"metrics": metrics, "client": ConfigRecord({"name": name})})
 
@@ -280,3 +280,29 @@ def test_every_record_of_a_train_reply_counts_towards_its_size(extra):
     padded["extra"] = extra(limit)
     strategy.aggregate_train(ROUND, [_from(11, honest), _from(12, padded)])
     assert strategy.traffic.accepted == 1 and strategy.traffic.rejected == {"too-large": 1}
+
+
+def test_a_report_carrying_more_than_a_few_numbers_is_refused_before_it_is_parsed():
+    """Evaluate and personalize replies are bounded like deltas: a 100 KB string beside
+    honest metrics is `too-large`, whatever record holds it; the honest report passes."""
+    strategy = _strategy()
+    seen = {}
+    strategy.hooks = StrategyHooks(on_evaluate=lambda r, m, rejected: seen.update(rejected))
+    honest = MetricRecord({"num-examples": 10, "eval-loss": 0.5, "eval-acc": 0.4})
+    padded = RecordDict({"metrics": honest, "pad": ConfigRecord({"x": "a" * (REPORT_BYTES + 1)})})
+    metrics = strategy.aggregate_evaluate(ROUND, [_from(11, RecordDict({"metrics": honest}), "evaluate"),
+                                                  _from(12, padded, "evaluate")])
+    assert seen == {"too-large": 1} and metrics["eval-acc"] == pytest.approx(0.4)
+
+
+def test_a_finite_delta_whose_float32_squares_overflow_has_its_true_norm():
+    """No bound: a finite delta holding 3e38 is accepted with a finite L2 norm (its squares
+    overflow float32), so metrics.jsonl stays valid JSON; a bound refuses it by that norm."""
+    delta = _deltas(35, 1)[0]
+    delta["a"][0, 0] = NEAR_MAX
+    strategy = _strategy(policy=UNBOUNDED)
+    verified = strategy.verifier.verify(_signed(delta, KEYS[0]), strategy.expectation)
+    assert math.isfinite(verified.norm) and verified.norm == pytest.approx(float(NEAR_MAX), rel=1e-6)
+    bounded = DeltaVerifier(strategy.verifier.keyring, VerifyPolicy(max_update_norm=50.0))
+    with pytest.raises(RejectedDelta, match="norm-too-large"):
+        bounded.verify(_signed(delta, KEYS[0]), strategy.expectation)

@@ -352,10 +352,8 @@ def _honest_evaluate(msg: Message, context: Context) -> Message:
 
 
 def _honest_report(msg: Message, context: Context) -> Message:
-    """An honest node's personalization report."""
-    partition = int(context.node_config["partition-id"])
-    content = RecordDict({"metrics": MetricRecord({"num-examples": 20, **{f"{arm}-acc": 0.5 for arm in ARMS}}),
-                          "client": ConfigRecord({"name": f"client-{partition}"})})
+    """An honest node's personalization report (as client/client_app.py sends it: no name)."""
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 20, **{f"{arm}-acc": 0.5 for arm in ARMS}})})
     return Message(content, reply_to=msg)
 
 

@@ -79,6 +79,27 @@ def open_regular(path: Path, limit: int | None = None, follow_links: bool = True
         yield handle, size
 
 
+def open_append(path: Path) -> BinaryIO:
+    """`path` opened for appending (created if absent), never through a link (O_NOFOLLOW:
+    a link planted after any earlier check is refused, not written through) and only if it
+    is a regular file (non-blocking open: a FIFO does not hang)."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _refuse_link(path) from None
+        raise UnreadableFile("not-a-file", path, exc.strerror or "cannot be written") from exc
+    try:
+        _check_regular(path, os.fstat(fd), None)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
+
+
 def read_small(path: Path, limit: int = SMALL_FILE_BYTES, follow_links: bool = True) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (a file that grows meanwhile is cut)."""
     try:
