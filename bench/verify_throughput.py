@@ -43,7 +43,7 @@ from fedpeft.core.wire.delta_codec import ENCODINGS, DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding, DeltaClaim, EncodedDelta, signed_content
 from fedpeft.core.wire.records import to_record
 from fedpeft.protos import delta_pb2
-from fedpeft.server.strategy import RoundTraffic, build_strategy
+from fedpeft.server.strategy import RoundTraffic, StrategySettings, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 
 RUN, ROUND, BASE = "bench", 1, "b" * 64
@@ -106,8 +106,8 @@ def main() -> None:
         def run(replies: list[Message]) -> None:
             # A key signs one delta per round; the bench's keys sign many, so each batch of
             # `keys` deltas is its own round of the same strategy.
-            strategy = build_strategy("fedavg", 1.0, 1, binding, tensors,
-                                      DeltaVerifier(keyring, VerifyPolicy(max_update_norm=10.0)), encoding=encodings[kind])
+            strategy = build_strategy(StrategySettings("fedavg", encoding=encodings[kind]), binding, tensors,
+                                      DeltaVerifier(keyring, VerifyPolicy(max_update_norm=10.0)))
             expectation = RoundExpectation(binding, tensors, encodings[kind])
             for start in range(0, len(replies), args.keys):
                 strategy.global_arrays, strategy.traffic, strategy.expectation = global_arrays, RoundTraffic(), expectation

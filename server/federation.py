@@ -44,7 +44,7 @@ from .privacy import report as privacy_report
 from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
-from .strategy import StrategyHooks, build_strategy, global_problem
+from .strategy import StrategyHooks, StrategySettings, build_strategy, global_problem
 from .verify import DeltaVerifier, VerifyPolicy, checked_reports
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
@@ -241,28 +241,15 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     hooks = StrategyHooks(on_configure=bring_up_new_nodes, on_train=run_log.train_done,
                           on_evaluate=run_log.evaluate_done)
     fraction = round_fraction(fed, len(roster.ready))
-    root_update = None
-    if fed.strategy == "fltrust":
-        root = root_split(job.data, fed.root_examples, job.train.seed)
-        root_update = RootUpdate(setup.base, template, root, job.train)
-        print(f"[fedpeft] fltrust: the server trains on a root set of {len(root)} rows each round and weighs each "
-              f"delta by its agreement with that update", flush=True)
-    strategy = build_strategy(fed.strategy, fraction, fed.min_clients, job.binding, tensors, verifier,
-                              sec.min_accepted, fed.strategy_options, hooks, round_offset=setup.done,
-                              max_weight_ratio=sec.max_weight_ratio, encoding=job.encoding,
-                              privacy=setup.config.privacy, root_update=root_update)
+    settings = StrategySettings(name=fed.strategy, fraction=fraction, min_clients=fed.min_clients,
+                                min_accepted=sec.min_accepted, max_weight_ratio=sec.max_weight_ratio,
+                                options=fed.strategy_options, encoding=job.encoding, privacy=setup.config.privacy,
+                                round_offset=setup.done)
+    strategy = build_strategy(settings, job.binding, tensors, verifier, hooks, root_update=fltrust_root(setup))
     if setup.checkpoint is not None:
         strategy.restore_state(setup.checkpoint.strategy_state)
     if strategy.ledger is not None:
-        # What a resumed run already spent (rows from before rates were logged: everyone sampled).
-        strategy.ledger.steps = [(r.get("noise_multiplier") or setup.config.privacy.noise_multiplier,
-                                  r.get("sample_rate", 1.0)) for r in run_log.rows]
-        planned = planned_epsilon(strategy.ledger, fed.rounds - setup.done, fraction, len(roster.ready), fed.min_clients)
-        dp = setup.config.privacy
-        where = "by the server" if dp.mode == "central" else "by each client before signing"
-        print(f"[fedpeft] client-level DP ({dp.mode}): deltas clipped and noised {where}, clip {dp.clip:g}, noise "
-              f"multiplier {dp.noise_multiplier:g}; the run spends epsilon {planned:.3g} at delta {dp.delta:g} if "
-              f"every asked client answers", flush=True)
+        plan_privacy(strategy.ledger, setup, run_log.rows, fraction, len(roster.ready))
     if setup.done >= fed.rounds:
         print(f"[fedpeft] all {fed.rounds} rounds were completed before; evaluating and publishing", flush=True)
         return setup.initial, run_log
@@ -276,6 +263,33 @@ def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLo
     finally:
         roster.signers.update(strategy.signers)  # who signed what: the personalization report's names
     return (from_record(result.arrays) if len(result.arrays) else setup.initial), run_log
+
+
+def fltrust_root(setup: RunSetup) -> RootUpdate | None:
+    """FLTrust's reference: the server's own update on a root set of rows each round, that
+    every delta is weighed against (None for every other strategy)."""
+    fed, job = setup.config.federation, setup.job
+    if fed.strategy != "fltrust":
+        return None
+    root = root_split(job.data, fed.root_examples, job.train.seed)
+    root_update = RootUpdate(setup.base, setup.template, root, job.train)
+    print(f"[fedpeft] fltrust: the server trains on a root set of {len(root)} rows each round and weighs each "
+          f"delta by its agreement with that update", flush=True)
+    return root_update
+
+
+def plan_privacy(ledger: PrivacyLedger, setup: RunSetup, rows: list[dict], fraction: float, nodes: int) -> None:
+    """Client-level DP before the first round: charge `ledger` with what a resumed run
+    already spent (`rows`, metrics.jsonl), refuse a run whose remaining rounds would pass
+    privacy.target_epsilon, and say what the run spends."""
+    fed, dp = setup.config.federation, setup.config.privacy
+    # Rows from before rates were logged: everyone sampled.
+    ledger.steps = [(r.get("noise_multiplier") or dp.noise_multiplier, r.get("sample_rate", 1.0)) for r in rows]
+    planned = planned_epsilon(ledger, fed.rounds - setup.done, fraction, nodes, fed.min_clients)
+    where = "by the server" if dp.mode == "central" else "by each client before signing"
+    print(f"[fedpeft] client-level DP ({dp.mode}): deltas clipped and noised {where}, clip {dp.clip:g}, noise "
+          f"multiplier {dp.noise_multiplier:g}; the run spends epsilon {planned:.3g} at delta {dp.delta:g} if "
+          f"every asked client answers", flush=True)
 
 
 def round_fraction(fed: FederationSection, nodes: int) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -107,30 +108,42 @@ class StrategyHooks:
     on_evaluate: Callable[[int, MetricRecord | None, dict[str, int]], None] | None = None
 
 
+@dataclass(frozen=True)
+class StrategySettings:
+    """The run-wide choices a delta strategy is built with (the config's [federation],
+    [security] and [privacy] as the server applies them), one value rather than a dozen
+    arguments threaded through every caller."""
+
+    name: str = "fedavg"  # core/choices.py STRATEGIES
+    fraction: float = 1.0  # of the connected nodes sampled to train and to evaluate
+    min_clients: int = 1  # Flower's minimum of nodes sampled and available
+    min_accepted: int = 1  # accepted deltas a round needs to change the global adapter
+    max_weight_ratio: float = 0.0  # a weight is capped at this times the round's median count (0: no cap)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the Flower strategy's own keyword arguments
+    encoding: DeltaEncoding = DeltaEncoding()  # how deltas come up
+    privacy: PrivacySection = PrivacySection()
+    round_offset: int = 0  # rounds a resumed run completed before: Flower counts from 1, deltas bind the run's round
+
+
 class DeltaStrategyMixin:
     """Put before a Flower strategy class in the bases: `class S(DeltaStrategyMixin, FedAvg)`.
 
     `binding` is the run-wide part of what every delta is bound to; `tensors` the trained
-    tensors with their dtype and shape. `min_accepted` deltas are needed for a round to
-    change the global adapter. A client's weight is its signed example count, capped at
-    `max_weight_ratio` times the round's median count (0: no cap). A resumed run sets `round_offset` to the rounds already
-    completed: Flower counts the rounds of `start()` from 1, deltas are bound to the run's
-    round number. Deltas come up encoded as `encoding`. The remaining keyword arguments are the Flower strategy's.
+    tensors with their dtype and shape; `settings` what the rounds keep to (StrategySettings).
+    The remaining keyword arguments are the Flower strategy's.
     """
 
     streams_mean: bool = False  # plain FedAvg: summed in one pass over flat deltas, see _running_mean
 
-    def __init__(self, *, binding: DeltaBinding, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
-                 verifier: DeltaVerifier, min_accepted: int = 1, hooks: StrategyHooks = StrategyHooks(),
-                 round_offset: int = 0, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-                 privacy: PrivacySection = PrivacySection(), root_update: RootUpdate | None = None,
+    def __init__(self, *, settings: StrategySettings, binding: DeltaBinding,
+                 tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier,
+                 hooks: StrategyHooks = StrategyHooks(), root_update: RootUpdate | None = None,
                  **flower_options) -> None:
         super().__init__(**flower_options)
         self.root_update = root_update  # fltrust: deltas weighed by agreement with the server's own
-        self.binding, self.tensors, self.verifier = binding, dict(tensors), verifier
-        self.min_accepted, self.hooks, self.round_offset = min_accepted, hooks, round_offset
-        self.max_weight_ratio, self.encoding = max_weight_ratio, encoding
-        self.ledger = PrivacyLedger(privacy) if privacy.mode != "off" else None
+        self.settings, self.binding, self.tensors, self.verifier = settings, binding, dict(tensors), verifier
+        self.hooks = hooks
+        self.ledger = PrivacyLedger(settings.privacy) if settings.privacy.mode != "off" else None
         self.noise = np.random.default_rng()  # OS entropy: noise nobody (a client) can predict
         self.signers: dict[int, str] = {}  # node id -> enrolled name it proved by a verified signature
 
@@ -141,13 +154,13 @@ class DeltaStrategyMixin:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        server_round += self.round_offset
+        server_round += self.settings.round_offset
         if self.hooks.on_configure is not None:
             self.hooks.on_configure(grid)
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
         binding = self.binding.for_round(server_round, self.traffic.start_adapter)
-        self.expectation = RoundExpectation(binding, self.tensors, self.encoding)
+        self.expectation = RoundExpectation(binding, self.tensors, self.settings.encoding)
         down = self.trained_only(arrays)
         messages = list(super().configure_train(server_round, down, config, grid))
         if self.ledger is not None and self.ledger.settings.mode == "distributed":
@@ -166,7 +179,7 @@ class DeltaStrategyMixin:
         for msg in messages:
             msg.content["config"] = ConfigRecord({**msg.content.config_records["config"], "dp-clip": dp.clip,
                                                   "dp-noise-std": std})
-        self.expectation = RoundExpectation(binding, self.tensors, self.encoding,
+        self.expectation = RoundExpectation(binding, self.tensors, self.settings.encoding,
                                             max_norm=noisy_norm_bound(dp.clip, std, self.expectation.layout.count))
         return messages
 
@@ -213,22 +226,22 @@ class DeltaStrategyMixin:
         hash) do not depend on which client answered first, nor on a resumed simulation's
         fresh keys."""
         accepted = sorted(self.verified_replies(server_round, replies), key=lambda pair: (pair[1].client, pair[1].key_id))
-        cap = weight_cap([d.num_examples for _, d in accepted], self.max_weight_ratio)
+        cap = weight_cap([d.num_examples for _, d in accepted], self.settings.max_weight_ratio)
         self.traffic.capped = sum(d.num_examples > cap for _, d in accepted)
         return [(msg, delta, min(delta.num_examples, cap)) for msg, delta in accepted]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server_round += self.round_offset
+        server_round += self.settings.round_offset
         before = {a: getattr(self, a) for a in AGGREGATION_STATE if hasattr(self, a)}
         if self.streams_mean:
             new_global, metrics = self._running_mean(server_round, replies)
         else:
             new_global, metrics = self._flower_aggregate(server_round, replies)
         arrays = None
-        if self.traffic.accepted < self.min_accepted:
+        if self.traffic.accepted < self.settings.min_accepted:
             log(WARNING, "round %d: %d of the %d deltas needed were accepted; the global adapter is unchanged",
-                server_round, self.traffic.accepted, self.min_accepted)
+                server_round, self.traffic.accepted, self.settings.min_accepted)
             self.traffic.unchanged = True
             metrics = None
         elif new_global is not None:
@@ -312,10 +325,10 @@ class DeltaStrategyMixin:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Flower's evaluation average over the reports server/verify.py passes, weights capped as in training."""
-        server_round += self.round_offset
+        server_round += self.settings.round_offset
         max_examples = self.verifier.policy.max_examples
         reports, refused = checked_reports(replies, lambda content: evaluate_reply(content, max_examples),
-                                           self.signers, self.max_weight_ratio)
+                                           self.signers, self.settings.max_weight_ratio)
         rejected: dict[str, int] = {}
         for node, bad in refused:
             log(WARNING, "round %d: dropped evaluate reply from node %d (%s)", server_round, node, bad)
@@ -345,20 +358,18 @@ class DeltaStrategyMixin:
             setattr(self, attr, [arrays[str(i)] for i in range(len(arrays))] if listed else dict(arrays))
 
 
-def build_strategy(name: str, fraction: float, min_clients: int, binding: DeltaBinding,
-                   tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier, min_accepted: int = 1,
-                   options: dict | None = None, hooks: StrategyHooks = StrategyHooks(), round_offset: int = 0,
-                   max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
-                   privacy: PrivacySection = PrivacySection(), root_update: RootUpdate | None = None):
-    """A delta-taking, delta-verifying version of the named Flower strategy ("fltrust":
-    FedAvg's rounds with server/fltrust.py's weighting, which needs `root_update`)."""
+def build_strategy(settings: StrategySettings, binding: DeltaBinding,
+                   tensors: Mapping[str, tuple[str, tuple[int, ...]]], verifier: DeltaVerifier,
+                   hooks: StrategyHooks = StrategyHooks(), root_update: RootUpdate | None = None):
+    """A delta-taking, delta-verifying version of the Flower strategy `settings.name` names
+    ("fltrust": FedAvg's rounds with server/fltrust.py's weighting, which needs `root_update`)."""
+    name, fraction, min_clients = settings.name, settings.fraction, settings.min_clients
     flower_cls = getattr(flower_strategies, STRATEGIES[check_choice("strategy", name, STRATEGIES)])
     if (name == "fltrust") != (root_update is not None):
         raise ConfigError("a root update is what strategy fltrust, and only it, weighs deltas against")
     cls = type(f"Delta{flower_cls.__name__}", (DeltaStrategyMixin, flower_cls), {"streams_mean": flower_cls is FedAvg})
     return cls(
-        binding=binding, tensors=tensors, verifier=verifier, min_accepted=min_accepted, hooks=hooks,
-        round_offset=round_offset, max_weight_ratio=max_weight_ratio, encoding=encoding, privacy=privacy,
-        root_update=root_update, fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
-        min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **(options or {}),
+        settings=settings, binding=binding, tensors=tensors, verifier=verifier, hooks=hooks, root_update=root_update,
+        fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=min_clients,
+        min_evaluate_nodes=min_clients, min_available_nodes=min_clients, **settings.options,
     )

@@ -10,7 +10,7 @@ from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.trust.keys import Keyring
 from fedpeft.core.wire.envelope import DeltaBinding
 from fedpeft.server.checkpoint import Checkpoint, load_checkpoint
-from fedpeft.server.strategy import build_strategy
+from fedpeft.server.strategy import StrategySettings, build_strategy
 from fedpeft.server.verify import DeltaVerifier, VerifyPolicy
 
 
@@ -85,7 +85,8 @@ def test_unknown_format_and_missing_metadata_are_refused(tmp_path, checkpoint):
 def test_fedadam_moments_go_into_the_checkpoint_and_come_back(tmp_path, checkpoint):
     tensors = {n: ("<f4", a.shape) for n, a in checkpoint.adapter.items()}
     verifier = DeltaVerifier(Keyring(), VerifyPolicy(0.0, 100, 0))
-    strategy = build_strategy("fedadam", 1.0, 2, DeltaBinding("r", "b" * 64, "c" * 64), tensors, verifier)
+    strategy = build_strategy(StrategySettings("fedadam", min_clients=2), DeltaBinding("r", "b" * 64, "c" * 64),
+                              tensors, verifier)
     assert strategy.state_arrays() == {}  # no round aggregated yet
     checkpoint.save(tmp_path / "checkpoint.safetensors")  # the moments go through the file
     strategy.restore_state(load_checkpoint(tmp_path / "checkpoint.safetensors").strategy_state)
@@ -184,8 +185,8 @@ def test_a_server_optimizer_resumed_from_a_checkpoint_file_takes_the_uninterrupt
               for r in (1, 2, 3)}
 
     def strategy(offset: int = 0):
-        return build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), VerifyPolicy()), 1,
-                              dict(options), round_offset=offset)
+        return build_strategy(StrategySettings(name, options=dict(options), round_offset=offset), BINDING, tensors,
+                              DeltaVerifier(_keyring(), VerifyPolicy()))
 
     whole = _rounds_of(strategy(), start, range(1, 4), KEYS, deltas)
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from test_cli import _commands
 
-from fedpeft.cli import _address, _host, build_parser
+from fedpeft.cli import build_parser
+from fedpeft.cli.common import address, host
 from fedpeft.core.config import Range
 
-CHECKED_TEXT = (_host, _address)  # validated string options, driven like the numbers
+CHECKED_TEXT = (host, address)  # validated string options, driven like the numbers
 HUGE = "1" + "0" * 22
 PER_VALUE_S = 5.0
 
@@ -68,7 +69,7 @@ def _valid_command_line(path: tuple[str, ...], parser: argparse.ArgumentParser) 
             value = next(iter(action.choices))
         elif isinstance(action.type, Range):
             value = str(action.type.kind(action.type.low) + (action.type.kind is int))
-        elif action.type is _address:
+        elif action.type is address:
             value = "127.0.0.1:9"
         else:
             value = "x"

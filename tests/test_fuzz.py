@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedpeft.cli import _address, _host, build_parser
+from fedpeft.cli import build_parser
+from fedpeft.cli.common import address, host
 from fedpeft.core.config import FederationConfig, Range, load_config
 from fedpeft.core.errors import FedPeftError, IntegrityError
 from fedpeft.core.training.data import read_rows
@@ -203,7 +204,7 @@ def _value_checks() -> dict[str, object]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 stack.extend(action.choices.values())
-            elif isinstance(action.type, Range) or action.type in (_host, _address):
+            elif isinstance(action.type, Range) or action.type in (host, address):
                 checks[f"{parser.prog} {action.option_strings[0]}"] = action.type
     return checks
 

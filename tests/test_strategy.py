@@ -35,7 +35,7 @@ from fedpeft.protos import delta_pb2
 from fedpeft.server.federation import ask
 from fedpeft.server.report import ARMS
 from fedpeft.server.run_log import RunLog
-from fedpeft.server.strategy import StrategyHooks, build_strategy
+from fedpeft.server.strategy import StrategyHooks, StrategySettings, build_strategy
 from fedpeft.server.verify import DeltaVerifier, RoundExpectation, VerifyPolicy
 from fedpeft.simulations import misbehaving
 
@@ -98,9 +98,9 @@ def _strategy(name: str = "fedavg", policy: VerifyPolicy = VerifyPolicy(max_upda
               min_accepted: int = 1, max_weight_ratio: float = 0.0, encoding: DeltaEncoding = DeltaEncoding(),
               privacy: PrivacySection = PrivacySection(), root_update=None, **options):
     tensors = {n: (GLOBAL[n].dtype.str, GLOBAL[n].shape) for n in TRAINED}
-    strategy = build_strategy(name, 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), policy), min_accepted, options,
-                              max_weight_ratio=max_weight_ratio, encoding=encoding, round_offset=ROUND - 1,
-                              privacy=privacy, root_update=root_update)
+    settings = StrategySettings(name, min_accepted=min_accepted, max_weight_ratio=max_weight_ratio, options=options,
+                                encoding=encoding, privacy=privacy, round_offset=ROUND - 1)
+    strategy = build_strategy(settings, BINDING, tensors, DeltaVerifier(_keyring(), policy), root_update=root_update)
     sent = list(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), _Nodes()))  # Flower's round 1
     assert {m.metadata.dst_node_id for m in sent} == set(_Nodes.ids)
     assert list(sent[0].content.array_records["arrays"]) == list(TRAINED)  # frozen tensors came with the template
@@ -446,7 +446,7 @@ def test_misbehaviour_plan_picks_the_share_and_rotates_every_kind():
 
 def test_unknown_strategy_is_named():
     with pytest.raises(ConfigError, match="fedsgd"):
-        build_strategy("fedsgd", 1.0, 1, BINDING, {}, DeltaVerifier(Keyring()))
+        build_strategy(StrategySettings("fedsgd"), BINDING, {}, DeltaVerifier(Keyring()))
 
 
 def test_attacks_that_pass_every_check_steer_the_mean_and_not_the_median():
@@ -550,8 +550,8 @@ def test_fltrust_trains_the_root_update_on_the_server_and_gives_a_flipped_delta_
     tensors = {n: (global_arrays[n].dtype.str, global_arrays[n].shape) for n in template.trainable_names}
     real_root = RootUpdate(base, template, root_split(spec, 40, seed=0), settings)
     roots = []
-    strategy = build_strategy("fltrust", 1.0, 1, BINDING, tensors, DeltaVerifier(_keyring(), VerifyPolicy()),
-                              round_offset=ROUND - 1,
+    strategy = build_strategy(StrategySettings("fltrust", round_offset=ROUND - 1), BINDING, tensors,
+                              DeltaVerifier(_keyring(), VerifyPolicy()),
                               root_update=lambda arrays, r: roots.append(real_root(arrays, r)) or roots[-1])
     list(strategy.configure_train(1, to_record(global_arrays), ConfigRecord(), _Nodes()))
     claim = DeltaClaim(BINDING.for_round(ROUND, tensors_id(global_arrays)), 10, {"train-loss": 1.0, "steps": 1})
@@ -608,7 +608,7 @@ def test_a_check_that_crashes_is_the_rejection_crashed_check_and_the_round_goes_
 
 
 def _failing_two(kind: str) -> RecordDict:
-    """A reply that fails two checks at once (README "Checks, each a named rejection reason"):
+    """A reply that fails two checks at once (docs/concepts/signed-deltas.md, "Checks, each a named rejection reason"):
     it must be rejected for the one checked first."""
     delta = _deltas(15, 1)[0]
     key, x = KEYS[3], "x" * 64

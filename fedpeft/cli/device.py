@@ -1,0 +1,85 @@
+"""`fedpeft device`: one device's adapter slot: pull releases from the registry, roll back,
+personalize on the device's own rows (ONNX Runtime, no torch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedpeft.core.choices import OPTIMIZERS
+from fedpeft.core.config import EPOCHS, RANGES, SEED
+
+from .common import THREADS, command, device_slot, group, registry_arguments, registry_client, slot_arguments
+
+
+def add_commands(commands) -> None:
+    device = group(commands, "device", "a device's adapter slot: pull from the registry, personalize, roll back", "device_command")
+    for name, run, text in (("pull", _device_pull, "install the channel's release if it is newer and checks out"),
+                            ("rollback", _device_rollback, "go back to the previous adapter")):
+        sub = command(device, name, text, f"fedpeft device {name} --state device --key keys/operator.pub --base-id BASE"
+                                          + (" --ca-cert tls/ca.crt" if name == "pull" else ""))
+        slot_arguments(sub)
+        sub.add_argument("--channel", default="stable", help="channel to follow (default stable)")
+        if name == "pull":
+            registry_arguments(sub)
+        sub.set_defaults(run=run)
+    train = command(device, "train", "personalize the installed adapter on this device's rows (ONNX Runtime, no torch)",
+                    "fedpeft device train --state device --export runs/export --data my-rows.csv "
+                    "--key keys/operator.pub --base-id BASE")
+    slot_arguments(train)
+    train.add_argument("--export", required=True, help="export folder with the training graph (fedpeft export)")
+    train.add_argument("--data", required=True, help="CSV or JSONL with text and label columns; never leaves the device")
+    defaults = _train_defaults()
+    train.add_argument("--epochs", type=EPOCHS, default=2,
+                       help="passes over the rows (default 2, as [personalization])")
+    train.add_argument("--batch-size", type=RANGES["train.batch_size"], default=defaults.batch_size,
+                       help=f"default {defaults.batch_size}")
+    train.add_argument("--learning-rate", type=RANGES["train.learning_rate"], default=defaults.learning_rate,
+                       help=f"default {defaults.learning_rate}")
+    train.add_argument("--max-length", type=RANGES["train.max_length"], default=defaults.max_length,
+                       help="tokens per row (truncation)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="numpy AdamW or SGD")
+    train.add_argument("--seed", type=SEED, default=0, help="batch order")
+    train.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime threads (0: its choice)")
+    train.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
+    train.set_defaults(run=_device_train)
+
+
+def _train_defaults():
+    """The trainer's own defaults, shown in --help (core/training/settings.py is torch-free)."""
+    from fedpeft.core.training.settings import TrainSettings
+
+    return TrainSettings()
+
+
+def _device_pull(args: argparse.Namespace) -> None:
+    device = device_slot(args)
+    with registry_client(args) as client:
+        result = device.pull(client)
+    if result.status == "not-modified":
+        print(f"up to date: v{result.version}")
+    else:
+        print(f"installed v{result.version} ({result.release_id[:12]}) in {device.current}; "
+              f"{result.bytes_received} bytes received" + (f", {result.resumed_bytes} already on the device" if result.resumed_bytes else ""))
+
+
+def _device_rollback(args: argparse.Namespace) -> None:
+    entry = device_slot(args).rollback()
+    print(f"now using v{entry['version']} ({entry['release_id'][:12]}); newer releases than the abandoned one still install")
+
+
+def _device_train(args: argparse.Namespace) -> None:
+    from fedpeft.core.training.data import labelled_split, read_rows
+    from fedpeft.core.training.settings import TrainSettings
+    from fedpeft.device.personal import PERSONAL_DIR, personalize
+    from fedpeft.device.trainer import DeviceTrainer
+
+    device = device_slot(args)
+    trainer = DeviceTrainer(Path(args.export), device.operator_key, threads=args.threads)
+    rows = labelled_split(read_rows(args.data), trainer.labels)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             max_length=args.max_length, seed=args.seed, optimizer=args.optimizer)
+    record = personalize(device, trainer, rows, settings, progress=lambda line: print(line, flush=True))
+    print(f"personal adapter from v{record.version}: mean training loss {record.loss:.4f}; kept in "
+          f"{device.folder / PERSONAL_DIR} (used by fedpeft predict --state; nothing was sent)")
+

@@ -1,0 +1,54 @@
+"""`fedpeft keys`: Ed25519 signing keys, and the enrollment list the server verifies deltas against."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedpeft.core.errors import ConfigError
+
+from .common import command, group
+
+
+def add_commands(commands) -> None:
+    keys = group(commands, "keys", "Ed25519 keys: create them, enroll client keys", "keys_command")
+    new = command(keys, "new", "write NAME.key (mode 600) and NAME.pub", "fedpeft keys new keys/client-7.key")
+    new.add_argument("path", help="private key file to create, e.g. keys/client-0.key")
+    new.add_argument("--passphrase-env", metavar="VAR", help="encrypt the key with the passphrase in $VAR")
+    new.set_defaults(run=_keys_new)
+    enroll = command(keys, "enroll", "add a client public key to the server's enrollment list",
+                     "fedpeft keys enroll keys/client-7.pub --name client-7 --keyring keys/enrolled.json")
+    enroll.add_argument("public_key", help="a .pub file written by `fedpeft keys new`")
+    enroll.add_argument("--name", required=True, help="the client's name in logs and reports")
+    enroll.add_argument("--keyring", required=True, help="enrollment list (JSON; created if absent)")
+    enroll.set_defaults(run=_keys_enroll)
+    listing = command(keys, "list", "show the enrolled keys", "fedpeft keys list --keyring keys/enrolled.json")
+    listing.add_argument("--keyring", required=True, help="enrollment list (JSON)")
+    listing.set_defaults(run=_keys_list)
+
+
+def _keys_new(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.keys import new_key_pair, passphrase_from_env, public_key_path
+
+    passphrase = passphrase_from_env(args.passphrase_env) if args.passphrase_env else None
+    if args.passphrase_env and passphrase is None:
+        raise ConfigError(f"--passphrase-env {args.passphrase_env}: that variable is not set")
+    kid = new_key_pair(Path(args.path), passphrase)
+    print(f"{kid}  private {args.path} (mode 600{', encrypted' if passphrase else ''}), "
+          f"public {public_key_path(Path(args.path))}")
+
+
+def _keys_enroll(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.keys import Keyring, load_public_key
+
+    keyring = Keyring.load(Path(args.keyring))
+    entry = keyring.enroll(args.name, load_public_key(Path(args.public_key)))
+    keyring.save()
+    print(f"enrolled {entry.name} ({entry.key_id}) in {args.keyring}: {len(keyring.keys)} key(s)")
+
+
+def _keys_list(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.keys import Keyring
+
+    for entry in sorted(Keyring.load(Path(args.keyring)).keys.values(), key=lambda e: e.name):
+        print(f"{entry.key_id}  {entry.name}")
