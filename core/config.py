@@ -60,7 +60,7 @@ class Range:
     def allows(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int of 400 digits is no float
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high

@@ -25,12 +25,12 @@ from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.files import file_sha256, plain_folder
 
 from .onnx_adapter import write_onnx_adapter
-from .personal_record import ADAPTER, RECORD, PersonalAdapter, checked_adapter, read_record
+from .personal_record import ADAPTER, RECORD, CheckedPersonal, PersonalAdapter, checked_adapter, read_record
 from .slot import Device
 from .trainer import DeviceTrainer
 
 PERSONAL_DIR = "personal"
-__all__ = ["ADAPTER", "PERSONAL_DIR", "RECORD", "PersonalAdapter", "personal_adapter", "personalize"]
+__all__ = ["ADAPTER", "PERSONAL_DIR", "RECORD", "CheckedPersonal", "PersonalAdapter", "personal_adapter", "personalize"]
 
 
 def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, settings: TrainSettings,
@@ -60,8 +60,9 @@ def personalize(device: Device, trainer: DeviceTrainer, rows: TextSplit, setting
     return record
 
 
-def personal_adapter(device: Device) -> tuple[Path | None, str]:
-    """The personal `.onnx_adapter` to predict with, or None and why not."""
+def personal_adapter(device: Device) -> tuple[CheckedPersonal | None, str]:
+    """The personal `.onnx_adapter` to predict with (hand it to Predictor as it is: it was
+    checked here, against the slot's current release and by hash), or None and why not."""
     folder = device.folder / PERSONAL_DIR
     if not os.path.lexists(folder / RECORD) and not os.path.islink(folder):
         return None, "no personal adapter (fedpeft device train makes one)"
@@ -71,5 +72,5 @@ def personal_adapter(device: Device) -> tuple[Path | None, str]:
         now = f"v{current['version']}" if current else "nothing"
         return None, (f"the personal adapter was trained from v{record.version}, the device now holds {now}: "
                       "run fedpeft device train again")
-    adapter = checked_adapter(folder, record)
+    adapter = CheckedPersonal(checked_adapter(folder, record), record)
     return adapter, f"personal adapter from v{record.version} ({record.examples} rows, {record.epochs} epochs)"

@@ -39,6 +39,16 @@ class PersonalAdapter:
         return json.dumps(asdict(self), indent=1) + "\n"
 
 
+@dataclass(frozen=True)
+class CheckedPersonal:
+    """A personal adapter that device/personal.py `personal_adapter()` found trained from the
+    slot's verified current release and bound to its record by SHA-256: the only form in
+    which device/predict.py accepts a personal adapter under an operator key (a path to an
+    `.onnx_adapter` with a `personal.json` beside it is not, as anyone can write that pair)."""
+    path: Path
+    record: PersonalAdapter
+
+
 _TYPES = {"release_id": str, "version": int, "base_id": str, "examples": int, "epochs": int, "loss": (int, float),
           "trained_at": str, "adapter_sha256": str}
 
@@ -83,7 +93,8 @@ def checked_adapter(folder: Path, record: PersonalAdapter) -> Path:
 
 
 def checked_adapter_file(path: Path) -> Path:
-    """A personal `.onnx_adapter` given by path: its folder's record must bind it."""
+    """A personal `.onnx_adapter` given by path, its folder's record binding it: a check against
+    damage for `--no-verify`, not a trust decision (nothing ties the record to a release)."""
     path = Path(path)
     if path.name != ADAPTER:
         raise IntegrityError(f"{path}: a personal adapter is named {ADAPTER}, beside its {RECORD}")

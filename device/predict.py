@@ -3,10 +3,12 @@
 This module imports onnxruntime, tokenizers, numpy and fedpeft.core's signature checks
 only, so it runs where torch is not installed. A device refuses an export whose
 signature, expiry or file hashes do not check out, or that was made for another base.
-An adapter swapped onto the base graph is a signed adapter export (kept to a version
-floor, device/adapter_floor.py), a device slot's verified release, or the device's own
-personal adapter bound to its record by SHA-256; ONNX Runtime's own errors on an adapter
-become one named IntegrityError.
+An adapter swapped onto the base graph is a signed adapter export or a verified release
+folder (both kept to a version floor, device/adapter_floor.py), a device slot's current
+release (`SlotRelease`, ordered by the slot's own floor), or the device's own personal
+adapter as device/personal.py `personal_adapter()` checked it (`CheckedPersonal`: never a
+bare path, whatever lies beside it); ONNX Runtime's own errors on an adapter become one
+named IntegrityError.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.release import RELEASE_NAME, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, read_file, read_signed
 
-from .adapter_floor import AdapterFloor
-from .personal_record import RECORD, checked_adapter_file
+from .adapter_floor import RELEASES, AdapterFloor
+from .personal_record import RECORD, CheckedPersonal, checked_adapter_file
 
 EXPORT_TYPE = "fedpeft/onnx-export"  # defined here, not in exporter.py, so devices need no torch
 EXPORT_NAME = "export"  # export.json + export.sig
@@ -44,6 +46,14 @@ def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # the base graph's initializer-inputs warning is expected
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class SlotRelease:
+    """A device slot's current release folder (`predict --state`, after Device.current_release()
+    verified it): the slot's own floor orders its releases, and a local `device rollback` goes
+    back one version on purpose, so the export's adapter floor is neither checked nor raised."""
+    folder: Path
 
 
 @dataclass(frozen=True)
@@ -88,11 +98,12 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> dict[str,
 
 class Predictor:
     """Classify texts with one of the exported models; `adapter` (a folder written by
-    `fedpeft export --onto`, a device slot's release folder, or the device's own personal
-    `.onnx_adapter` file) swaps another adapter onto the base graph without loading another model."""
+    `fedpeft export --onto`, a signed release folder, a device slot's `SlotRelease`, or the
+    device's own `CheckedPersonal` adapter) swaps another adapter onto the base graph without
+    loading another model."""
 
     def __init__(self, folder: Path, public_key: Ed25519PublicKey | None, model: str = "int8",
-                 adapter: Path | None = None) -> None:
+                 adapter: Path | SlotRelease | CheckedPersonal | None = None) -> None:
         self.manifest = open_export(Path(folder), public_key)
         adapter_file, floor = self._adapter_file(Path(folder), public_key, adapter)
         models = self.manifest["models"]
@@ -119,30 +130,42 @@ class Predictor:
         self.labels = list(self.manifest["labels"])
 
     def _adapter_file(self, folder: Path, public_key: Ed25519PublicKey | None,
-                      adapter: Path | None) -> tuple[Path, tuple[AdapterFloor, int] | None]:
+                      adapter: Path | SlotRelease | CheckedPersonal | None
+                      ) -> tuple[Path, tuple[AdapterFloor, int] | None]:
         """The `.onnx_adapter` to apply, checked for what it is, and the floor to raise once it loads."""
         if adapter is None:
             return folder / self.manifest["adapter"], None
-        adapter = Path(adapter)
+        if isinstance(adapter, CheckedPersonal):
+            # personal_adapter() tied it to the slot's verified current release and hashed it: not hashed again
+            return adapter.path, None
+        slot = isinstance(adapter, SlotRelease)
+        adapter = Path(adapter.folder if slot else adapter)
         if adapter.suffix == ".onnx_adapter":
-            if os.path.lexists(adapter.parent / RECORD):
-                return checked_adapter_file(adapter), None  # the device's own (device/personal.py), bound by hash
-            if public_key is not None:
+            if public_key is not None:  # a personal.json beside it proves nothing: anyone can write one
                 raise ManifestError("unsigned-adapter", f"{adapter} is a bare .onnx_adapter, signed by no one: give a "
-                                                        "folder written by `fedpeft export --onto`, or a device slot")
+                                                        "folder written by `fedpeft export --onto`, or a device slot "
+                                                        "(--state, which also finds its personal adapter)")
+            if os.path.lexists(adapter.parent / RECORD):
+                return checked_adapter_file(adapter), None  # --no-verify: checked against damage, not trusted
             return adapter, None  # --no-verify: an unverified file, as the export itself
-        slot_release = (adapter / f"{RELEASE_NAME}.json").exists()
-        if public_key is not None and slot_release:
-            # a device slot's folder (device/slot.py): the release it came in must still be valid; the
-            # slot's own floor orders releases (a registry rollback republishes older adapters)
-            verify_release(adapter, public_key, base_id=self.manifest["base_id"])
+        release = None
+        if public_key is not None and (slot or (adapter / f"{RELEASE_NAME}.json").exists()):
+            # a release folder (a device slot's, device/slot.py): the release it came in must still be valid
+            release = verify_release(adapter, public_key, base_id=self.manifest["base_id"])
         adapter_manifest = open_export(adapter, public_key, self.manifest["base_id"], ADAPTER_EXPORT_NAME,
                                        ADAPTER_EXPORT_TYPE)
-        floor = None
-        if public_key is not None and not slot_release:
-            keeper = AdapterFloor(folder)
-            floor = (keeper, keeper.check(adapter_manifest))
-        return adapter / adapter_manifest["adapter"], floor
+        if public_key is None or slot:
+            # the floor applies only to folders given as --adapter: the slot's current release
+            # (--state) is ordered by the slot's own floor, and after a local `device rollback` it
+            # is legitimately older than a release predicted with before
+            return adapter / adapter_manifest["adapter"], None
+        if release is not None:
+            # on the release's version (it rises even on a registry rollback, which republishes the older
+            # adapter as a new, higher version), kept apart from adapter exports' adapter_version
+            keeper = AdapterFloor(folder, RELEASES)
+            return adapter / adapter_manifest["adapter"], (keeper, keeper.check_version(release.version))
+        keeper = AdapterFloor(folder)
+        return adapter / adapter_manifest["adapter"], (keeper, keeper.check(adapter_manifest))
 
     def logits(self, texts: list[str]) -> np.ndarray:
         feed = encode(self.tokenizer, texts, int(self.manifest["max_length"]))

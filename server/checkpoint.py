@@ -70,8 +70,10 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     try:
         with safe_open(path, framework="np") as handle:
             # our own file, but a disk can be tampered with: the guarded reader; the
-            # metrics rows it holds may carry a non-finite loss
-            meta = parse_json_object((handle.metadata() or {})[_META], f"checkpoint {path}", allow_nonfinite=True)
+            # metrics rows it holds may carry a non-finite loss, and grow with every round
+            # (safetensors has already bounded the header it came in at 100 MB)
+            text = (handle.metadata() or {})[_META]
+            meta = parse_json_object(text, f"checkpoint {path}", limit=len(text), allow_nonfinite=True)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"unsupported format {meta.get('format')!r}")

@@ -14,6 +14,7 @@ round keeps the global adapter it started from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -65,9 +66,9 @@ def global_problem(arrays: Arrays) -> str | None:
     """Why `arrays` must not become the global adapter (None: they may), naming the first
     tensor that is not finite or holds a value beyond MAX_GLOBAL_VALUE."""
     for name, value in arrays.items():
-        if not np.isfinite(value).all():
+        peak = float(np.abs(value).max(initial=0.0))  # NaN or infinite if any value is: one pass
+        if not math.isfinite(peak):
             return f"non-finite: {name}"
-        peak = float(np.abs(value).max(initial=0.0))
         if peak > MAX_GLOBAL_VALUE:
             return f"out-of-bound: {name} holds {peak:.3g} (bound {MAX_GLOBAL_VALUE:g})"
     return None
@@ -258,13 +259,13 @@ class DeltaStrategyMixin:
                 # Refused, not repaired: a user expects a round that went wrong to cost that
                 # round, not the run (no exception) and not the published adapter (no NaN
                 # checkpointed, evaluated or released). The round keeps the global it started
-                # from, says why (metrics.jsonl "refused_global", the progress line), and a
-                # server optimizer forgets the step it took towards the refused adapter.
+                # from and says why (metrics.jsonl "refused_global", the progress line).
                 log(WARNING, "round %d: the aggregated adapter is refused (%s); the global adapter is unchanged",
                     server_round, problem)
                 self.traffic.unchanged, self.traffic.refused_global, metrics = True, problem, None
-                for attr, value in before.items():
-                    setattr(self, attr, value)
+        if arrays is None:  # whatever kept the global (too few accepted, a refused aggregate), a server
+            for attr, value in before.items():  # optimizer forgets the step it took towards the discarded one
+                setattr(self, attr, value)
         if self.hooks.on_train is not None:
             self.hooks.on_train(server_round, metrics, self.traffic)
         return arrays, metrics

@@ -5,9 +5,11 @@ import sys
 from dataclasses import fields
 
 import pytest
+from flwr.app import ConfigRecord
 
 from fedpeft.core.config import RANGES, FederationConfig, load_config
-from fedpeft.core.errors import ConfigError
+from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.training.job import Job
 
 
 def test_bundled_default_is_a_small_federation():
@@ -124,7 +126,7 @@ def test_every_numeric_config_value_has_a_range_and_the_shipped_values_are_in_it
 @pytest.mark.parametrize("key", sorted(RANGES))
 def test_hostile_config_values_are_refused_by_name(key):
     allowed = RANGES[key]
-    hostile = [-1, 10**22, float("nan"), float("inf"), -float("inf"), allowed.high * 2 + 1, True]
+    hostile = [-1, 10**22, 10**400, float("nan"), float("inf"), -float("inf"), allowed.high * 2 + 1, True]
     hostile += [allowed.low] * allowed.low_open + [allowed.high] * allowed.high_open + [allowed.low - 1]
     if allowed.kind is int:
         hostile.append(0.5)
@@ -133,3 +135,16 @@ def test_hostile_config_values_are_refused_by_name(key):
             load_config(None).with_overrides(**{key: value})
     if allowed.kind is float:
         assert not allowed.allows(math.nextafter(allowed.high, math.inf))
+
+
+@pytest.mark.parametrize("key,value", [("personal-epochs", 10**22), ("local-only-epochs", -1), ("delta-block", 0),
+                                       ("dp-clip", float("nan")), ("dp-noise-std", float("inf")),
+                                       ("train", '{"epochs": 10000000000000000000000}'),
+                                       ("train", '{"learning_rate": NaN}')])
+def test_a_node_holds_the_servers_job_to_the_same_ranges(key, value):
+    """A node does not trust the server to have checked the numbers it sends."""
+    honest = Job("b" * 64, "t" * 64).to_config()
+    assert Job.from_config(honest) == Job("b" * 64, "t" * 64)
+    hostile = ConfigRecord({**honest, key: value})
+    with pytest.raises(FedPeftError, match="train settings|" + re.escape(key)):
+        Job.from_config(hostile)

@@ -26,7 +26,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedpeft.cli import build_parser
-from fedpeft.cli.common import address, host
+from fedpeft.cli.common import address, channel, host
 from fedpeft.core.config import FederationConfig, Range, load_config
 from fedpeft.core.errors import FedPeftError, IntegrityError
 from fedpeft.core.training.data import read_rows
@@ -204,13 +204,13 @@ def _value_checks() -> dict[str, object]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 stack.extend(action.choices.values())
-            elif isinstance(action.type, Range) or action.type in (host, address):
+            elif isinstance(action.type, Range) or action.type in (host, address, channel):
                 checks[f"{parser.prog} {action.option_strings[0]}"] = action.type
     return checks
 
 
 VALUE_CHECKS = _value_checks()
-numbers = st.one_of(st.integers(-2**80, 2**80).map(str), st.floats().map(repr), st.floats().map(str),
+numbers = st.one_of(st.integers(-2**80, 2**80).map(str), st.integers(10**300, 10**400).map(str), st.floats().map(repr), st.floats().map(str),
                     st.sampled_from(["nan", "-nan", "inf", "-Infinity", "1e400", "0x1f", "1_000", " 7 ", "٣", "1e-400"]))
 
 

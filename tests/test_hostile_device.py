@@ -19,10 +19,10 @@ from fedpeft.cli import main
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import client_data
 from fedpeft.core.training.settings import TrainSettings
-from fedpeft.core.trust.files import UnreadableFile
-from fedpeft.core.trust.release import MAX_LABELS, RELEASE_NAME, sign_release, verify_release
+from fedpeft.core.trust.files import UnreadableFile, file_sha256
+from fedpeft.core.trust.release import MAX_LABELS, ONNX_ADAPTER_FILES, RELEASE_NAME, sign_release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, write_signed
-from fedpeft.device.personal import PERSONAL_DIR, RECORD, personal_adapter, personalize
+from fedpeft.device.personal import PERSONAL_DIR, RECORD, PersonalAdapter, personal_adapter, personalize
 from fedpeft.device.predict import ADAPTER_EXPORT_NAME, Predictor, open_export
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.device.slot import Device
@@ -188,15 +188,18 @@ def personal(world):
 
 def test_the_personal_adapter_is_bound_to_its_record_by_hash(world, personal, tmp_path):
     folder = _slot_copy(world, tmp_path)
-    path, _ = personal_adapter(_open(world, folder))
-    texts = ["the striker scored twice"]
-    assert Predictor(world["export"], world["key"].public_key(), "base", adapter=path).logits(texts).shape == (1, 4)
+    checked, _ = personal_adapter(_open(world, folder))
+    path, texts = checked.path, ["the striker scored twice"]
+    assert Predictor(world["export"], world["key"].public_key(), "base", adapter=checked).logits(texts).shape == (1, 4)
+    # under the operator key a personal adapter comes only through the slot, never as a path
+    with pytest.raises(ManifestError, match="unsigned-adapter"):
+        Predictor(world["export"], world["key"].public_key(), "base", adapter=path)
     # a valid .onnx_adapter of the same graph swapped in (ONNX Runtime would load it happily)
     shutil.copyfile(world["export"] / "adapter.onnx_adapter", path)
     with pytest.raises(IntegrityError, match="differs from the SHA-256"):
         personal_adapter(_open(world, folder))
-    with pytest.raises(IntegrityError, match="differs from the SHA-256"):
-        Predictor(world["export"], world["key"].public_key(), "base", adapter=path)
+    with pytest.raises(IntegrityError, match="differs from the SHA-256"):  # --no-verify still checks the hash
+        Predictor(world["export"], None, "base", adapter=path)
     path.write_bytes(b"garbage" * 10)
     with pytest.raises(IntegrityError, match="differs from the SHA-256"):
         Predictor(world["export"], None, "base", adapter=path)
@@ -242,6 +245,23 @@ def test_predict_refuses_a_bare_or_corrupt_adapter_by_name(world, tmp_path, caps
         Predictor(_export_copy(world, tmp_path), key.public_key(), "base", adapter=corrupt)
 
 
+def test_a_forged_personal_record_does_not_make_an_adapter_trusted(world, tmp_path, capsys):
+    """Anyone can write a personal.json naming any release id and the file's own SHA-256:
+    under the operator key an .onnx_adapter given by path is refused even with one beside it."""
+    forged = tmp_path / "personal" / "adapter.onnx_adapter"
+    forged.parent.mkdir()
+    shutil.copyfile(world["export"] / "adapter.onnx_adapter", forged)
+    record = PersonalAdapter("ab" * 32, 1, world["release"].base_id, 1, 1, 0.0, "2024-01-01T00:00:00+00:00",
+                             file_sha256(forged, follow_links=False))
+    (forged.parent / RECORD).write_text(record.to_json())
+    with pytest.raises(ManifestError, match="unsigned-adapter"):
+        Predictor(world["export"], world["key"].public_key(), "base", adapter=forged)
+    assert main(["predict", str(world["export"]), "cats", "--model", "base", "--adapter", str(forged),
+                 "--key", str(world["pub"])]) == 1
+    err = capsys.readouterr().err
+    assert "unsigned-adapter" in err and "Traceback" not in err
+
+
 def _export_copy(world, tmp_path) -> Path:
     """A private copy of the session's export: the adapter floor is written into it."""
     copy = tmp_path / "export"
@@ -275,6 +295,49 @@ def test_an_older_adapter_export_does_not_load_after_a_newer_one(world, v2, tmp_
     (export / "adapter-floor.json").symlink_to(tmp_path / "v1" / "adapter.json")
     with pytest.raises(ManifestError, match="symbolic link"):
         Predictor(export, key, "base", adapter=newer)
+
+
+def _release_with_onnx_adapter(world, tmp_path, version: int):
+    """A signed release folder at `version` carrying an `fedpeft export --onto` .onnx_adapter."""
+    folder = tmp_path / f"release-v{version}"
+    shutil.copytree(world["trained_root"] / "adapter", folder)
+    sign = dict(version=version, base_id=world["release"].base_id, template_id=world["template"].template_id,
+                labels=world["release"].labels, parent=None, metrics={}, valid_days=1)
+    sign_release(folder, world["key"], **sign)
+    onnx = _adapter_export(world, tmp_path / f"onnx-v{version}", folder)
+    for name in ONNX_ADAPTER_FILES:
+        shutil.copyfile(onnx / name, folder / name)
+    return folder, sign_release(folder, world["key"], **sign)  # now listing the .onnx_adapter files too
+
+
+def test_an_older_release_folder_given_as_adapter_does_not_load_after_a_newer_one(world, tmp_path, capsys):
+    """A release folder given as --adapter keeps the export's floor (on its release version),
+    as an adapter export does; the slot's own current release (--state) does not, so a local
+    `device rollback` still predicts."""
+    key = world["key"].public_key()
+    export = _export_copy(world, tmp_path)
+    (older, v1), (newer, v2) = (_release_with_onnx_adapter(world, tmp_path, v) for v in (1, 2))
+    Predictor(export, key, "base", adapter=older)
+    Predictor(export, key, "base", adapter=newer)  # raises the floor to 2
+    with pytest.raises(ManifestError, match="older-version"):
+        Predictor(export, key, "base", adapter=older)
+    assert json.loads((export / "adapter-floor.json").read_text())["release_version"] == 2
+    # a slot at v2 with v1 before it, rolled back on the device: predict --state still works
+    slot = tmp_path / "device"
+    entries = [{"version": r.version, "release_id": r.release_id,
+                "folder": release_folder_name(r.version, r.release_id)} for r in (v1, v2)]
+    for source, entry in zip((older, newer), entries):
+        shutil.copytree(source, slot / "releases" / entry["folder"])
+    (slot / STATE_FILE).write_text(json.dumps({"base_id": world["release"].base_id, "current": entries[1],
+                                               "previous": entries[0], "floor": 2,
+                                               "seen": [v1.release_id, v2.release_id]}))
+    common = ["--state", str(slot), "--key", str(world["pub"]), "--base-id", world["release"].base_id]
+    assert main(["predict", str(export), "cats", *common]) == 0
+    assert main(["device", "rollback", *common]) == 0
+    assert _state(slot)["current"]["version"] == 1
+    assert main(["predict", str(export), "cats", *common]) == 0, capsys.readouterr().err
+    with pytest.raises(ManifestError, match="older-version"):  # the same folder given as --adapter: the floor
+        Predictor(export, key, "base", adapter=slot / "releases" / entries[0]["folder"])
 
 
 # -- issue 24 item 8: predict on an expired slot ---------------------------------------------

@@ -227,6 +227,15 @@ def test_a_refused_aggregate_leaves_no_trace_in_the_server_optimizer():
         np.testing.assert_array_equal(from_record(after)[n], from_record(expected)[n])
 
 
+def test_a_round_with_too_few_accepted_deltas_leaves_no_trace_in_the_server_optimizer():
+    """FedAvgM again: a round whose accepted deltas are fewer than min_accepted keeps the
+    global, and Flower's momentum from that discarded aggregate is put back too."""
+    options = {"server_momentum": 0.9, "server_learning_rate": 0.5}
+    short = _strategy("fedavgm", min_accepted=3, **options)
+    arrays, _ = short.aggregate_train(ROUND, [_from(n, _signed(d, k)) for n, k, d in zip(NODES[:2], KEYS, _deltas(36, 2))])
+    assert arrays is None and short.traffic.unchanged and short.momentum_vector is None
+
+
 @pytest.mark.parametrize("arrays,problem", [
     ({"a": np.array([1.0, np.nan], np.float32)}, "non-finite: a"),
     ({"a": np.ones(2, np.float32), "b": np.array([-np.inf], np.float32)}, "non-finite: b"),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
 
-from fedpeft.core.config import RANGES
+from fedpeft.core.config import RANGES, Range
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.json_reader import parse_json, parse_json_object
 from fedpeft.core.wire.delta_codec import DeltaEncoding
@@ -63,20 +63,33 @@ class Job:
             template_id=str(config["template-id"]),
             data=DataSpec.from_json(str(config["data"])),
             train=_train_settings(str(config["train"])),
-            personal_epochs=int(config["personal-epochs"]),
-            local_only_epochs=int(config["local-only-epochs"]),
+            personal_epochs=_checked(config, "personal-epochs", RANGES["personalization.epochs"]),
+            local_only_epochs=_checked(config, "local-only-epochs", RANGES["personalization.local_only_epochs"]),
             run_id=str(config["run-id"]),
             device_partitions=tuple(int(p) for p in parse_json(str(config["device-partitions"]), "device-partitions")),
             device_export=str(config["device-export"]),
-            encoding=DeltaEncoding(str(config["delta-encoding"]), int(config["delta-block"])),
-            dp_clip=float(config["dp-clip"]),
-            dp_noise_std=float(config["dp-noise-std"]),
+            encoding=DeltaEncoding(str(config["delta-encoding"]),
+                                   _checked(config, "delta-block", RANGES["federation.delta_block"])),
+            dp_clip=_checked(config, "dp-clip", DP_VALUE),
+            dp_noise_std=_checked(config, "dp-noise-std", DP_VALUE),
         )
 
     @property
     def binding(self) -> DeltaBinding:
         """The run-wide part of what this job's deltas are bound to."""
         return DeltaBinding(self.run_id, self.base_id, self.template_id)
+
+
+# A clip or noise std the server sends (0: privacy off); finite and bounded on the node too.
+DP_VALUE = Range(float, 0, 1e12)
+
+
+def _checked(config: ConfigRecord, key: str, allowed: Range) -> int | float:
+    """A number of the job, held to its range on the node: the server's message is not
+    trusted to have been checked (a NaN clip or 10**22 personalization epochs)."""
+    value = config[key]
+    allowed.check(f"the job's {key}", value)
+    return value
 
 
 def _train_settings(text: str) -> TrainSettings:

@@ -6,11 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedpeft.core.config import RANGES
 from fedpeft.core.errors import ConfigError
 
-from .common import SHARE, command, device_slot
+from .common import SHARE, channel, command, device_slot
+
+if TYPE_CHECKING:  # the device modules are imported where used
+    from fedpeft.device.personal import CheckedPersonal
+    from fedpeft.device.predict import SlotRelease
 
 
 def add_commands(commands) -> None:
@@ -55,7 +60,7 @@ def add_commands(commands) -> None:
     pred.add_argument("--adapter", help="a folder from `fedpeft export --onto` to apply to the base model")
     pred.add_argument("--state", help="a device slot: its personal adapter, else its release's .onnx_adapter")
     pred.add_argument("--base-id", help="the device's base (with --state)")
-    pred.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
+    pred.add_argument("--channel", type=channel, default="stable", help=argparse.SUPPRESS)
     pred.set_defaults(run=_predict)
 
 
@@ -122,11 +127,12 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
 
 
-def _slot_adapter(args: argparse.Namespace) -> Path:
+def _slot_adapter(args: argparse.Namespace) -> SlotRelease | CheckedPersonal:
     """What a device slot predicts with: its personal adapter while it was trained from the
     installed release, else the release's own `.onnx_adapter` (saying why)."""
     from fedpeft.core.trust.release import ONNX_ADAPTER_FILES
     from fedpeft.device.personal import personal_adapter
+    from fedpeft.device.predict import SlotRelease
 
     if not (args.key and args.base_id):
         raise ConfigError("--state needs the operator key (--key) and the device's base (--base-id)")
@@ -138,4 +144,4 @@ def _slot_adapter(args: argparse.Namespace) -> Path:
     print(f"fedpeft: note: {why}", file=sys.stderr)
     if device.current is None or not (device.current / ONNX_ADAPTER_FILES[0]).exists():
         raise ConfigError(f"{args.state} has no personal adapter and its release carries no .onnx_adapter")
-    return device.current
+    return SlotRelease(device.current)

@@ -13,6 +13,7 @@ from typing import NoReturn
 from fedpeft.core.config import DAY_S, Range
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.keys import OPERATOR_PASSPHRASE_ENV as OPERATOR_ENV
+from fedpeft.core.trust.release import CHANNEL_PATTERN
 
 # The command-line values that are no config key; the others use core/config.py's RANGES.
 # Each is an argparse `type=`, so a bad value is refused with one line and exit code 2
@@ -42,6 +43,16 @@ def host(text: str) -> str:
         return text
     shown = text if len(text) <= 40 else text[:37] + "..."
     raise argparse.ArgumentTypeError(f"must be an IP address or a DNS name, got {shown!r}")
+
+
+def channel(text: str) -> str:
+    """--channel: a name the registry and devices accept (core/trust/release.py's pattern),
+    refused here before anything is staged, signed or sent."""
+    if CHANNEL_PATTERN.fullmatch(text):
+        return text
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    raise argparse.ArgumentTypeError(f"must be lowercase letters, digits and '-' (a letter first, up to 32), "
+                                     f"got {shown!r}")
 
 
 def address(text: str) -> str:

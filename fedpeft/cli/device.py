@@ -9,7 +9,7 @@ from pathlib import Path
 from fedpeft.core.choices import OPTIMIZERS
 from fedpeft.core.config import EPOCHS, RANGES, SEED
 
-from .common import THREADS, command, device_slot, group, registry_arguments, registry_client, slot_arguments
+from .common import THREADS, channel, command, device_slot, group, registry_arguments, registry_client, slot_arguments
 
 
 def add_commands(commands) -> None:
@@ -19,7 +19,7 @@ def add_commands(commands) -> None:
         sub = command(device, name, text, f"fedpeft device {name} --state device --key keys/operator.pub --base-id BASE"
                                           + (" --ca-cert tls/ca.crt" if name == "pull" else ""))
         slot_arguments(sub)
-        sub.add_argument("--channel", default="stable", help="channel to follow (default stable)")
+        sub.add_argument("--channel", type=channel, default="stable", help="channel to follow (default stable)")
         if name == "pull":
             registry_arguments(sub)
         sub.set_defaults(run=run)
@@ -41,7 +41,7 @@ def add_commands(commands) -> None:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="numpy AdamW or SGD")
     train.add_argument("--seed", type=SEED, default=0, help="batch order")
     train.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime threads (0: its choice)")
-    train.add_argument("--channel", default="stable", help=argparse.SUPPRESS)
+    train.add_argument("--channel", type=channel, default="stable", help=argparse.SUPPRESS)
     train.set_defaults(run=_device_train)
 
 

@@ -13,6 +13,7 @@ from .common import (
     PORT,
     PUBLISH_DEADLINE,
     VERSION,
+    channel,
     command,
     group,
     host,
@@ -42,7 +43,7 @@ def add_commands(commands) -> None:
                   "--ca-cert tls/ca.crt --channel canary")
     pub.add_argument("adapter", help="adapter folder with release.json/.sig (e.g. runs/default/adapter)")
     operator_arguments(pub)
-    pub.add_argument("--channel", default="canary", help="channel the release starts on (default canary)")
+    pub.add_argument("--channel", type=channel, default="canary", help="channel the release starts on (default canary)")
     pub.add_argument("--onnx-adapter", help="also ship this `fedpeft export --onto` folder's .onnx_adapter")
     pub.add_argument("--valid-days", type=RANGES["security.release_days"], default=30.0,
                      help="devices refuse the release after this")
@@ -55,7 +56,7 @@ def add_commands(commands) -> None:
         operator_arguments(change)
         change.add_argument("--base-id", required=True, help="the base whose releases this changes (summary.json)")
         change.add_argument(version_flag, type=VERSION, required=True, help="release version")
-        change.add_argument("--channel", required=True, help="e.g. stable, canary")
+        change.add_argument("--channel", type=channel, required=True, help="e.g. stable, canary")
         if name == "rollback":
             change.add_argument("--valid-days", type=RANGES["security.release_days"], default=30.0,
                                 help="devices refuse the release after this")
