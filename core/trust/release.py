@@ -29,6 +29,7 @@ from .signed_files import (
     check_files,
     check_signed,
     file_entries,
+    precise_timestamp,
     read_file,
     sign_manifest,
     timestamp,
@@ -159,7 +160,7 @@ def sign_promotion(key: Ed25519PrivateKey, release: Release, channel: str,
         "type": PROMOTION_TYPE, "release_id": release.release_id, "version": release.version,
         "base_id": release.base_id, "channel": check_channel(channel), "files": {},
         # microseconds: two promotions of one channel within a second must still order
-        "created": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "expires": timestamp(now + PROMOTION_VALID),
+        "created": precise_timestamp(now), "expires": timestamp(now + PROMOTION_VALID),
     }, key)
 
 

@@ -35,6 +35,12 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def precise_timestamp(moment: datetime) -> str:
+    """A signing time to the microsecond, in the one spelling that sorts as it orders:
+    promotions and publish requests are compared in one table (server/registry/store.py)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def validity(days: float, now: datetime | None = None) -> dict[str, str]:
     now = now or datetime.now(UTC)
     return {"created": timestamp(now), "expires": timestamp(now + timedelta(days=days))}

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedpeft.core.trust.hashing import is_sha256_hex, sha256_hex
 from fedpeft.core.trust.release import Release, check_channel
-from fedpeft.core.trust.signed_files import ManifestError, check_signed, sign_manifest, timestamp
+from fedpeft.core.trust.signed_files import ManifestError, check_signed, precise_timestamp, sign_manifest, timestamp
 
 PUBLISH_REQUEST_TYPE = "fedpeft/publish-request"
 PUBLISH_REQUEST_VALID = timedelta(minutes=10)  # also the most a request may claim: an older one is refused
@@ -42,7 +42,7 @@ def sign_publish_request(key: Ed25519PrivateKey, registry_id: str, release: Rele
     return sign_manifest({
         "type": PUBLISH_REQUEST_TYPE, "registry_id": registry_id, "channel": check_channel(channel),
         "release_id": release.release_id, "base_id": release.base_id, "version": release.version, "files": {},
-        "created": _microseconds(now), "expires": timestamp(now + PUBLISH_REQUEST_VALID),
+        "created": precise_timestamp(now), "expires": timestamp(now + PUBLISH_REQUEST_VALID),
     }, key)
 
 
@@ -71,9 +71,5 @@ def check_publish_request(payload: bytes, signature: bytes, public_key: Ed25519P
         raise ManifestError("expired", f"publish request signed at {statement['created']}, more than "
                                        f"{PUBLISH_REQUEST_VALID} ago")
     valid_until = min(datetime.fromisoformat(statement["expires"]), created + PUBLISH_REQUEST_VALID)
-    return PublishOrder(sha256_hex(payload), statement["release_id"], channel, _microseconds(created), valid_until)
+    return PublishOrder(sha256_hex(payload), statement["release_id"], channel, precise_timestamp(created), valid_until)
 
-
-def _microseconds(moment: datetime) -> str:
-    """The one spelling of a signing time that sorts as it orders (promotions use it too)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
