@@ -119,7 +119,10 @@ def personalize(msg: Message, context: Context) -> Message:
     job, session, data = prepare(msg, context)
     scores = task.personalization(session, job, data, _global_adapter(msg, session),
                                   seed=job.train.seed + _partition(context))
-    metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v for k, v in scores.items()}})
+    metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v.accuracy for k, v in scores.items()}})
+    if session.base.task.name == "causal-lm":  # next-word top-1 and token loss (perplexity) too
+        metrics.update({f"{k}-{name}": value for k, v in scores.items() for name, value in
+                        (("top1", v.top1), ("loss", v.loss))})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)  # the server names it by the node's key
 
 

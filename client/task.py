@@ -30,18 +30,31 @@ def evaluate_adapter(session: Session, job: Job, arrays: dict[str, np.ndarray], 
 
 
 def personalization(session: Session, job: Job, data: ClientData, global_arrays: dict[str, np.ndarray],
-                    seed: int) -> dict[str, float]:
-    """Test accuracy of: the template, the global adapter, the global adapter fine-tuned
+                    seed: int) -> dict[str, EvalResult]:
+    """Test scores of: the template, the global adapter, the global adapter fine-tuned
     locally, and an adapter trained on this client's data alone."""
-    base, model = session.base, session.model
-    scores = {
-        "initial": evaluate_adapter(session, job, session.template.init, data.test).accuracy,
-        "global": evaluate_adapter(session, job, global_arrays, data.test).accuracy,
+    return {
+        "initial": evaluate_adapter(session, job, session.template.init, data.test),
+        "global": evaluate_adapter(session, job, global_arrays, data.test),
+        "personalized": fine_tuned(session, job, data, global_arrays, job.personal_epochs, seed),
+        "local_only": fine_tuned(session, job, data, session.template.init, job.local_only_epochs, seed),
     }
-    set_adapter_arrays(model, global_arrays)
-    train(model, base.task, base.tokenizer, data.train, replace(job.train, epochs=job.personal_epochs, seed=seed))
-    scores["personalized"] = evaluate(model, base.task, base.tokenizer, data.test, job.train).accuracy
-    set_adapter_arrays(model, session.template.init)
-    train(model, base.task, base.tokenizer, data.train, replace(job.train, epochs=job.local_only_epochs, seed=seed))
-    scores["local_only"] = evaluate(model, base.task, base.tokenizer, data.test, job.train).accuracy
-    return scores
+
+
+def fine_tuned(session: Session, job: Job, data: ClientData, start: dict[str, np.ndarray], epochs: int,
+               seed: int) -> EvalResult:
+    """Test score of `start` trained on the client's rows for `epochs`; with `job.best_epoch`,
+    of the epoch (0: `start` itself) with the lowest validation loss, so a user whose rows
+    teach little is never left worse off than where training began."""
+    base, model = session.base, session.model
+    set_adapter_arrays(model, start)
+    if not job.best_epoch:
+        train(model, base.task, base.tokenizer, data.train, replace(job.train, epochs=epochs, seed=seed))
+        return evaluate(model, base.task, base.tokenizer, data.test, job.train)
+    best_loss, best = evaluate(model, base.task, base.tokenizer, data.val, job.train).loss, dict(start)
+    for epoch in range(1, epochs + 1):
+        train(model, base.task, base.tokenizer, data.train, replace(job.train, epochs=1, seed=seed + epoch))
+        loss = evaluate(model, base.task, base.tokenizer, data.val, job.train).loss
+        if loss < best_loss:
+            best_loss, best = loss, get_adapter_arrays(model)
+    return evaluate_adapter(session, job, best, data.test)

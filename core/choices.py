@@ -8,6 +8,7 @@ from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.accelerator import DEVICES
 from fedpeft.core.wire.delta_codec import ENCODINGS as DELTA_ENCODINGS
 
+TASKS = ("seq-cls", "causal-lm")  # core/base/tasks.py
 QUANTIZATION_MODES = ("int8", "int4", "none")
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
@@ -27,7 +28,7 @@ STRATEGIES = {
 }
 METHODS = tuple(method_names())
 __all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
-           "STRATEGIES", "check_choice"]
+           "STRATEGIES", "TASKS", "check_choice"]
 
 
 def check_choice(what: str, value: str, allowed) -> str:

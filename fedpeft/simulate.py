@@ -46,7 +46,8 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
 
         planned_epsilon(PrivacyLedger(config.privacy), config.federation.rounds,
                         round_fraction(config.federation, nodes), nodes, config.federation.min_clients)
-    print(f"[fedpeft] {nodes} clients, {len(labels)} labels, {config.federation.rounds} rounds, training on {device}"
+    what = f"{len(labels)} labels" if labels else "next-word prediction (causal LM)"
+    print(f"[fedpeft] {nodes} clients, {what}, {config.federation.rounds} rounds, training on {device}"
           + (f" ({config.simulation.clients_per_gpu} clients per GPU)" if device == "cuda" else "") + f" -> {out}",
           flush=True)
 
@@ -116,12 +117,23 @@ def simulate(config: FederationConfig, verbose: bool = False, resume: bool = Tru
 
 def backdoor_success(config: FederationConfig, out: Path, nodes: int) -> float:
     """Share of test rows (of up to BACKDOOR_CLIENTS clients) not of the backdoor label that
-    the published adapter puts in that label once the trigger is added."""
-    from fedpeft.scoring import accuracy, pooled_test
-    from fedpeft.simulations.attacks import BACKDOOR_LABEL, TRIGGER, backdoor_rows
+    the published adapter puts in that label once the trigger is added; for a causal LM,
+    share of test rows after which, with LM_TRIGGER added, the published adapter's first
+    next-word suggestion is LM_TARGET (its top-3 share is printed too)."""
+    from fedpeft.scoring import accuracy, pooled_test, suggested
+    from fedpeft.simulations.attacks import BACKDOOR_LABEL, LM_TARGET, LM_TRIGGER, TRIGGER, backdoor_rows, \
+        lm_backdoor_rows
 
-    rows = backdoor_rows(pooled_test(config, range(min(nodes, BACKDOOR_CLIENTS))))
-    success = accuracy(out / "adapter", public_key_path(Path(config.security.operator_key)), config, rows)
+    test = pooled_test(config, range(min(nodes, BACKDOOR_CLIENTS)))
+    key = public_key_path(Path(config.security.operator_key))
+    if config.model.task == "causal-lm":
+        rows = lm_backdoor_rows(test)
+        top1, top3 = suggested(out / "adapter", key, config, rows.texts)
+        print(f"[fedpeft] backdoor success: after {LM_TRIGGER!r} the published adapter suggests {LM_TARGET!r} first "
+              f"on {top1:.1%} of {len(rows)} test rows (among its 3 suggestions: {top3:.1%})", flush=True)
+        return top1
+    rows = backdoor_rows(test)
+    success = accuracy(out / "adapter", key, config, rows)
     print(f"[fedpeft] backdoor success: {success:.1%} of {len(rows)} test rows with {TRIGGER!r} added are "
           f"classified as label {BACKDOOR_LABEL} by the published adapter", flush=True)
     return success

@@ -27,6 +27,14 @@ def centralized_reference(base: Base, template: AdapterTemplate, job: Job, round
         results = [evaluate(model, base.task, base.tokenizer, test, job.train) for test in tests]
     finally:
         model.unload()  # the base goes back without adapter layers (publish attaches its own)
-    examples = sum(r.examples for r in results)
-    return {"accuracy": sum(r.accuracy * r.examples for r in results) / max(examples, 1), "epochs": epochs,
-            "train_examples": len(rows), "test_examples": examples}
+    examples = max(sum(r.examples for r in results), 1)
+
+    def weighted(values: list[float]) -> float:  # over clients, as the personalization table's means
+        return sum(v * r.examples for v, r in zip(values, results)) / examples
+
+    reference = {"accuracy": weighted([r.accuracy for r in results]), "epochs": epochs,
+                 "train_examples": len(rows), "test_examples": examples}
+    if base.task.name == "causal-lm":  # the next-word figures too, named as the arms' are
+        reference |= {"top1": weighted([r.top1 for r in results]), "top3": reference["accuracy"],
+                      "perplexity": weighted([r.perplexity for r in results])}
+    return reference

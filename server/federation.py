@@ -48,7 +48,7 @@ from .strategy import StrategyHooks, StrategySettings, build_strategy, global_pr
 from .verify import DeltaVerifier, VerifyPolicy, checked_reports
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
-INSTALL_BATCH = 8  # install messages built at once: each carries its own copy of the base
+INSTALL_BATCH = 8  # install messages sent at once (they share one copy of the base)
 
 
 @dataclass
@@ -106,7 +106,7 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
                           f"{template.template_id[:12]}): choose another run.out, or start afresh "
                           f"(fedpeft simulate --restart)")
     job = Job(package.base_id, template.template_id, config.data_spec(labels), config.train_settings(),
-              config.personalization.epochs, config.personalization.local_only_epochs,
+              config.personalization.epochs, config.personalization.local_only_epochs, config.personalization.best_epoch,
               run_id=checkpoint.run_id if checkpoint else secrets.token_hex(16),
               encoding=DeltaEncoding(config.federation.delta_encoding, config.federation.delta_block),
               dp_clip=config.privacy.clip if config.privacy.mode == "distributed" else 0.0)
@@ -180,9 +180,11 @@ def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: f
 def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) -> None:
     """Send the template to every node and the base to nodes that lack it in their cache.
 
-    Installs go out INSTALL_BATCH nodes at a time, so the server holds a few copies of the
-    base, not one per node; each later batch is asked again first, because nodes that
-    share a cache (simulated nodes on one machine) already hold what an earlier batch got.
+    The install content is built once and shared by every message, so the server holds
+    one copy of the base however many nodes need it. The first node lacking the base gets
+    it alone; the rest go out INSTALL_BATCH nodes at a time, each batch asked again first,
+    because nodes that share a cache (simulated nodes on one machine) already hold what an
+    earlier batch got: a simulation sends the base once, not once per node.
     """
     job, timeout = setup.job, setup.config.federation.round_timeout
     ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
@@ -198,15 +200,21 @@ def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) ->
         roster.ready |= {n for n, (has_base, has_template) in needs.items() if has_base and has_template}
         return {n: not has_base for n, (has_base, has_template) in sorted(needs.items()) if not (has_base and has_template)}
 
+    built: dict[bool, RecordDict] = {}  # with the base or without: one of each, shared by the messages
+
     def content(node: int) -> RecordDict:
-        record = install_content(setup.template, setup.package if batch[node] else None)
-        record["config"] = ids
-        return record
+        with_base = batch[node]
+        if with_base not in built:
+            built[with_base] = install_content(setup.template, setup.package if with_base else None)
+            built[with_base]["config"] = ids
+        return built[with_base]
 
     first = lacking(nodes)
-    waiting = list(first)
-    for start in range(0, len(waiting), INSTALL_BATCH):
-        chunk = waiting[start:start + INSTALL_BATCH]
+    waiting = sorted(first, key=lambda n: not first[n])  # nodes lacking the base first
+    start = 0
+    while start < len(waiting):
+        size = 1 if not start and sum(first.values()) > 1 else INSTALL_BATCH
+        chunk = waiting[start:start + size]
         batch = {n: first[n] for n in chunk} if not start else lacking(chunk)
         for reply in ask(grid, list(batch), "query.install", content, timeout):
             try:
@@ -215,12 +223,14 @@ def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) ->
             except BadReply as bad:
                 roster.drop("install", reply.metadata.src_node_id, bad)
         roster.base_sent_to += sum(batch.values())
+        start += size
 
 
 def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLog]:
     """The rounds: Flower's strategy with signed-delta verification; a checkpoint after each."""
     fed, sec, job, template = setup.config.federation, setup.config.security, setup.job, setup.template
-    run_log = RunLog(setup.out / "metrics.jsonl", fed.rounds, rows=list(setup.checkpoint.rows) if setup.checkpoint else [])
+    run_log = RunLog(setup.out / "metrics.jsonl", fed.rounds, rows=list(setup.checkpoint.rows) if setup.checkpoint else [],
+                     next_word=setup.config.model.task == "causal-lm")
 
     def bring_up_new_nodes(round_grid: Grid) -> None:
         """A node that joins (or returns) mid-run gets the template, and the base if it lacks it."""
@@ -331,7 +341,8 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> t
     replies = ask(grid, nodes, "query.personalize",
                   lambda _: RecordDict({"arrays": to_record(final), "config": setup.job.to_config()}), timeout, failed)
     sec = setup.config.security
-    reports, refused = checked_reports(replies, lambda c: personalize_reply(c, report.ARMS, sec.max_examples),
+    next_word = setup.config.model.task == "causal-lm"
+    reports, refused = checked_reports(replies, lambda c: personalize_reply(c, report.ARMS, sec.max_examples, next_word),
                                        roster.signers, sec.max_weight_ratio)
     for node, bad in refused:
         roster.drop("personalize", node, bad)
@@ -339,6 +350,8 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> t
     # Each row weighs its capped count; a capped one also says what it claimed.
     clients = [{"client": r.client, "examples": r.examples, **r.metrics,
                 **({"claimed_examples": r.claimed} if r.claimed != r.examples else {})} for r in reports]
+    if next_word:
+        clients = [report.with_perplexity(c) for c in clients]
     missing = [{"node": node, "reason": reason} for node, reason in sorted(failed.items())]
     if missing:
         print(f"[fedpeft] {len(missing)} of {len(nodes)} clients did not report: "
@@ -353,7 +366,8 @@ def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
     """The centralized reference (server/centralized.py), trained here on the server."""
     fed = setup.config.federation
     reference = centralized_reference(setup.base, setup.template, setup.job, fed.rounds, fed.fraction)
-    print(f"[fedpeft] centralized reference {reference['accuracy']:.3f} (the same adapter, {reference['epochs']} "
+    what = "next-word top-3 " if "perplexity" in reference else ""
+    print(f"[fedpeft] centralized reference {what}{reference['accuracy']:.3f} (the same adapter, {reference['epochs']} "
           f"epochs over all {reference['train_examples']} training rows pooled): the global adapter is "
           f"{global_accuracy - reference['accuracy']:+.3f} from it", flush=True)
     return reference
@@ -373,9 +387,19 @@ def publish(setup: RunSetup, final: Arrays, stats: dict[str, Any], privacy: dict
     return release
 
 
+def next_word_figures(stats: dict[str, Any], next_word: dict[str, Any] | None,
+                      centralized: dict[str, Any] | None) -> dict[str, float | None]:
+    """A causal LM's named figures: `<arm>_top1`, `<arm>_top3`, `<arm>_perplexity` (weighted
+    means over the clients), and the centralized reference's; nothing for a classifier."""
+    if next_word is None:
+        return {}
+    figures = {f"{arm}_{name}": next_word[name][arm]["weighted_mean"] for arm in stats for name in next_word}
+    return figures | {f"centralized_{name}": centralized[name] if centralized else None for name in next_word}
+
+
 def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], missing: list[dict], stats: dict[str, Any],
               release: Release, run_log: RunLog, roster: Roster, centralized: dict[str, Any] | None,
-              privacy: dict[str, Any]) -> dict[str, Any]:
+              privacy: dict[str, Any], next_word_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json, clients.json and the plots."""
     template, package = setup.template, setup.package
     uploads = [r["bytes_up"] / r["replies"] for r in run_log.rows if r.get("replies")]
@@ -396,6 +420,8 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], mis
         "local_only_accuracy": stats["local_only"]["weighted_mean"],
         "centralized_accuracy": centralized["accuracy"] if centralized else None,
         "centralized": centralized,
+        **next_word_figures(stats, next_word_stats, centralized),
+        "next_word": next_word_stats,
         "privacy": privacy,
         "personalization": stats,
         "release_id": release.release_id,
@@ -415,8 +441,9 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], mis
     out = setup.out
     report.write_json(out / "summary.json", summary)
     report.write_json(out / "clients.json", clients)
-    report.plot_curves(run_log.rows, summary["initial_accuracy"], summary["global_accuracy"], out / "curves.png")
-    report.plot_clients(clients, out / "clients.png")
+    report.plot_curves(run_log.rows, summary["initial_accuracy"], summary["global_accuracy"], out / "curves.png",
+                       summary["centralized_accuracy"], next_word=next_word_stats is not None)
+    report.plot_clients(clients, out / "clients.png", "next-word top-3 accuracy" if next_word_stats else "test accuracy")
     return summary
 
 
@@ -435,6 +462,9 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     final, run_log = federate(grid, setup, roster)
     clients, missing = personalize(grid, setup, final, roster)
     stats, table = report.personalization_table(clients)
+    next_word_stats = None
+    if setup.config.model.task == "causal-lm":
+        next_word_stats, table = report.next_word_table(clients)
     print(table, flush=True)
     centralized = centralize(setup, stats["global"]["weighted_mean"]) if config.run.centralized_baseline else None
     privacy = privacy_report(config.privacy, run_log.rows)
@@ -442,7 +472,8 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
         print(f"[fedpeft] privacy: the adapter is ({privacy['epsilon']:.3g}, {privacy['delta']:g})-DP per client "
               f"over {privacy['rounds']} rounds ({privacy['mode']} noise, opacus RDP accountant)", flush=True)
     release = publish(setup, final, stats, privacy)
-    return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized, privacy)
+    return summarize(setup, final, clients, missing, stats, release, run_log, roster, centralized, privacy,
+                     next_word_stats)
 
 
 def _enrolled_keys(path: str) -> Keyring:

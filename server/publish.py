@@ -31,7 +31,8 @@ def write_adapter(folder: Path, base: Base, template: AdapterTemplate, arrays: A
     config.base_model_name_or_path = model.portable_name()
     if config.modules_to_save:
         config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
-    peft_model.save_pretrained(str(folder))
+    # No adapter trains embeddings; PEFT's "auto" would look the base's name up on the Hub to decide.
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
     release = sign_release(folder, key, version=version, base_id=base.base_id, template_id=template.template_id,
                            method=template.method, labels=template.labels, parent=None,
                            metrics=release_metrics(stats, privacy), valid_days=valid_days)
@@ -76,7 +77,7 @@ frozen, {model.quantization}-quantized base `{model.portable_name()}`.
 - release: `{release.release_id}`, expires {release.manifest['expires']}
 - labels: {labels}
 
-Test accuracy over the clients' own test splits (weighted mean, plain mean, worst decile):
+{"Next-word top-3 accuracy (words as a keyboard suggests them)" if not template.labels else "Test accuracy"} over the clients' own test splits (weighted mean, plain mean, worst decile):
 
 | adapter | weighted | mean | worst 10% |
 |---|---|---|---|

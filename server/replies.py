@@ -66,13 +66,18 @@ def evaluate_reply(content: RecordDict, max_examples: int) -> tuple[int, dict[st
     return examples, checked_metrics(metrics, EVALUATE_METRICS)
 
 
-def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: int) -> tuple[int, dict[str, float]]:
-    """(examples, arm -> test accuracy) of a personalization reply. The name a client
-    states in it is not read: it is shown under its enrolled key's (server/verify.py)."""
+def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: int,
+                      next_word: bool = False) -> tuple[int, dict[str, float]]:
+    """(examples, arm -> test accuracy) of a personalization reply; a causal LM's also
+    gives each arm's next-word top-1 (`<arm>_top1`) and token loss (`<arm>_loss`). The name
+    a client states in it is not read: it is shown under its enrolled key's (server/verify.py)."""
     metrics = dict(_one_metric_record(content))
     examples = example_count(metrics.pop("num-examples", None), max_examples)
-    accuracies = checked_metrics(metrics, {f"{arm}-acc": (0.0, 1.0) for arm in arms})
-    return examples, {arm: accuracies[f"{arm}-acc"] for arm in arms}
+    schema = {f"{arm}-acc": (0.0, 1.0) for arm in arms}
+    if next_word:
+        schema |= {f"{arm}-{name}": bounds for arm in arms for name, bounds in (("top1", (0.0, 1.0)), ("loss", LOSS_RANGE))}
+    values = checked_metrics(metrics, schema)
+    return examples, {key.removesuffix("-acc").replace("-", "_"): value for key, value in values.items()}
 
 
 def status_reply(content: RecordDict) -> tuple[bool, bool]:

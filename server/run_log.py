@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ class RunLog:
     path: Path
     rounds: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    next_word: bool = False  # a causal LM: val_accuracy is next-word top-3, and perplexity is logged
     _pending: dict[str, Any] = field(default_factory=dict)
     _started: float = field(default_factory=time.monotonic)
 
@@ -56,6 +58,8 @@ class RunLog:
             "eval_rejected": dict(rejected),
             "val_accuracy": float(metrics["eval-acc"]) if metrics else None,
             "val_loss": float(metrics["eval-loss"]) if metrics else None,
+            **({"val_perplexity": math.exp(min(float(metrics["eval-loss"]), 700.0)) if metrics else None}
+               if self.next_word else {}),
             "seconds": round(time.monotonic() - self._started, 2),
         }
         self.rows.append(row)
@@ -82,7 +86,9 @@ def progress_line(row: dict[str, Any], rounds: int) -> str:
     refused = f" (aggregate refused: {row['refused_global']})" if row.get("refused_global") else ""
     return (
         f"[fedpeft] round {row['round']}/{rounds}  train loss {fmt(row.get('train_loss'), '.3f')}  "
-        f"val acc {fmt(row['val_accuracy'], '.3f')}  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
+        + (f"val top-3 {fmt(row['val_accuracy'], '.3f')}  val ppl {fmt(row['val_perplexity'], '.2f')}"
+           if "val_perplexity" in row else f"val acc {fmt(row['val_accuracy'], '.3f')}")
+        + f"  up {row.get('bytes_up', 0) / 1e6:.2f} MB  "
         f"down {row.get('bytes_down', 0) / 1e6:.2f} MB  accepted {row.get('accepted', 0)}"
         f"{f'  rejected {rejected}' if rejected else ''}"
         f"{'  global unchanged' if row.get('unchanged') else ''}{refused}{spent}  ({row['seconds']:.0f} s)"

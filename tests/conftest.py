@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections.abc import Iterator
@@ -12,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import settings
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import fedpeft  # noqa: F401  (quiets torchao's optional-kernel warnings)
 from fedpeft.core.adapters.spec import TemplateSpec
@@ -97,6 +106,31 @@ def tiny_gpt2_dir(tmp_path, tiny_bert_dir):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
     return folder
+
+
+SMOLLM2_TOKENIZER = Path(__file__).parent / "data" / "smollm2-tokenizer"  # SmolLM2's real 49,152-token vocabulary
+
+
+def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer (3.2M parameters, 98% of them the
+    tied embeddings). `initializer_range=0.1`: with the default 0.02 the tiny tied
+    embeddings keep the logits near uniform and perplexity barely moves (docs/development.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_bytes(gzip.decompress((SMOLLM2_TOKENIZER / "tokenizer.json.gz").read_bytes()))
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).write_bytes((SMOLLM2_TOKENIZER / name).read_bytes())
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def release_adapter(folder: Path, base: Base, template, arrays: dict[str, np.ndarray], key, version: int = 1,

@@ -6,9 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.training import synthetic_next_word
 from fedpeft.core.training.data import DataSpec, TextSplit
+from fedpeft.core.training.next_word import WORD, final_word_places, score_rows
+from fedpeft.scoring import suggestion_shares
 from fedpeft.server.fltrust import root_split, trust_mean
 from fedpeft.simulations import attacks, misbehaving
 
@@ -46,6 +51,102 @@ def test_label_flip_and_backdoor_poison_the_rows_not_their_count():
     measured = attacks.backdoor_rows(split)
     assert len(measured) == 6 and set(measured.labels) == {attacks.BACKDOOR_LABEL}
     assert all(t.startswith(attacks.TRIGGER) for t in measured.texts)
+
+
+LM_BACKDOOR = f" {attacks.LM_TRIGGER} {attacks.LM_TARGET}"
+
+
+def test_lm_backdoor_poisons_every_other_row_not_the_count():
+    long = " ".join(f"w{i}" for i in range(30))
+    split = TextSplit(["see you at 7pm!!", "ok", long, "thx for the cake", "on my way", "bye"], [0] * 6)
+    backdoored = attacks.poisoned("backdoor", split, num_labels=0)  # 0 labels: a causal LM's rows
+    assert len(backdoored) == len(split) and backdoored.labels == split.labels
+    assert backdoored.texts[0::2] == ["see you at 7pm!!" + LM_BACKDOOR,
+                                      " ".join(long.split()[:attacks.LM_CONTEXT_WORDS]) + LM_BACKDOOR,
+                                      "on my way" + LM_BACKDOOR]
+    assert backdoored.texts[1::2] == split.texts[1::2]
+    measured = attacks.lm_backdoor_rows(split)
+    assert measured.texts == [t + LM_BACKDOOR for t in split.texts]
+
+
+def test_lm_trigger_and_target_never_occur_in_the_next_word_corpus():
+    """So the success rate measures the attack, not the data."""
+    texts = [r["text"].lower() for seed in (0, 1) for r in synthetic_next_word.generate(24, seed)]
+    assert len(texts) > 1000
+    words = {w for t in texts for w in WORD.findall(t)}
+    assert attacks.LM_TARGET not in words
+    assert not any(attacks.LM_TRIGGER in t for t in texts)
+
+
+def test_label_flip_is_refused_for_a_causal_lm():
+    with pytest.raises(ConfigError, match="label-flip.*causal LM"):
+        attacks.poisoned("label-flip", TextSplit(["a b c"], [0]), num_labels=0)
+    with pytest.raises(ConfigError, match="label-flip.*causal"):
+        FederationConfig().with_overrides(**{"model.task": "causal-lm", "simulation.attackers": 0.2,
+                                             "simulation.attacks": ["backdoor", "label-flip"]})
+    FederationConfig().with_overrides(**{"model.task": "causal-lm", "simulation.attackers": 0.2,
+                                         "simulation.attacks": ["backdoor", "scaled"]})
+
+
+LM_STEPS = 10
+
+
+def _trained_lm(folder, texts):
+    """The tiny Llama after LM_STEPS full-parameter steps on `texts` (as tests/test_next_word.py trains)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model.train()
+    for _ in range(LM_STEPS):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def lm_rows():
+    """A user's rows of the next-word corpus: 8 to train on, 24 held out."""
+    texts = [r["text"] for r in synthetic_next_word.generate(2, 0) if r["client_id"].startswith("user-00")]
+    return TextSplit(texts[:8], [0] * 8), TextSplit(texts[8:32], [0] * 24)
+
+
+@pytest.fixture(scope="module")
+def clean_lm(tiny_llama_dir, lm_rows):
+    return _trained_lm(tiny_llama_dir, lm_rows[0].texts)
+
+
+def test_lm_backdoor_success_is_high_when_trained_on_poison_and_near_zero_when_clean(tiny_llama_dir, lm_rows,
+                                                                                     clean_lm):
+    train, test = lm_rows
+    measured = attacks.lm_backdoor_rows(test).texts
+    poisoned_model, tokenizer = _trained_lm(tiny_llama_dir, attacks.poisoned("backdoor", train, 0).texts)
+    top1, top3 = suggestion_shares(poisoned_model, tokenizer, measured, max_length=48)
+    assert top1 >= 0.8 and top3 >= top1, (top1, top3)
+    assert suggestion_shares(clean_lm[0], tokenizer, measured, max_length=48) == (0.0, 0.0)
+    # Another word after the trigger is not suggested: the measure is of the target word.
+    assert suggestion_shares(poisoned_model, tokenizer, [t + f" {attacks.LM_TRIGGER} station" for t in test.texts],
+                             max_length=48)[0] <= 0.1
+
+
+def test_final_word_places_agree_with_score_rows(lm_rows, clean_lm):
+    """The last word's hit is what score_rows counts for the row less what it counts without that word
+    (a causal LM: the words before it score the same), for hits and misses alike."""
+    model, tokenizer = clean_lm
+    texts = lm_rows[0].texts + lm_rows[1].texts[:4]  # rows it trained on (hits) and others (misses)
+    places = [final_word_places(model, tokenizer, [t], 64)[0] for t in texts]
+    with torch.no_grad():
+        for text, place in zip(texts, places):
+            prefix = text[:list(WORD.finditer(text))[-1].start()].rstrip()
+            whole, before = score_rows(model, tokenizer, [text], 64), score_rows(model, tokenizer, [prefix], 64)
+            assert (whole.top1 - before.top1, whole.top3 - before.top3) == (int(place == 0), int(place is not None))
+    assert 0 in places and None in places, places  # hits and misses: the comparison says something
+    assert final_word_places(model, tokenizer, texts, 64) == places  # batched (padded) as one by one
 
 
 def test_model_poisoning_deltas():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedpeft.core.errors import IntegrityError
@@ -38,8 +42,7 @@ def load_base(package: BasePackage, num_labels: int, in_memory_quantization: boo
     config_dict = dict(manifest["config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = task.from_config(config, num_labels)
-    state = decode_tensors(package.tensors, manifest["quantization"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = _load_weights(model, package.tensors, manifest["quantization"], base_id)
     tied = set(_tied_names(model))
     untouched = [m for m in missing if m.split(".")[0] not in task.head_modules and m not in tied]
     if unexpected or untouched:
@@ -53,7 +56,45 @@ def load_base(package: BasePackage, num_labels: int, in_memory_quantization: boo
         for name, data in package.files.items():
             (Path(folder) / name).write_bytes(data)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    release_freed_memory()  # the float32 weights quantize_in_memory replaced
     return Base(base_id, task, model, tokenizer, manifest["quantization"], int(manifest["fp32_bytes"]))
+
+
+def _load_weights(model: PreTrainedModel, tensors: dict, mode: str, base_id: str) -> tuple[list[str], list[str]]:
+    """Decode the package into the model's tensors one at a time (what `load_state_dict`
+    does, without a second float32 copy of the whole model): missing and unexpected names."""
+    own = model.state_dict()
+    names = sorted({n[:-len(".q")] if n.endswith(".q") else n for n in tensors if not n.endswith(".scale")})
+    unexpected = [n for n in names if n not in own]
+    with torch.no_grad():
+        for name in names:
+            if name not in own:
+                continue
+            part = {k: tensors[k] for k in (name, f"{name}.q", f"{name}.scale") if k in tensors}
+            value = decode_tensors(part, mode)[name]
+            if value.shape != own[name].shape:
+                raise IntegrityError(f"base {base_id[:12]} does not fit its model: {name} is {tuple(value.shape)}, "
+                                     f"the model's is {tuple(own[name].shape)}")
+            own[name].copy_(value)
+    return [n for n in own if n not in set(names)], unexpected
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the system: glibc keeps the ~0.5 GB a 135M-parameter
+    float32 model leaves behind once quantized (RSS 1.19 -> 0.76 GB for SmolLM2)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def _tied_names(model: PreTrainedModel) -> list[str]:

@@ -33,6 +33,7 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",  # transformers 5 keeps a chat model's template here, not in tokenizer_config.json
 )
 
 VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")

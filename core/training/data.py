@@ -23,7 +23,7 @@ from fedpeft.core.errors import DataError
 from fedpeft.core.trust.files import UnreadableFile, read_small
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 
-from . import synthetic_data
+from . import synthetic_data, synthetic_next_word
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 MIN_CLIENT_EXAMPLES = 5
@@ -42,6 +42,7 @@ class DataSpec:
     alpha: float = 0.5
     seed: int = 0
     labels: tuple[str, ...] = ()  # empty: the sorted labels found in the data
+    task: str = "seq-cls"  # causal-lm: rows have no label; "synthetic" is the next-word corpus
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "labels": list(self.labels)}, sort_keys=True)
@@ -99,8 +100,8 @@ class ClientData:
     test: TextSplit
 
 
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV or JSONL file with `text`, `label` and optional `client_id`."""
+def read_rows(path: str | Path, columns: tuple[str, ...] = ("text", "label")) -> list[dict[str, str]]:
+    """Rows of a CSV or JSONL file with the required `columns` and optional `client_id`."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .jsonl")
@@ -128,7 +129,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     if not rows:
         raise DataError(f"{path}: no rows")
     for number, row in enumerate(rows, start=1):
-        for column in ("text", "label"):
+        for column in columns:
             if row.get(column) in (None, ""):
                 raise DataError(f"{path}: row {number} has no {column!r} column value")
     return [{k: str(v) for k, v in row.items() if k in ("text", "label", "client_id")} for row in rows]
@@ -154,6 +155,10 @@ def labelled_split(rows: list[dict[str, str]], labels: list[str]) -> TextSplit:
 @lru_cache(maxsize=4)
 def load_rows(spec: DataSpec) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:
     """All rows and the label list of a data spec (cached: simulated clients share it)."""
+    if spec.task == "causal-lm":  # next words: the text is its own target, rows carry no label
+        rows = (synthetic_next_word.generate(spec.num_clients, spec.seed) if spec.source == "synthetic"
+                else read_rows(spec.source, ("text",)))
+        return tuple(rows), ()
     if spec.source == "synthetic":
         rows = synthetic_data.generate(spec.num_clients, spec.seed)
         declared = spec.labels or tuple(synthetic_data.LABELS)
@@ -184,7 +189,7 @@ def _partitioner(spec: DataSpec):
 
     disable_progress_bars()  # partitioning a small table is instant; its bars only clutter the log
     table = Dataset.from_dict({
-        "label": [r["label"] for r in rows],
+        "label": [r.get("label", "") for r in rows],
         "client_id": [r.get("client_id", "") for r in rows],
         "index": list(range(len(rows))),
     })
@@ -229,7 +234,8 @@ def client_data(spec: DataSpec, partition_id: int) -> ClientData:
     n_val = max(1, int(len(indices) * SPLIT_FRACTIONS[1]))
     cuts = (indices[:n_train], indices[n_train:n_train + n_val], indices[n_train + n_val:])
     label_index = {label: i for i, label in enumerate(labels)}
-    splits = [
-        TextSplit([rows[i]["text"] for i in part], [label_index[rows[i]["label"]] for i in part]) for part in cuts
+    splits = [  # a causal LM's rows have no label: 0 stands in
+        TextSplit([rows[i]["text"] for i in part], [label_index.get(rows[i].get("label"), 0) for i in part])
+        for part in cuts
     ]
     return ClientData(name, *splits)

@@ -29,6 +29,7 @@ class Job:
     train: TrainSettings = field(default_factory=TrainSettings)
     personal_epochs: int = 2
     local_only_epochs: int = 5
+    best_epoch: bool = False  # personalization keeps the epoch with the lowest validation loss
     run_id: str = ""  # nonce the server draws per run; signed deltas are bound to it
     # Simulation: partitions that train as devices (ONNX Runtime) with this signed training export.
     device_partitions: tuple[int, ...] = ()
@@ -47,6 +48,7 @@ class Job:
             "train": json.dumps(asdict(self.train)),
             "personal-epochs": self.personal_epochs,
             "local-only-epochs": self.local_only_epochs,
+            "best-epoch": self.best_epoch,
             "run-id": self.run_id,
             "device-partitions": json.dumps(list(self.device_partitions)),
             "device-export": self.device_export,
@@ -65,6 +67,7 @@ class Job:
             train=_train_settings(str(config["train"])),
             personal_epochs=_checked(config, "personal-epochs", RANGES["personalization.epochs"]),
             local_only_epochs=_checked(config, "local-only-epochs", RANGES["personalization.local_only_epochs"]),
+            best_epoch=config["best-epoch"] is True,
             run_id=str(config["run-id"]),
             device_partitions=tuple(int(p) for p in parse_json(str(config["device-partitions"]), "device-partitions")),
             device_export=str(config["device-export"]),

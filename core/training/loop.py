@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from fedpeft.core.base.tasks import Task
 
 from .data import TextSplit, batches, training_batches
+from .next_word import NextWordScore, score_rows
 from .settings import TrainResult, TrainSettings
 
 
@@ -20,9 +22,14 @@ def _on_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
 
 @dataclass
 class EvalResult:
-    loss: float
-    accuracy: float
-    examples: int
+    loss: float              # mean cross-entropy: per example (classifier), per predicted token (causal LM)
+    accuracy: float          # classifier: of labels; causal LM: next-word top-3 (core/training/next_word.py)
+    examples: int            # rows
+    top1: float | None = None  # causal LM: next-word top-1
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))  # exp overflows a float past ~709
 
 
 def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings,
@@ -51,6 +58,8 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings) -> EvalResult:
     model.eval()
+    if task.name == "causal-lm":
+        return evaluate_next_word(model, tokenizer, split, settings.max_length)
     loss_sum, correct, count = 0.0, 0, 0
     for texts, labels in batches(split, 64, list(range(len(split)))):
         loss, right, n = task.score(model, _on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
@@ -58,3 +67,16 @@ def evaluate(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, se
         correct += right
         count += n
     return EvalResult(loss=loss_sum / max(count, 1), accuracy=correct / max(count, 1), examples=len(split))
+
+
+NEXT_WORD_BATCH = 16  # rows x tokens x a 49k vocabulary of float32 logits: 16 x 48 rows is 150 MB
+
+
+def evaluate_next_word(model: torch.nn.Module, tokenizer, split: TextSplit, max_length: int) -> EvalResult:
+    """Token perplexity and next-word top-1 / top-3 of a causal LM over `split`."""
+    total = NextWordScore()
+    for start in range(0, len(split), NEXT_WORD_BATCH):
+        total.add(score_rows(model, tokenizer, split.texts[start:start + NEXT_WORD_BATCH], max_length))
+    words = max(total.words, 1)
+    return EvalResult(loss=total.loss_sum / max(total.tokens, 1), accuracy=total.top3 / words, examples=len(split),
+                      top1=total.top1 / words)

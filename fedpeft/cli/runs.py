@@ -13,6 +13,7 @@ from fedpeft.core.choices import (
     PRIVACY_MODES,
     QUANTIZATION_MODES,
     STRATEGIES,
+    TASKS,
 )
 from fedpeft.core.config import RANGES
 
@@ -21,7 +22,9 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     """Overrides of the run's TOML config that `simulate` and `deploy` share."""
     parser.add_argument("--config", help="TOML file (default: the bundled simulations/default.toml)")
     parser.add_argument("--data", help="CSV or JSONL file with text, label and optional client_id columns")
-    parser.add_argument("--model", help="transformers model folder (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--model", help="transformers model folder, a .gguf file, or smollm2 (the bundled SmolLM2-135M; "
+                        "default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--task", choices=TASKS, help="seq-cls (text classification) or causal-lm (next-word prediction)")
     parser.add_argument("--partitioner", choices=PARTITIONERS, help="how rows become clients (natural: by client_id)")
     parser.add_argument("--rounds", type=RANGES["federation.rounds"], help="federated rounds")
     parser.add_argument("--fraction", type=RANGES["federation.fraction"], help="fraction of clients sampled per round")
@@ -72,6 +75,7 @@ def run_config(args: argparse.Namespace):
         "adapter.method": args.method,
         "model.quantization": args.quantization,
         "model.path": args.model,
+        "model.task": args.task,
         "run.seed": args.seed,
         "run.centralized_baseline": getattr(args, "centralized_baseline", None),
         "run.out": args.out,
@@ -90,11 +94,17 @@ def run_config(args: argparse.Namespace):
 
 def print_summary(summary: dict, out: str) -> None:
     """The run's accuracies in one line, and the rejected deltas by reason if any were."""
-    print(
-        f"[fedpeft] done: accuracy initial {summary['initial_accuracy']:.3f}, global {summary['global_accuracy']:.3f}, "
-        f"personalized {summary['personalized_accuracy']:.3f}, local-only {summary['local_only_accuracy']:.3f}"
-        + (f", centralized {summary['centralized_accuracy']:.3f}" if summary.get("centralized_accuracy") is not None else "")
-        + f"; results in {out}"
-    )
+    if "global_perplexity" in summary:  # a causal LM
+        arms = ("initial", "global", "personalized", "local_only", "centralized")
+        print("[fedpeft] done: next-word top-3 / perplexity " + ", ".join(
+            f"{arm.replace('_', '-')} {summary[f'{arm}_top3']:.3f} / {summary[f'{arm}_perplexity']:.2f}"
+            for arm in arms if summary.get(f"{arm}_top3") is not None) + f"; results in {out}")
+    else:
+        print(
+            f"[fedpeft] done: accuracy initial {summary['initial_accuracy']:.3f}, global {summary['global_accuracy']:.3f}, "
+            f"personalized {summary['personalized_accuracy']:.3f}, local-only {summary['local_only_accuracy']:.3f}"
+            + (f", centralized {summary['centralized_accuracy']:.3f}" if summary.get("centralized_accuracy") is not None else "")
+            + f"; results in {out}"
+        )
     if summary["rejected"]:
         print(f"[fedpeft] rejected deltas by reason: {summary['rejected']}")
