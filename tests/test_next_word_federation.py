@@ -117,3 +117,27 @@ def test_the_published_adapter_loads_with_peft_and_generates(run, tiny_llama_dir
             plain = model.generate(**prompt, max_new_tokens=6, do_sample=False)
     assert tuned.shape[1] > prompt["input_ids"].shape[1]
     assert not torch.equal(tuned, plain)  # the adapter changes what the model writes
+
+
+def test_a_private_language_model_run_resumes_where_it_stopped(tiny_llama_dir, tmp_path):
+    """Client-level DP and resume work for a causal LM as for a classifier: a 2-round run
+    with central noise, then the same run.out asked for 3 rounds goes on from round 2's
+    checkpoint, and the accountant carries on (epsilon grows, the release states it)."""
+    (tmp_path / "run.toml").write_text(CONFIG)
+    write_messages(tmp_path / "messages.csv", rows=20)
+    env = {**os.environ, "FEDPEFT_CACHE": str(tmp_path / "cache")}
+    base = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_llama_dir),
+            "--data", "messages.csv", "--privacy", "central", "--clip", "5", "--noise-multiplier", "0.5",
+            "--no-centralized-baseline", "--out", "result"]
+    for rounds in (2, 3):
+        proc = subprocess.run([*base, "--rounds", str(rounds)], capture_output=True, text=True, timeout=600, env=env,
+                              cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = json.loads((tmp_path / "result" / "summary.json").read_text())
+        if rounds == 2:
+            first = summary["privacy"]["epsilon"]
+    rows = [json.loads(line) for line in (tmp_path / "result" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3] and summary["resumed_after_round"] == 2
+    assert summary["privacy"]["epsilon"] > first > 0 and math.isfinite(summary["global_perplexity"])
+    release = json.loads((tmp_path / "result" / "adapter" / "release.json").read_text())
+    assert release["metrics"]["epsilon"] == summary["privacy"]["epsilon"]
