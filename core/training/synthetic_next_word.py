@@ -4,7 +4,8 @@ Deterministic for (num_clients, seed), pure Python. Every user shares one gramma
 message templates, their word alternatives and the common slot pools (days, foods,
 errands, things, weather, moods), which is what a global adapter can learn. Each user also
 has a profile drawn from large pools, users taking disjoint slices of them (no two users of
-one corpus share a contact, place or topic until a pool runs out):
+one corpus share a contact, place, topic, greeting or sign-off up to 15 users; beyond
+that the pools are reshuffled and items repeat):
 
 - contacts (a best friend first: mentioned most), favourite places, two hobby/work topics
   with their own words, what they call their mother;
@@ -200,8 +201,9 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 
 # The shared grammar. Slots: {c} {c2} contacts, {p} place, {t} time, {d} day, {n} minutes,
 # {h} hours, {act} activity, {item} topic item, {food} {food2} {errand} {thing} {weather}
-# {feel}, {mom}; {d} "on Monday", {day} "Monday". "[a|b|c]" picks one alternative ("[a|]" makes a word optional). A
-# template ending in "?" is a question; the others get the user's sentence ending.
+# {feel}, {mom}; {d} "on Monday", {day} "Monday". "[a|b|c]" picks one alternative ("[a|]"
+# makes a word optional). A template ending in "?" is a question; the others get the user's
+# sentence ending.
 TEMPLATES = [
     "[Are you|You] free {d}? I'm [heading|going over] to {p} around {t}, [want to come|join me]?",
     "Can you tell {c} I'll be late, [stuck|still] at {p} until {t}",
