@@ -33,8 +33,10 @@ from fedpeft.core.training.job import Job
 from fedpeft.core.training.synthetic_data import LABELS
 
 
-def bare_epoch(model, tokenizer, split, settings, seed: int) -> int:
-    """The loop a PEFT user writes by hand."""
+def bare_epoch(model, tokenizer, split, settings, seed: int, causal_lm: bool = False) -> int:
+    """The loop a PEFT user writes by hand; a causal LM's labels are its own tokens (padding masked)."""
+    if causal_lm and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     order = list(range(len(split)))
     random.Random(seed).shuffle(order)
@@ -44,7 +46,9 @@ def bare_epoch(model, tokenizer, split, settings, seed: int) -> int:
         idx = order[start:start + settings.batch_size]
         batch = tokenizer([split.texts[i] for i in idx], padding=True, truncation=True,
                           max_length=settings.max_length, return_tensors="pt")
-        out = model(**batch, labels=torch.tensor([split.labels[i] for i in idx]))
+        labels = (batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100) if causal_lm
+                  else torch.tensor([split.labels[i] for i in idx]))
+        out = model(**batch, labels=labels)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

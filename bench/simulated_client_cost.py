@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import tempfile
 import time
@@ -88,25 +87,8 @@ def per_call_update(folder: Path, config, global_arrays, split, seed: int) -> di
 
 
 def epoch(task, model, tokenizer, split, settings, seed: int) -> int:
-    """The loop a PEFT user writes by hand: client_overhead.bare_epoch, or its causal-LM twin."""
-    if task.name == "seq-cls":
-        return bare_epoch(model, tokenizer, split, settings, seed)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-    order = list(range(len(split)))
-    random.Random(seed).shuffle(order)
-    model.train()
-    steps = 0
-    for start in range(0, len(order), settings.batch_size):
-        batch = tokenizer([split.texts[i] for i in order[start:start + settings.batch_size]], padding=True,
-                          truncation=True, max_length=settings.max_length, return_tensors="pt")
-        out = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100))
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps += 1
-    return steps
+    """The loop a PEFT user writes by hand (client_overhead.bare_epoch) for this task."""
+    return bare_epoch(model, tokenizer, split, settings, seed, causal_lm=task.name == "causal-lm")
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ import pytest
 import torch
 from hypothesis import settings
 from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     BertTokenizer,
@@ -126,6 +128,23 @@ def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
                          pad_token_id=2)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+def train_tiny_lm(folder: Path, texts: list[str], steps: int):
+    """(model, tokenizer) of the causal LM in `folder` after `steps` full-parameter AdamW
+    steps (lr 1e-2, seed 0) on `texts` as one padded batch, in eval mode."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model.train()
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer
 
 
 @pytest.fixture(scope="session")

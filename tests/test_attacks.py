@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny_lm
 
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import ConfigError
@@ -93,20 +94,7 @@ LM_STEPS = 10
 
 def _trained_lm(folder, texts):
     """The tiny Llama after LM_STEPS full-parameter steps on `texts` (as tests/test_next_word.py trains)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    model.train()
-    for _ in range(LM_STEPS):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval(), tokenizer
+    return train_tiny_lm(folder, texts, LM_STEPS)
 
 
 @pytest.fixture(scope="module")

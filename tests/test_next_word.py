@@ -5,7 +5,7 @@ starts, complete each greedily), which is written out here the slow way, indepen
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import train_tiny_lm
 
 from fedpeft.core.training.data import TextSplit
 from fedpeft.core.training.loop import evaluate_next_word
@@ -25,18 +25,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_llama_dir):
     """The tiny Llama after STEPS full-parameter steps on ROWS[:4]: sure of some words of ROWS, not all."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = tokenizer(ROWS[:4], padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    model.train()
-    for _ in range(STEPS):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval(), tokenizer
+    return train_tiny_lm(tiny_llama_dir, ROWS[:4], STEPS)
 
 
 def keyboard(model, tokenizer, context: torch.Tensor, steps: int = 8) -> list[str]:
