@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,18 +27,21 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from peft import PeftModel
 from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedpeft.core.adapters.methods import get_method
 from fedpeft.core.adapters.state import get_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
-from fedpeft.core.base.tasks import get_task
+from fedpeft.core.base.tasks import Task, get_task
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import DataSpec, TextSplit, client_data, load_rows, num_partitions
 from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
+from fedpeft.device.generate import LanguageModel
+from fedpeft.device.genai_adapter import layout_of, to_genai, write_genai_adapter
 from fedpeft.device.onnx_adapter import write_onnx_adapter
 from fedpeft.device.predict import (
     ADAPTER_EXPORT_NAME,
@@ -48,7 +52,7 @@ from fedpeft.device.predict import (
     open_session,
 )
 
-from . import parity
+from . import genai, parity
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx, expose_as_inputs
 from .ort_adapter import adapter_input_names
@@ -77,7 +81,8 @@ class ExportRequest:
     limits: parity.ParityLimits = field(default_factory=parity.ParityLimits)
     valid_days: float = 30.0
     method: str | None = None  # of an unsigned adapter (which tensors devices train); None: all
-    training_graph: bool = True  # train.onnx for devices that train (classification only)
+    training_graph: bool = True  # train.onnx for devices that train the adapter
+    generation_precision: str = "int8"  # a language model's shipped base: int8 or int4 (export/genai.py)
 
 
 def check_adapter(request: ExportRequest, base_id: str) -> Release | None:
@@ -104,16 +109,20 @@ def staged(out: Path) -> AbstractContextManager[Path]:
 
 @contextmanager
 def transformers_quiet() -> Iterator[None]:
-    """transformers' warnings and progress bars off: loading the base for a new head prints
-    a "LOAD REPORT" of the head's missing weights (replaced by the adapter's) and a bar,
-    which would stand before a failed export's one error line."""
+    """transformers' and peft's warnings and progress bars off: loading the base for a new
+    head prints a "LOAD REPORT" of the head's missing weights (replaced by the adapter's) and
+    a bar, and reading a bundled LM's adapter a deprecation and a Hub-lookup warning, which
+    would stand before a failed export's one error line."""
     from transformers.utils import logging as transformers_logging
 
     verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            yield
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:
@@ -132,11 +141,15 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
             labels = list(load_rows(request.data)[1]) if task.peft_task_type == "SEQ_CLS" else []
         progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
                  f"for base {package.base_id[:12]}")
-        base = load_base(package, num_labels=len(labels), in_memory_quantization=False)
-        model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
         method = (release.method if release else None) or request.method
-        manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging, progress,
-                          method, _int8_weights(package))
+        if task.name == "causal-lm":  # a generation model, not a classifier's graphs
+            manifest = _build_language_model(request, package, method, release.version if release else 0, staging,
+                                             progress)
+        else:
+            base = load_base(package, num_labels=len(labels), in_memory_quantization=False)
+            model = PeftModel.from_pretrained(base.model, str(request.adapter)).eval()
+            manifest = _build(request, model, base.tokenizer, labels, release.version if release else 0, staging,
+                              progress, method, _int8_weights(package))
         manifest.update({
             "base_id": package.base_id, "quantization": request.quantization, "task": request.task,
             "release_id": release.release_id if release else None,
@@ -159,9 +172,8 @@ def export_training(package: BasePackage, template: AdapterTemplate, out: Path, 
         base = load_base(package, num_labels=len(template.labels), in_memory_quantization=False)
         model = template.attach(base.model).eval()
         names = adapter_input_names(model)
-        training, gradient_max_abs = _training_graph(model, base.tokenizer, names, rows.texts, rows.labels,
-                                                     template.method, _int8_weights(package),
-                                                     staging / TRAINING_FILE, max_length)
+        training, gradient_max_abs = _training_graph(model, base.task, base.tokenizer, rows, template.method,
+                                                     _int8_weights(package), staging / TRAINING_FILE, max_length)
         if not gradient_max_abs <= parity.ParityLimits().gradient_max_abs:
             raise IntegrityError(f"training graph gradients differ from PyTorch's by {gradient_max_abs:.3g}")
         base.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
@@ -170,7 +182,7 @@ def export_training(package: BasePackage, template: AdapterTemplate, out: Path, 
             "pad_token_id": base.tokenizer.pad_token_id, "tokenizer": TOKENIZER_DIR, "adapter_inputs": names,
             "training": training, "parity": {"gradient_max_abs": gradient_max_abs}, "base_id": package.base_id,
             "template_id": template.template_id, "quantization": package.manifest["quantization"],
-            **validity(valid_days),
+            "task": base.task.name, **validity(valid_days),
         }
         files = [p.relative_to(staging).as_posix() for p in sorted(staging.rglob("*")) if p.is_file()]
         manifest["files"] = file_entries(staging, files)
@@ -189,7 +201,11 @@ def export_adapter_only(request: ExportRequest, export_folder: Path, export_key:
                             f"{str(base_export['template_id'])[:12]}")
     with staged(request.out) as staging:
         arrays = load_file(str(request.adapter / "adapter_model.safetensors"))
-        write_onnx_adapter(arrays, base_export["adapter_inputs"], staging / ADAPTER_FILE, release.version if release else 0)
+        version = release.version if release else 0
+        if isinstance(base_export.get("genai"), dict):  # a language model: the generation runtime's layout
+            write_genai_adapter(arrays, layout_of(base_export), staging / ADAPTER_FILE, version)
+        else:
+            write_onnx_adapter(arrays, base_export["adapter_inputs"], staging / ADAPTER_FILE, version)
         manifest = {
             "type": ADAPTER_EXPORT_TYPE, "base_id": base_export["base_id"], "template_id": base_export.get("template_id"),
             "release_id": release.release_id if release else None, "adapter_version": release.version if release else None,
@@ -227,8 +243,8 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     training = None
     if labels and request.training_graph:  # classification: devices train the adapter on labelled rows
         progress("[fedpeft] export 2/6: training graph (loss and adapter gradients)")
-        training, gradient_max_abs = _training_graph(model, tokenizer, names, texts, truth, method, int8_weights,
-                                                     out / TRAINING_FILE, request.max_length)
+        training, gradient_max_abs = _training_graph(model, get_task(request.task), tokenizer, TextSplit(texts, truth),
+                                                     method, int8_weights, out / TRAINING_FILE, request.max_length)
 
     progress("[fedpeft] export 3/6: merged fp32 model")
     merged = model.merge_and_unload()
@@ -265,19 +281,83 @@ def _build(request: ExportRequest, model: PeftModel, tokenizer, labels: list[str
     }
 
 
-def _training_graph(model: PeftModel, tokenizer, names: dict[str, str], texts: list[str], truth: list[int],
-                    method: str | None, int8_weights, path: Path, max_length: int) -> tuple[dict[str, Any], float]:
-    """Write the training graph; its manifest entry and its gradients' largest difference from PyTorch's."""
+def _build_language_model(request: ExportRequest, package: BasePackage, method: str | None, adapter_version: int,
+                          out: Path, progress) -> dict[str, Any]:
+    """The generation runtime's model folder (int8 or int4 base, LoRA as inputs), the adapter as an
+    `.onnx_adapter` in its layout, generation parity against PyTorch, and the training graph
+    devices personalize with. The runtime is built from the base's own weights (the int8
+    transport package only identifies the base), so "unquantized" parity compares like with
+    like; the training graph holds the package's int8 weights, as PyTorch clients train on."""
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(request.model_folder, dtype=torch.float32),
+                                      str(request.adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(request.model_folder)
+    layout, names = genai.adapter_layout(model), adapter_input_names(model)
+    arrays = get_adapter_arrays(model)
+    runtime_arrays = to_genai(arrays, layout)
+    with tempfile.TemporaryDirectory(prefix="fedpeft-genai-") as tmp:
+        work, log = Path(tmp), request.out.parent / f"{request.out.name}.builder.log"  # kept if the export fails
+        precision = request.generation_precision
+        progress(f"[fedpeft] export 1/3: generation model, {precision} base with LoRA inputs (builder output: {log})")
+        genai.build(request.model_folder, request.adapter, layout, runtime_arrays, out / genai.GENAI_DIR, precision,
+                    work, log)
+        write_genai_adapter(arrays, layout, out / ADAPTER_FILE, adapter_version)
+        progress("[fedpeft] export 2/3: unquantized generation model for the parity check")
+        genai.build(request.model_folder, request.adapter, layout, runtime_arrays, work / "fp32", "fp32", work, log)
+        progress(f"[fedpeft] export 3/3: parity, greedy continuations of {genai.PARITY_PROMPTS} held-out prompts")
+        runtimes = {name: LanguageModel(folder) for name, folder in
+                    (("fp32", work / "fp32"), (precision, out / genai.GENAI_DIR))}
+        for runtime in runtimes.values():
+            runtime.load_adapter(out / ADAPTER_FILE, "global")
+        result = genai.measure(model, tokenizer, runtimes["fp32"], runtimes[precision], precision, "global",
+                               genai.prompts_from(_held_out(request, [])[0]))
+        del runtimes
+        log.unlink(missing_ok=True)
+    training = None
+    if request.training_graph:
+        progress("[fedpeft] export: training graph (loss and adapter gradients, int8 base)")
+        del model
+        base = load_base(package, 0, in_memory_quantization=False)
+        texts = _held_out(request, [])[0]
+        training, gradient_max_abs = _training_graph(
+            PeftModel.from_pretrained(base.model, str(request.adapter)).eval(), base.task, base.tokenizer,
+            TextSplit(texts, [0] * len(texts)), method, _int8_weights(package), out / TRAINING_FILE, request.max_length)
+        result = replace(result, gradient_max_abs=gradient_max_abs)
+    result.check(request.limits)
+    return {
+        "type": EXPORT_TYPE, "labels": [], "max_length": request.max_length,
+        "pad_token_id": tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
+        "models": {}, "genai": {"folder": genai.GENAI_DIR, "precision": precision,
+                                "adapter_layout": {key: list(entry) for key, entry in layout.items()}},
+        "adapter": ADAPTER_FILE, "adapter_inputs": names, "tokenizer": genai.GENAI_DIR,
+        "parity": result.to_dict(), "training": training,
+    }
+
+
+def _training_graph(model: PeftModel, task: Task, tokenizer, rows: TextSplit, method: str | None, int8_weights,
+                    path: Path, max_length: int) -> tuple[dict[str, Any], float]:
+    """Write the training graph; its manifest entry and its gradients' largest difference from PyTorch's.
+
+    `model` holds the base's weights as the package decodes them (`load_base(...,
+    in_memory_quantization=False)`), so the int8 graph is checked against the same values;
+    the batches are built as PyTorch clients build theirs (`task.batch`: a causal LM's
+    labels are its input ids), from the first rows of `rows` (classifiers: labelled).
+    """
+    names = adapter_input_names(model)
     trains = get_method(method).trains if method else (lambda name: True)
     trainable = [key for key in names if trains(key)]
-    rows = [(texts[i:i + 8], truth[i:i + 8]) for i in range(0, 8 * (GRADIENT_BATCHES + 1), 8) if len(texts[i:i + 8]) > 1]
-    batches = [{**_encode(tokenizer, t, max_length), "labels": np.asarray(y, np.int64)} for t, y in rows]
+    cuts = [slice(i, i + 8) for i in range(0, 8 * (GRADIENT_BATCHES + 1), 8) if len(rows.texts[i:i + 8]) > 1]
+    batches = [{name: value.numpy() for name, value in
+                task.batch(tokenizer, rows.texts[cut], rows.labels[cut], max_length).items() if name in TRAIN_INPUTS}
+               for cut in cuts]
+    if not batches:
+        raise ConfigError("the training graph needs at least 2 rows to export and check it on")
     sample = {k: torch.from_numpy(v) for k, v in batches[0].items()}
     trained = export_training_graph(model, names, trainable, sample, path, max_length, int8_weights)
     session = open_session(path)
-    difference = gradient_difference(model, names, trained, lambda feed: session.run(None, feed), batches[1:])
-    entry = {"graph": TRAINING_FILE, "inputs": list(TRAIN_INPUTS), "loss": LOSS_OUTPUT, "trained": trained,
-             "gradients": [name + GRADIENT_SUFFIX for name in trained], "method": method,
+    held_out = batches[1:] or batches  # with 9 rows or fewer, the export's own batch is all there is
+    difference = gradient_difference(model, names, trained, lambda feed: session.run(None, feed), held_out)
+    entry = {"graph": TRAINING_FILE, "task": task.name, "inputs": list(TRAIN_INPUTS), "loss": LOSS_OUTPUT,
+             "trained": trained, "gradients": [name + GRADIENT_SUFFIX for name in trained], "method": method,
              "base_weights": "int8" if int8_weights else "float32"}
     return entry, difference
 

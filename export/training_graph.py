@@ -17,6 +17,10 @@ graph is PyTorch's own backward pass, exported:
    a quarter of the size (hand-written because onnxruntime.quantization quantizes for
    inference; it would change the values and skip the backward MatMuls).
 
+A causal LM's graph is the same program with one label per token (its input ids, padding
+-100: core/training/targets.py), batch and sequence length dynamic for labels too; its
+tied embeddings are stored once, as int8, under the name the graph gives them (`lm_head`).
+
 Dropout is a graph input, `dropout`: the model's own rates times it. The device trains
 with 1 (as PyTorch's train mode, less attention-probability dropout); with 0 the graph
 is deterministic, which is how its gradients are checked against PyTorch at export.
@@ -132,21 +136,23 @@ def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], t
     batch = torch.export.Dim("batch", min=1, max=1024)
     sequence = torch.export.Dim("sequence", min=2, max=max_length)
     axes = {0: batch, 1: sequence}
+    labels = axes if sample["labels"].dim() == 2 else {0: batch}  # a causal LM's: one per token
     args = (*(sample[n] for n in TRAIN_INPUTS[:3]), torch.tensor(1.0))
     parameters = dict(wrapped.named_parameters())
     with (warnings.catch_warnings(), quiet_logger("torch.onnx"), quiet_logger("torch.export"), quiet_logger("onnx_ir"),
           _eager_attention(model), _scalable_dropout(model, switch)):
         warnings.simplefilter("ignore")
         program = torch.export.export(wrapped, args, dynamic_shapes={"input_ids": axes, "attention_mask": axes,
-                                                                      "labels": {0: batch}, "dropout": None},
+                                                                      "labels": labels, "dropout": None},
                                       strict=False)
         joint = _export_forward_backward(program)
+        _plain_empties(joint)
         trained = _expose_loss_and_gradients(joint)
         if set(trained) != wanted:
             raise ConfigError(f"the backward pass computes gradients for {len(trained)} tensors, expected {len(wanted)}")
         tensors = tuple(parameters[n].detach().clone() for n in names)
         gradient_model = _GradientModel(joint.module(), names)
-        shapes = {"input_ids": axes, "attention_mask": axes, "labels": {0: batch}, "dropout": None,
+        shapes = {"input_ids": axes, "attention_mask": axes, "labels": labels, "dropout": None,
                   "tensors": tuple(None for _ in names)}
         exported = torch.export.export(gradient_model, (*args, *tensors), dynamic_shapes=shapes, strict=False)
         onnx_program = torch.onnx.export(
@@ -158,7 +164,7 @@ def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], t
         graph = onnx.load(str(Path(tmp) / "graph.onnx"))
     _give_defaults(graph, {n: t.numpy() for n, t in zip(names, tensors)})
     if int8_weights:
-        _store_int8(graph, int8_weights)
+        _store_int8(graph, _with_tied_names(model, int8_weights))
     onnx.save(graph, str(path))
     return trained
 
@@ -190,6 +196,19 @@ def _expose_loss_and_gradients(joint: torch.export.ExportedProgram) -> list[str]
     return gradients
 
 
+def _plain_empties(joint: torch.export.ExportedProgram) -> None:
+    """`empty_permuted` with the identity order as plain `empty`: the ONNX exporter has no
+    translation of the former, which a causal LM's SiLU backward asks for (its buffer is
+    then filled with ones)."""
+    for node in joint.graph.nodes:
+        if node.target is torch.ops.aten.empty_permuted.default:
+            shape, order = node.args
+            if list(order) != sorted(order):
+                raise ConfigError(f"the backward pass allocates a permuted buffer ({list(order)}) ONNX cannot hold")
+            node.target, node.args = torch.ops.aten.empty.memory_format, (shape,)
+    joint.graph_module.recompile()
+
+
 def _give_defaults(graph: onnx.ModelProto, tensors: Mapping[str, np.ndarray]) -> None:
     """Each adapter input also gets its template value as an initializer of the same name
     (the `.onnx_adapter` convention: a graph runs without an adapter fed)."""
@@ -203,6 +222,21 @@ def _base_name(graph_name: str) -> str:
     """`joint.model.base_model.model.X.base_layer.weight` -> the base's `X.weight`."""
     name = graph_name.split("model.base_model.model.", 1)[-1]
     return name.replace(".base_layer.", ".")
+
+
+def _with_tied_names(model: PeftModel, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The int8 weights also under the names of parameters tied to them: a causal LM's
+    graph names its tied embeddings after `lm_head`, the package after `embed_tokens`."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, parameter in model.get_base_model().named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(parameter), []).append(name)
+    weights = dict(int8_weights)
+    for names in by_tensor.values():
+        stored = next((int8_weights[n] for n in names if n in int8_weights), None)
+        if stored is not None:
+            weights.update({n: stored for n in names})
+    return weights
 
 
 def _store_int8(graph: onnx.ModelProto, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -57,11 +57,16 @@ max_update_norm = 1000.0
 
 @pytest.fixture(scope="module")
 def run(tiny_llama_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lm-run")
-    (out / "run.toml").write_text(CONFIG)
+    return simulate(tiny_llama_dir, tmp_path_factory.mktemp("lm-run"), CONFIG)
+
+
+def simulate(model, out, config: str, *arguments: str):
+    """`fedpeft simulate` of `config` on the users' messages for 3 rounds, in its own
+    process in `out`; (the run folder, its console output)."""
+    (out / "run.toml").write_text(config)
     write_messages(out / "messages.csv")
-    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_llama_dir),
-           "--data", "messages.csv", "--rounds", "3", "--out", "result"]
+    cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(model),
+           "--data", "messages.csv", "--rounds", "3", *arguments, "--out", "result"]
     env = {**os.environ, "FEDPEFT_CACHE": str(out / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from fedpeft.core import allocator
 from fedpeft.core.errors import IntegrityError
 
 from .package import BasePackage
@@ -83,18 +82,7 @@ def release_freed_memory() -> None:
     """Give freed heap pages back to the system: glibc keeps the ~0.5 GB a 135M-parameter
     float32 model leaves behind once quantized (RSS 1.19 -> 0.76 GB for SmolLM2)."""
     gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's malloc_trim, or None (musl, macOS, Windows)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
+    allocator.trim()
 
 
 def _tied_names(model: PreTrainedModel) -> list[str]:

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.targets import IGNORED, next_token_labels
 
 
 class Task(Protocol):
@@ -83,16 +84,14 @@ class CausalLanguageModel:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        targets = enc["input_ids"].clone()
-        targets[enc["attention_mask"] == 0] = -100
-        enc["labels"] = targets
+        enc["labels"] = torch.from_numpy(next_token_labels(enc["input_ids"].numpy(), enc["attention_mask"].numpy()))
         return dict(enc)
 
     def score(self, model, batch):
         out = model(**batch)
         predicted = out.logits[:, :-1].argmax(-1)
         target = batch["labels"][:, 1:]
-        mask = target != -100
+        mask = target != IGNORED
         correct = int(((predicted == target) & mask).sum())
         return out.loss, correct, int(mask.sum())
 

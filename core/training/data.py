@@ -105,12 +105,7 @@ def read_rows(path: str | Path, columns: tuple[str, ...] = ("text", "label")) ->
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .jsonl")
-    try:
-        raw = read_small(path, MAX_DATA_BYTES).decode("utf-8")
-    except UnreadableFile as exc:
-        raise DataError(f"{path}: cannot read file ({exc.args[0].split(': ', 1)[-1]})") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: cannot read file ({exc})") from exc
+    raw = _read_text(path)
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(raw.splitlines())
         try:
@@ -133,6 +128,29 @@ def read_rows(path: str | Path, columns: tuple[str, ...] = ("text", "label")) ->
             if row.get(column) in (None, ""):
                 raise DataError(f"{path}: row {number} has no {column!r} column value")
     return [{k: str(v) for k, v in row.items() if k in ("text", "label", "client_id")} for row in rows]
+
+
+def _read_text(path: Path) -> str:
+    """A data file's text, within MAX_DATA_BYTES; an unreadable file is one DataError."""
+    try:
+        return read_small(path, MAX_DATA_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        raise DataError(f"{path}: cannot read file ({exc.args[0].split(': ', 1)[-1]})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: cannot read file ({exc})") from exc
+
+
+def read_messages(path: str | Path) -> TextSplit:
+    """A causal LM's rows (a device's own text): a .txt file, one message per line (blank
+    lines skipped), or a CSV/JSONL with a `text` column. No labels: 0 stands in."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        texts = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"{path}: no rows")
+    else:
+        texts = [row["text"] for row in read_rows(path, ("text",))]
+    return TextSplit(texts, [0] * len(texts))
 
 
 def label_names(rows: list[dict[str, str]], declared: tuple[str, ...]) -> list[str]:

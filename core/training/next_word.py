@@ -1,7 +1,6 @@
 """Next-word metrics of a causal LM: what a keyboard's suggestion bar would get right.
 
-Words are `WORD` matches: runs of Unicode letters and digits with inner apostrophes kept
-(`don't` is one word; punctuation is never a word). A word is scored when a space comes
+Words are core/training/words.py `WORD` matches. A word is scored when a space comes
 before it and it is not the row's first word (with no BOS token the first word has no
 context). The keyboard procedure is: take the k most likely tokens that start a word,
 complete each greedily while the most likely next token continues the word, show the k
@@ -12,23 +11,18 @@ likely word-start tokens, each later token is the argmax at its position, and th
 after its last token does not continue it.
 
 Written here because no library scores word-level suggestions of a subword LM.
-Word starts are read from the tokenizer's decoded tokens (a leading space, as byte-level
-BPE tokenizers such as SmolLM2's and GPT-2's mark them).
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-WORD = re.compile(r"\w+(?:['’]\w+)*")
-CONTINUES_WORD = re.compile(r"[\w'’]")
-TOP_K = 3  # the suggestions a keyboard shows
+from .words import TOP_K, WORD, continues_word, starts_word
 
 
 @dataclass
@@ -51,9 +45,8 @@ def vocabulary_masks(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(word-start, word-continuation) masks over the tokenizer's ids, built once per tokenizer."""
     size = len(tokenizer)
     decoded = [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(list(range(size)))]
-    starts = torch.tensor([len(d) > 1 and d[0] == " " and bool(CONTINUES_WORD.match(d[1])) and d[1] not in "'’"
-                           for d in decoded])
-    continues = torch.tensor([bool(CONTINUES_WORD.match(d)) for d in decoded])
+    starts = torch.tensor([starts_word(d) for d in decoded])
+    continues = torch.tensor([continues_word(d) for d in decoded])
     return starts, continues
 
 

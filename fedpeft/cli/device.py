@@ -28,7 +28,9 @@ def add_commands(commands) -> None:
                     "--key keys/operator.pub --base-id BASE")
     slot_arguments(train)
     train.add_argument("--export", required=True, help="export folder with the training graph (fedpeft export)")
-    train.add_argument("--data", required=True, help="CSV or JSONL with text and label columns; never leaves the device")
+    train.add_argument("--data", required=True, help="CSV or JSONL with text and label columns (a language model: "
+                                                     "a .txt file, one message per line, or text only); never leaves "
+                                                     "the device")
     defaults = _train_defaults()
     train.add_argument("--epochs", type=EPOCHS, default=2,
                        help="passes over the rows (default 2, as [personalization])")
@@ -69,14 +71,14 @@ def _device_rollback(args: argparse.Namespace) -> None:
 
 
 def _device_train(args: argparse.Namespace) -> None:
-    from fedpeft.core.training.data import labelled_split, read_rows
+    from fedpeft.core.training.data import labelled_split, read_messages, read_rows
     from fedpeft.core.training.settings import TrainSettings
     from fedpeft.device.personal import PERSONAL_DIR, personalize
     from fedpeft.device.trainer import DeviceTrainer
 
     device = device_slot(args)
     trainer = DeviceTrainer(Path(args.export), device.operator_key, threads=args.threads)
-    rows = labelled_split(read_rows(args.data), trainer.labels)
+    rows = read_messages(args.data) if trainer.causal_lm else labelled_split(read_rows(args.data), trainer.labels)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              max_length=args.max_length, seed=args.seed, optimizer=args.optimizer)
     record = personalize(device, trainer, rows, settings, progress=lambda line: print(line, flush=True))
