@@ -10,6 +10,7 @@ from fedpeft.core.wire.delta_codec import ENCODINGS as DELTA_ENCODINGS
 
 TASKS = ("seq-cls", "causal-lm")  # core/base/tasks.py
 QUANTIZATION_MODES = ("int8", "int4", "none")
+GENERATION_PRECISIONS = ("int8", "int4")  # a language model's exported base weights (export/genai.py)
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 PRIVACY_MODES = ("off", "central", "distributed")  # server/privacy.py, core/privacy.py
@@ -27,7 +28,7 @@ STRATEGIES = {
     "fltrust": "FedAvg",  # FedAvg's rounds, deltas weighed by trust in server/fltrust.py
 }
 METHODS = tuple(method_names())
-__all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
+__all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "GENERATION_PRECISIONS", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
            "STRATEGIES", "TASKS", "check_choice"]
 
 

@@ -15,25 +15,37 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from fedpeft.core.errors import IntegrityError
+from fedpeft.core.trust.signed_files import is_plain_name
 
 from .onnx_adapter import write_onnx_adapter
 
 Layout = Mapping[str, tuple[str, float]]  # PEFT adapter key -> (graph input, scale)
 
 
-def layout_of(manifest: Mapping) -> dict[str, tuple[str, float]]:
-    """The adapter layout a language-model export's signed manifest names (IntegrityError if malformed)."""
+def genai_section(manifest: Mapping, folder: Path | None = None) -> tuple[str, dict[str, tuple[str, float]]]:
+    """(model folder name, adapter layout) of a language-model export's signed manifest; with
+    `folder` (a verified export), also that the model folder holds only files the manifest
+    lists: the runtime finds optional tokenizer and processor files by name, so a file added
+    after signing would be read unverified. IntegrityError names what is wrong."""
     try:
-        entries = manifest["genai"]["adapter_layout"]
-        layout = {str(key): (entry[0], float(entry[1])) for key, entry in entries.items()}
+        section = manifest["genai"]
+        name = section["folder"]
+        layout = {str(key): (entry[0], float(entry[1])) for key, entry in section["adapter_layout"].items()}
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise IntegrityError(f"the export's adapter layout is malformed: {exc!r}") from None
-    if not layout or not all(isinstance(name, str) for name, _ in layout.values()):
+        raise IntegrityError(f"the export's generation model entry is malformed: {exc!r}") from None
+    files = manifest.get("files") if isinstance(manifest.get("files"), Mapping) else {}
+    if not is_plain_name(name) or "/" in name or f"{name}/genai_config.json" not in files:
+        raise IntegrityError(f"the export's generation model folder {str(name)[:80]!r} is not one it lists")
+    if not layout or not all(isinstance(graph_name, str) for graph_name, _ in layout.values()):
         raise IntegrityError("the export's adapter layout is malformed: it names no graph inputs")
-    return layout
+    if folder is not None:
+        extra = [path.relative_to(folder).as_posix() for path in sorted((Path(folder) / name).rglob("*"))
+                 if (path.is_symlink() or not path.is_dir()) and path.relative_to(folder).as_posix() not in files]
+        if extra:
+            raise IntegrityError(f"the export's generation model folder holds files it does not list: {extra[:3]}")
+    return name, layout
 
 
 def to_genai(arrays: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
@@ -47,14 +59,6 @@ def to_genai(arrays: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.n
 def write_genai_adapter(arrays: Mapping[str, np.ndarray], layout: Layout, path: Path, adapter_version: int) -> None:
     write_onnx_adapter(to_genai(arrays, layout), {key: name for key, (name, _) in layout.items()}, path,
                        adapter_version)
-
-
-def read_onnx_adapter(path: Path) -> dict[str, np.ndarray]:
-    """An `.onnx_adapter`'s tensors by graph name; a file ONNX Runtime cannot read is an IntegrityError."""
-    try:
-        return {name: value.numpy() for name, value in ort.AdapterFormat.read_adapter(str(path)).get_parameters().items()}
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises bare RuntimeErrors and pybind errors alike
-        raise IntegrityError(f"adapter {path} does not load in ONNX Runtime: {str(exc).splitlines()[0][-200:]}") from None
 
 
 def by_key(tensors: Mapping[str, np.ndarray], names: Mapping[str, str]) -> dict[str, np.ndarray]:

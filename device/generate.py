@@ -22,11 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tokenizers import Tokenizer
 
 from fedpeft.core.errors import ConfigError, IntegrityError
-from fedpeft.core.training.words import TOP_K, continues_word, starts_word
+from fedpeft.core.training.words import TOP_K, continues_word, fit_mask, starts_word
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.signed_files import read_file
 
-from .genai_adapter import by_key, layout_of, read_onnx_adapter, write_genai_adapter
+from .genai_adapter import by_key, genai_section, write_genai_adapter
+from .onnx_adapter import read_onnx_adapter
 from .personal_record import CheckedPersonal
 from .predict import SlotRelease, adapter_file_for, open_export
 
@@ -44,14 +45,15 @@ class LanguageModel:
             config = parse_json_object(read_file(folder, "genai_config.json"), str(folder / "genai_config.json"))
             self.context_length = int(config["model"]["context_length"])
             self.eos_token_id = config["model"]["eos_token_id"]
-            self.model = og.Model(str(folder))
         except (JSONRefused, KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{folder} is not a generation model folder: {exc}") from None
-        except RuntimeError as exc:  # onnxruntime-genai raises RuntimeError for what it cannot load
+        try:
+            self.model = og.Model(str(folder))
+            self.tokenizer = og.Tokenizer(self.model)
+            self.adapters = og.Adapters(self.model)
+            self.vocabulary = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime-genai raises RuntimeError, tokenizers a bare Exception
             raise IntegrityError(f"{folder} does not load in onnxruntime-genai: {str(exc).splitlines()[0][-200:]}") from None
-        self.tokenizer = og.Tokenizer(self.model)
-        self.vocabulary = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.adapters = og.Adapters(self.model)
         self._word_masks: tuple[np.ndarray, np.ndarray] | None = None
 
     def load_adapter(self, path: Path, name: str, names: set[str] | None = None) -> None:
@@ -107,7 +109,9 @@ class LanguageModel:
 
     def next_token_logits(self, ids: Sequence[int], adapter: str | None) -> np.ndarray:
         """Logits of the token after `ids`."""
-        generator = self._generator(adapter, min(len(ids) + 1, self.context_length))
+        if not 0 < len(ids) < self.context_length:
+            raise ConfigError(f"the text has {len(ids)} tokens; this model's context holds {self.context_length}")
+        generator = self._generator(adapter, len(ids) + 1)
         generator.append_tokens(list(ids))
         return np.asarray(generator.get_logits(), np.float32).reshape(-1)
 
@@ -123,32 +127,29 @@ class LanguageModel:
         """The keyboard's suggestions after `text`: the k most likely tokens that start a word,
         each completed greedily while the most likely next token continues it (the procedure
         core/training/next_word.py scores)."""
-        ids = self.encode(text.rstrip())
+        ids = self.encode(text.rstrip())[-(self.context_length - MAX_WORD_TOKENS - 1):]  # the latest context
         if not ids:
             raise ConfigError("the text is empty")
         starts, continues = self.word_masks()
-        generator = self._generator(adapter, min(len(ids) + MAX_WORD_TOKENS + 1, self.context_length))
+        generator = self._generator(adapter, len(ids) + MAX_WORD_TOKENS + 1)
         generator.append_tokens(ids)
         logits = np.asarray(generator.get_logits(), np.float32).reshape(-1)
-        logits = np.where(_fit(starts, len(logits)), logits, -np.inf)
+        logits = np.where(fit_mask(starts, len(logits)), logits, -np.inf)
         words = []
         for first in np.argsort(-logits, kind="stable")[:k]:
+            if not np.isfinite(logits[first]):  # fewer than k tokens start a word
+                break
             generator.rewind_to(len(ids))
             word = [int(first)]
             generator.append_tokens(word)
-            while len(word) < MAX_WORD_TOKENS and generator.token_count() < self.context_length:
+            while len(word) < MAX_WORD_TOKENS:
                 best = int(np.asarray(generator.get_logits()).reshape(-1).argmax())
-                if not _fit(continues, best + 1)[best]:
+                if not fit_mask(continues, best + 1)[best]:
                     break
                 word.append(best)
                 generator.append_tokens([best])
             words.append(self.decode(word).strip())
         return words
-
-
-def _fit(mask: np.ndarray, size: int) -> np.ndarray:
-    """A vocabulary mask sized to the model's logits (rows past the tokenizer are never words)."""
-    return mask[:size] if len(mask) >= size else np.concatenate([mask, np.zeros(size - len(mask), bool)])
 
 
 class DeviceLanguageModel:
@@ -159,26 +160,29 @@ class DeviceLanguageModel:
                  base_id: str | None = None) -> None:
         folder = Path(folder)
         self.manifest = open_export(folder, public_key, base_id)
-        genai = self.manifest.get("genai")
-        if not isinstance(genai, dict):
+        if "genai" not in self.manifest:
             raise ConfigError(f"{folder} is not a language-model export (it has no generation model)")
-        self.model = LanguageModel(folder / genai["folder"])
+        name, self.layout = genai_section(self.manifest, folder if public_key is not None else None)
+        self.model = LanguageModel(folder / name)
         self.adapter: str | None = None
         self._scratch = tempfile.TemporaryDirectory(prefix="fedpeft-adapter-")  # a converted personal adapter
         if with_adapter:
             path, floor = adapter_file_for(folder, self.manifest, public_key, adapter)
             if isinstance(adapter, CheckedPersonal):
                 path = self._converted(path)
-            self.model.load_adapter(path, ADAPTER_NAME, {name for name, _ in layout_of(self.manifest).values()})
+            self.model.load_adapter(path, ADAPTER_NAME, {graph_name for graph_name, _ in self.layout.values()})
             self.adapter = ADAPTER_NAME
             if floor is not None:
                 floor[0].record(floor[1])
 
     def _converted(self, personal: Path) -> Path:
         """A personal adapter (the training graph's names, PEFT layout) in the runtime's layout."""
-        arrays = by_key(read_onnx_adapter(personal), self.manifest["adapter_inputs"])
+        names = self.manifest.get("adapter_inputs")
+        if not isinstance(names, dict):
+            raise IntegrityError("the export names no training-graph inputs to read a personal adapter with")
+        arrays = by_key(read_onnx_adapter(personal), names)
         path = Path(self._scratch.name) / "personal.onnx_adapter"
-        write_genai_adapter(arrays, layout_of(self.manifest), path, 0)
+        write_genai_adapter(arrays, self.layout, path, 0)
         return path
 
     def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,

@@ -123,14 +123,26 @@ class DeviceTrainer:
         they are) for `settings.epochs` passes, with dropout as PyTorch's train mode
         unless `dropout=False`."""
         params = {k: np.array(v, np.float32) for k, v in arrays.items()}
+        if self.causal_lm:
+            split = self._with_next_tokens(split)
         optimizer = optimizer_for(settings)
         total, steps = 0.0, 0
         for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
             loss, gradients = self.loss_and_gradients(params, texts, labels, settings.max_length, dropout)
+            if not np.isfinite(loss):  # refused before anything is stored: the adapter the device has stays
+                raise ConfigError(f"training diverged (loss {loss}) at step {steps + 1}; try a lower learning rate")
             optimizer.step(params, gradients)
             total += loss
             steps += 1
         return params, TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(split))
+
+    def _with_next_tokens(self, split: TextSplit) -> TextSplit:
+        """A causal LM's rows that hold a next token to learn (one-token messages such as "ok"
+        have none: a batch of only those has no target and a NaN loss)."""
+        keep = [i for i, encoding in enumerate(self.tokenizer.encode_batch(split.texts)) if sum(encoding.attention_mask) > 1]
+        if not keep:
+            raise ConfigError("no message is longer than one token: nothing to learn the next word from")
+        return TextSplit([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
     def accuracy(self, arrays: Mapping[str, np.ndarray], split: TextSplit, max_length: int) -> float:
         """Share of `split` the adapter classifies right (the base graph, adapter tensors fed)."""

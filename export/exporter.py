@@ -34,6 +34,7 @@ from fedpeft.core.adapters.state import get_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
+from fedpeft.core.choices import GENERATION_PRECISIONS
 from fedpeft.core.base.tasks import Task, get_task
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import DataSpec, TextSplit, client_data, load_rows, num_partitions
@@ -41,8 +42,8 @@ from fedpeft.core.trust.atomic import staged_folder
 from fedpeft.core.trust.release import ADAPTER_FILES, Release, verify_release
 from fedpeft.core.trust.signed_files import ManifestError, file_entries, validity, write_signed
 from fedpeft.device.generate import LanguageModel
-from fedpeft.device.genai_adapter import layout_of, to_genai, write_genai_adapter
-from fedpeft.device.onnx_adapter import write_onnx_adapter
+from fedpeft.device.genai_adapter import genai_section, to_genai, write_genai_adapter
+from fedpeft.device.onnx_adapter import read_onnx_adapter, write_onnx_adapter
 from fedpeft.device.predict import (
     ADAPTER_EXPORT_NAME,
     ADAPTER_EXPORT_TYPE,
@@ -142,7 +143,7 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
         progress(f"[fedpeft] exporting {'release v%d' % release.version if release else 'UNSIGNED adapter'} "
                  f"for base {package.base_id[:12]}")
         method = (release.method if release else None) or request.method
-        if task.name == "causal-lm":  # a generation model, not a classifier's graphs
+        if task.name == "causal-lm" and genai.serves(request.model_folder):  # a generation model
             manifest = _build_language_model(request, package, method, release.version if release else 0, staging,
                                              progress)
         else:
@@ -202,8 +203,10 @@ def export_adapter_only(request: ExportRequest, export_folder: Path, export_key:
     with staged(request.out) as staging:
         arrays = load_file(str(request.adapter / "adapter_model.safetensors"))
         version = release.version if release else 0
-        if isinstance(base_export.get("genai"), dict):  # a language model: the generation runtime's layout
-            write_genai_adapter(arrays, layout_of(base_export), staging / ADAPTER_FILE, version)
+        if "genai" in base_export:  # a language model: the generation runtime's layout
+            _, layout = genai_section(base_export)
+            genai.check_fits(request.adapter, arrays, layout, read_onnx_adapter(export_folder / base_export["adapter"]))
+            write_genai_adapter(arrays, layout, staging / ADAPTER_FILE, version)
         else:
             write_onnx_adapter(arrays, base_export["adapter_inputs"], staging / ADAPTER_FILE, version)
         manifest = {
@@ -288,8 +291,11 @@ def _build_language_model(request: ExportRequest, package: BasePackage, method: 
     devices personalize with. The runtime is built from the base's own weights (the int8
     transport package only identifies the base), so "unquantized" parity compares like with
     like; the training graph holds the package's int8 weights, as PyTorch clients train on."""
+    if request.generation_precision not in GENERATION_PRECISIONS:
+        raise ConfigError(f"generation precision {request.generation_precision!r}: choose one of {GENERATION_PRECISIONS}")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(request.model_folder, dtype=torch.float32),
                                       str(request.adapter)).eval()
+    held_out = _held_out(request, [])[0]
     tokenizer = AutoTokenizer.from_pretrained(request.model_folder)
     layout, names = genai.adapter_layout(model), adapter_input_names(model)
     arrays = get_adapter_arrays(model)
@@ -309,7 +315,7 @@ def _build_language_model(request: ExportRequest, package: BasePackage, method: 
         for runtime in runtimes.values():
             runtime.load_adapter(out / ADAPTER_FILE, "global")
         result = genai.measure(model, tokenizer, runtimes["fp32"], runtimes[precision], precision, "global",
-                               genai.prompts_from(_held_out(request, [])[0]))
+                               genai.prompts_from(held_out))
         del runtimes
         log.unlink(missing_ok=True)
     training = None
@@ -317,10 +323,9 @@ def _build_language_model(request: ExportRequest, package: BasePackage, method: 
         progress("[fedpeft] export: training graph (loss and adapter gradients, int8 base)")
         del model
         base = load_base(package, 0, in_memory_quantization=False)
-        texts = _held_out(request, [])[0]
         training, gradient_max_abs = _training_graph(
             PeftModel.from_pretrained(base.model, str(request.adapter)).eval(), base.task, base.tokenizer,
-            TextSplit(texts, [0] * len(texts)), method, _int8_weights(package), out / TRAINING_FILE, request.max_length)
+            TextSplit(held_out, [0] * len(held_out)), method, _int8_weights(package), out / TRAINING_FILE, request.max_length)
         result = replace(result, gradient_max_abs=gradient_max_abs)
     result.check(request.limits)
     return {

@@ -11,6 +11,7 @@ the builder has no option for it (checked in 0.18).
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -24,10 +25,13 @@ import torch
 from onnx import numpy_helper
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from transformers import GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
+from fedpeft.core.trust.signed_files import read_file
 from fedpeft.device.generate import LanguageModel
+from fedpeft.device.genai_adapter import to_genai
 
 from .parity import GenerationParity
 
@@ -35,11 +39,18 @@ GENAI_DIR = "genai"
 PARITY_PROMPTS = 20
 GENERATED_TOKENS = 32  # per prompt, greedy
 AGREEMENT_TOKENS = 16  # the quantized base is compared on the first 16
-PRECISIONS = ("int8", "int4")  # of the shipped base's MatMul weights (the builder's MatMulNBits)
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 # PEFT module path -> (builder block, projection): the Llama-family names the builder uses
 _MODULE = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)$")
 _BLOCK = {"self_attn": "attn", "mlp": "mlp"}
+LLAMA_FAMILY = ("llama",)  # checked here; the builder names Mistral's and Qwen2's alike, untested
+
+
+def serves(model_folder: Path) -> bool:
+    """Whether the generation export is made for this causal LM: Llama-family models (SmolLM2
+    among them), whose LoRA modules map onto the builder's names as `adapter_layout` does.
+    Other causal LMs export as before, as logits graphs without a KV cache."""
+    return AutoConfig.from_pretrained(model_folder).model_type in LLAMA_FAMILY
 
 
 def adapter_layout(model: PeftModel) -> dict[str, tuple[str, float]]:
@@ -160,3 +171,24 @@ def measure(model: PeftModel, tokenizer, fp32: LanguageModel, shipped: LanguageM
                             fp32_logits_max_abs=logits_max_abs, precision=precision,
                             agreement=agreed / max(compared, 1),
                             adapter_effect=changed / len(prompts))
+
+
+def check_fits(adapter: Path, arrays: Mapping[str, np.ndarray], layout: Mapping[str, tuple[str, float]],
+               exported: Mapping[str, np.ndarray]) -> None:
+    """Another adapter onto an existing export (`fedpeft export --onto`) must scale B as the
+    export's layout says and have the shapes of the export's own adapter (`exported`, by
+    graph name): otherwise devices would apply it wrongly, or fail on it at run time."""
+    try:
+        config = parse_json_object(read_file(adapter, "adapter_config.json"), str(adapter / "adapter_config.json"))
+        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (JSONRefused, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{adapter}/adapter_config.json does not name a LoRA rank and alpha: {exc}") from None
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ConfigError(f"{adapter} scales layers differently (rank or alpha patterns): not exportable onto one layout")
+    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    for name, expected in layout.values():
+        if ".lora_B." in name and not math.isclose(scale, expected, rel_tol=1e-6):
+            raise ConfigError(f"{adapter} scales LoRA by {scale:g}; the export's layout by {expected:g}")
+    for key, value in to_genai(arrays, layout).items():
+        if exported.get(layout[key][0], value).shape != value.shape:
+            raise ConfigError(f"{adapter}: {key} has shape {value.T.shape}, unlike the export's adapter")

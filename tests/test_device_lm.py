@@ -1,6 +1,7 @@
 """A device trains a causal LM's adapter without torch: the training-only export of a
 tiny Llama (SmolLM2's vocabulary) template, its gradients on unseen texts against
-PyTorch's, and `fedpeft device train --data messages.txt` in a process where torch
+PyTorch's, and `fedpeft device train --data messages.txt`, then `generate` and `predict`
+with the personal adapter on the release's generation export, in a process where torch
 cannot be imported."""
 
 import subprocess
@@ -17,12 +18,13 @@ from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import DataError
-from fedpeft.core.training.data import TextSplit, read_messages
+from fedpeft.core.training.data import DataSpec, TextSplit, read_messages
 from fedpeft.core.trust.keys import load_private_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.device.trainer import DeviceTrainer
-from fedpeft.export.exporter import export_training
+from fedpeft.export.exporter import ExportRequest, export, export_training
+from fedpeft.export.parity import ParityLimits
 from fedpeft.export.ort_adapter import adapter_input_names
 from fedpeft.server.registry import operator as registry_operator
 
@@ -50,6 +52,11 @@ def lm(tiny_llama_dir, tmp_path_factory):
     sign_release(root / "adapter", key, version=1, base_id=package.base_id, template_id=template.template_id,
                  method="lora", labels=[], parent=None, metrics={}, valid_days=1)
     manifest = export_training(package, template, root / "export", key, TextSplit(MESSAGES, [0] * len(MESSAGES)), 32)
+    (root / "messages.csv").write_text("text,client_id\n" + "".join(f"{m},u{i % 2}\n" for i, m in enumerate(MESSAGES)))
+    export(ExportRequest(adapter=root / "adapter", out=root / "export-lm", model_folder=tiny_llama_dir, task="causal-lm",
+                         release_key=key.public_key(), training_graph=False, max_length=32,
+                         data=DataSpec(source=str(root / "messages.csv"), task="causal-lm", partitioner="natural"),
+                         limits=ParityLimits(generation_min_agreement=0.0)), key, progress=lambda _: None)
     return {"root": root, "key": key, "package": package, "template": template, "arrays": arrays,
             "manifest": manifest}
 
@@ -117,12 +124,17 @@ def test_a_device_personalizes_a_language_model_from_a_text_file_without_torch(l
             "trained, result = trainer.train(arrays, rows, settings, dropout=False)\n"
             "after = trainer.loss_and_gradients(trained, rows.texts, None, 32)[0]\n"
             "print('LOSS', before, after, result.steps)\n"
+            f"lm = {str(root / 'export-lm')!r}\n"  # the generation export of the same release
+            "assert main(['generate', lm, 'hi ana see you at', *common, '--max-tokens', '6']) == 0\n"
+            "assert main(['predict', lm, 'hi ana see you at', *common]) == 0\n"
             "assert sys.modules['torch'] is None  # blocked: any import of it raised\n"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "personalizing v1 on 12 local rows" in proc.stdout and "personal adapter from v1" in proc.stdout
-    before, after, steps = proc.stdout.split("LOSS ")[1].split()
+    generated, suggested = proc.stdout.strip().splitlines()[-2:]  # with the personal adapter (--state)
+    assert generated.strip() and len(suggested.split("\t")[0].split(" | ")) == 3
+    before, after, steps = next(line for line in proc.stdout.splitlines() if line.startswith("LOSS ")).split()[1:]
     assert int(steps) == 9 and float(after) < float(before) - 1.5, (before, after)  # perplexity / 4.5 at least
 
 

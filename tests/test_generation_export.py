@@ -11,6 +11,8 @@ are in docs/guides/language-models.md."""
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedpeft.core.adapters.state import get_adapter_arrays
-from fedpeft.core.errors import IntegrityError
+from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.trust.keys import load_private_key, new_key_pair
 from fedpeft.core.trust.signed_files import ManifestError
 from fedpeft.core.training.data import DataSpec
@@ -169,6 +171,29 @@ def test_another_adapter_onto_the_export_and_hostile_files(lm_export, tmp_path):
     write_genai_adapter({first: arrays[first]}, {first: layout[first]}, partial, 0)
     with pytest.raises(IntegrityError, match="does not fit this export"):
         DeviceLanguageModel(folder, None, adapter=partial)  # --no-verify: a bare file, checked all the same
+
+    extra = folder / "genai" / "special_tokens_map.json"  # a file the runtime's tokenizer would read by name
+    extra.write_text("{}")
+    try:
+        with pytest.raises(IntegrityError, match="does not list"):
+            DeviceLanguageModel(folder, public)
+    finally:
+        extra.unlink()
+
+    other = tmp_path / "other-alpha"
+    shutil.copytree(lm_export["request"].adapter, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 32}))
+    with pytest.raises(ConfigError, match="scales LoRA by 4"):
+        export_adapter_only(ExportRequest(adapter=other, out=tmp_path / "onto2", model_folder=Path("."),
+                                          task="causal-lm", accept_unsigned=True), folder, public, lm_export["operator"])
+    assert not (tmp_path / "onto2").exists()
+
+    device = DeviceLanguageModel(folder, public)
+    long_text = " ".join(lm_export["texts"])  # far past the 128-token context: the latest context is used
+    assert len(device.next_words(long_text)) == 3
+    with pytest.raises(ConfigError, match="context holds 128"):
+        device.generate(long_text, 8)
 
     data = folder / "genai" / "model.onnx.data"
     original = data.read_bytes()

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .words import TOP_K, WORD, continues_word, starts_word
+from .words import TOP_K, WORD, continues_word, fit_mask, starts_word
 
 
 @dataclass
@@ -51,10 +51,7 @@ def vocabulary_masks(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fit(mask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """A mask sized to the model's output (embedding rows past the tokenizer: never words)."""
-    if len(mask) >= vocab:
-        return mask[:vocab]
-    return torch.cat([mask, torch.zeros(vocab - len(mask), dtype=torch.bool)])
+    return torch.from_numpy(fit_mask(mask.numpy(), vocab))
 
 
 def word_spans(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -1,6 +1,6 @@
 """What counts as a word for next-word suggestions, on decoded token strings: shared by the
 PyTorch metrics (core/training/next_word.py) and the torch-free device suggestions
-(device/next_words.py), so both bars suggest the same kind of word.
+(device/generate.py), so both bars suggest the same kind of word.
 
 Words are `WORD` matches: runs of Unicode letters and digits with inner apostrophes kept
 (`don't` is one word; punctuation is never a word). A token starts a word when it decodes
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 WORD = re.compile(r"\w+(?:['’]\w+)*")
 CONTINUES_WORD = re.compile(r"[\w'’]")
 TOP_K = 3  # the suggestions a keyboard shows
@@ -24,3 +26,8 @@ def starts_word(decoded: str) -> bool:
 
 def continues_word(decoded: str) -> bool:
     return bool(CONTINUES_WORD.match(decoded))
+
+
+def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A vocabulary mask sized to a model's logits (embedding rows past the tokenizer: never words)."""
+    return mask[:size] if len(mask) >= size else np.concatenate([mask, np.zeros(size - len(mask), bool)])

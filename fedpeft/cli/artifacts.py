@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedpeft.core.choices import GENERATION_PRECISIONS
 from fedpeft.core.config import RANGES, Range
 from fedpeft.core.errors import ConfigError
 
@@ -50,7 +51,7 @@ def add_commands(commands) -> None:
                      help="how finely activations are quantized (export/int8.py)")
     exp.add_argument("--training-graph", action=argparse.BooleanOptionalAction, default=True,
                      help="write train.onnx for devices that train the adapter (default: on)")
-    exp.add_argument("--generation-precision", choices=["int8", "int4"], default="int8",
+    exp.add_argument("--generation-precision", choices=GENERATION_PRECISIONS, default="int8",
                      help="a language model: the generation model's base weights (default int8; int4 is half the "
                           "size and agrees with PyTorch less often)")
     exp.add_argument("--min-generation-agreement", type=SHARE,
