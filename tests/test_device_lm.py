@@ -28,6 +28,8 @@ from fedpeft.export.parity import ParityLimits
 from fedpeft.export.ort_adapter import adapter_input_names
 from fedpeft.server.registry import operator as registry_operator
 
+pytestmark = pytest.mark.lm_device  # language-model export and device runs: `pytest -m lm_device`
+
 BLOCK_TORCH = "import sys\nfor name in ('torch', 'transformers', 'peft'): sys.modules[name] = None\n"
 MESSAGES = [f"hi {name} see you at {place} at {hour} {sign_off}"
             for name, place, sign_off in (("ana", "the park", "cheers"), ("ben", "the cafe", "later"))

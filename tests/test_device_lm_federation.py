@@ -7,6 +7,8 @@ import json
 import pytest
 from test_next_word_federation import CONFIG, simulate
 
+pytestmark = pytest.mark.lm_device  # language-model export and device runs: `pytest -m lm_device`
+
 CLIENTS, DEVICES = 3, 2
 
 

@@ -38,6 +38,8 @@ from fedpeft.export import genai
 from fedpeft.export.exporter import ExportRequest, export, export_adapter_only
 from fedpeft.export.parity import ParityLimits
 
+pytestmark = pytest.mark.lm_device  # language-model export and device runs: `pytest -m lm_device`
+
 BLOCK_TORCH = "import sys\nfor name in ('torch', 'transformers', 'peft'): sys.modules[name] = None\n"
 TINY_INT4 = ParityLimits(generation_min_agreement=0.0)  # see the module docstring
 

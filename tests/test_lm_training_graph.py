@@ -18,6 +18,8 @@ from fedpeft.export.exporter import _int8_weights, _training_graph
 from fedpeft.export.ort_adapter import adapter_input_names
 from fedpeft.export.training_graph import gradient_difference
 
+pytestmark = pytest.mark.lm_device  # language-model export and device runs: `pytest -m lm_device`
+
 MESSAGES = [f"hi {name} see you at {place} at {hour} {sign_off}"
             for name, place, sign_off in (("ana", "the park", "cheers"), ("ben", "the cafe", "later"))
             for hour in ("six", "seven", "eight", "nine", "ten", "noon")] * 2
