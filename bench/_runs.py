@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 def simulate_once(work: Path, name: str, arguments: list[str]) -> dict:
-    """`fedpeft simulate ARGUMENTS --restart` in `work`, its console in `work/NAME.log`,
-    unless `work/NAME` already holds a summary; the run's summary.json."""
+    """`fedpeft simulate ARGUMENTS --restart` in `work`, its console in `work/NAME.log` and its
+    wall time in `work/NAME.seconds`, unless `work/NAME` already holds a summary; the run's
+    summary.json."""
     out = work / name
     if not (out / "summary.json").is_file():
         cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", *arguments, "--restart"]
@@ -21,6 +22,7 @@ def simulate_once(work: Path, name: str, arguments: list[str]) -> dict:
         with open(work / f"{name}.log", "w") as log:
             if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work).returncode != 0:
                 raise SystemExit(f"{name} failed: see {work / f'{name}.log'}")
+        (work / f"{name}.seconds").write_text(f"{time.perf_counter() - start:.0f}")
         print(f"  {name}: {time.perf_counter() - start:.0f} s", flush=True)
     return json.loads((out / "summary.json").read_text())
 

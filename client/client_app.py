@@ -3,6 +3,7 @@
 Message types:
 - `query.status`: does this node already hold the run's base and template?
 - `query.install`: verify and cache the template and (if sent) the quantized base.
+- `query.class_means`: round zero, per-class feature sums and counts, signed as a delta is.
 - `train`: train from the global adapter, reply with the delta and its signed envelope.
 - `evaluate`: validation accuracy of the global adapter.
 - `query.personalize`: the personalization report on the node's test split.
@@ -104,6 +105,18 @@ def signed_update(msg: Message, context: Context, job: Job, session: runtime.Ses
     return Message(delta_content(key, claim, delta, job.encoding), reply_to=msg)
 
 
+def class_means(msg: Message, context: Context) -> Message:
+    """Round zero: per-class sums of the features the head sees over the training split, and
+    the class counts, signed like a delta bound to round 0 and the template's adapter."""
+    from . import task
+
+    job, session, data = prepare(msg, context)
+    stats = task.class_sums(session, job, data.train)
+    claim = DeltaClaim(job.binding.for_round(0, tensors_id(session.template.init)), len(data.train))
+    key = identity.signing_key(dict(context.node_config), _partition(context))
+    return Message(delta_content(key, claim, stats), reply_to=msg)
+
+
 def evaluate(msg: Message, context: Context) -> Message:
     from . import task
 
@@ -131,6 +144,7 @@ def make_client_app(mods: list[Mod] | None = None) -> ClientApp:
     client_app = ClientApp(mods=mods or [])
     client_app.query("status")(status)
     client_app.query("install")(install)
+    client_app.query("class_means")(class_means)
     client_app.train()(train)
     client_app.evaluate()(evaluate)
     client_app.query("personalize")(personalize)

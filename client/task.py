@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedpeft.core.adapters.state import compute_delta, get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.training.class_means import class_statistics
 from fedpeft.core.training.data import ClientData, TextSplit
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.loop import EvalResult, TrainResult, evaluate, train
@@ -27,6 +28,13 @@ def local_update(session: Session, job: Job, split: TextSplit, global_arrays: di
 def evaluate_adapter(session: Session, job: Job, arrays: dict[str, np.ndarray], split) -> EvalResult:
     set_adapter_arrays(session.model, arrays)
     return evaluate(session.model, session.base.task, session.base.tokenizer, split, job.train)
+
+
+def class_sums(session: Session, job: Job, split: TextSplit) -> dict[str, np.ndarray]:
+    """Round zero: per-class sums of the features the template's head sees, and class counts."""
+    set_adapter_arrays(session.model, session.template.init)
+    return class_statistics(session.model, session.base.task, session.base.tokenizer, split, job.train,
+                            len(session.template.labels))
 
 
 def personalization(session: Session, job: Job, data: ClientData, global_arrays: dict[str, np.ndarray],

@@ -13,6 +13,7 @@ QUANTIZATION_MODES = ("int8", "int4", "none")
 GENERATION_PRECISIONS = ("int8", "int4")  # a language model's exported base weights (export/genai.py)
 PARTITIONERS = ("natural", "iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
+HEAD_INITS = ("class-means", "none")  # how a classifier's head starts (core/training/class_means.py)
 PRIVACY_MODES = ("off", "central", "distributed")  # server/privacy.py, core/privacy.py
 ATTACKS = ("label-flip", "backdoor", "scaled", "sign-flip", "colluding")  # simulations/attacks.py
 # fedpeft's name -> the class in flwr.serverapp.strategy that server/strategy.py wraps
@@ -28,7 +29,7 @@ STRATEGIES = {
     "fltrust": "FedAvg",  # FedAvg's rounds, deltas weighed by trust in server/fltrust.py
 }
 METHODS = tuple(method_names())
-__all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "GENERATION_PRECISIONS", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
+__all__ = ["ATTACKS", "DELTA_ENCODINGS", "DEVICES", "GENERATION_PRECISIONS", "HEAD_INITS", "METHODS", "OPTIMIZERS", "PARTITIONERS", "PRIVACY_MODES", "QUANTIZATION_MODES",
            "STRATEGIES", "TASKS", "check_choice"]
 
 

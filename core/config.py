@@ -20,6 +20,7 @@ from .choices import (
     ATTACKS,
     DELTA_ENCODINGS,
     DEVICES,
+    HEAD_INITS,
     METHODS,
     OPTIMIZERS,
     PARTITIONERS,
@@ -165,6 +166,7 @@ DESCRIPTIONS: dict[str, str] = {
     "federation.clients_per_round": "clients sampled per round, for training and the round's evaluation; 0: fraction x clients",
     "federation.min_clients": "nodes that must be connected before a round starts",
     "federation.strategy": "how the server combines verified deltas (a Flower strategy, or fltrust)",
+    "federation.head_init": "class-means: a round zero sets a classifier's head from the clients' class feature means (FedNCM); none: the template's random head",
     "federation.round_timeout": "seconds a round waits for replies",
     "federation.evaluation_timeout": "the personalization phase's deadline in seconds; 0: round_timeout times its epochs over a round's",
     "federation.delta_encoding": "how deltas travel up: fp32, fp16 or int8 (core/wire/delta_codec.py)",
@@ -252,6 +254,7 @@ class FederationSection:
     clients_per_round: int = 0       # sampled per round (training and evaluation); 0: fraction x clients
     min_clients: int = 2
     strategy: str = "fedavg"
+    head_init: str = "class-means"   # class-means | none: how a classifier's head starts (server/class_means.py)
     round_timeout: float = 600.0
     evaluation_timeout: float = 0.0  # the personalization phase's deadline; 0: round_timeout x its epochs
     delta_encoding: str = "fp32"     # how deltas travel up: fp32 | fp16 | int8 (core/wire/delta_codec.py)
@@ -348,6 +351,7 @@ class FederationConfig:
     def check(self) -> None:
         """Every value, before anything loads: a bad one fails in seconds, with one line."""
         check_choice("federation.strategy", self.federation.strategy, STRATEGIES)
+        check_choice("federation.head_init", self.federation.head_init, HEAD_INITS)
         check_choice("adapter.method", self.adapter.method, METHODS)
         check_choice("model.task", self.model.task, TASKS)
         check_choice("model.quantization", self.model.quantization, QUANTIZATION_MODES)

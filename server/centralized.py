@@ -7,22 +7,30 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from fedpeft.core.adapters.state import set_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import Base
+from fedpeft.core.training.class_means import COUNTS, SUMS, class_statistics, head_from_means, head_names, with_head
 from fedpeft.core.training.data import client_data, num_partitions, pooled
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.loop import evaluate, train
 
 
-def centralized_reference(base: Base, template: AdapterTemplate, job: Job, rounds: int, fraction: float) -> dict[str, Any]:
+def centralized_reference(base: Base, template: AdapterTemplate, job: Job, rounds: int, fraction: float,
+                          class_means_head: bool = False) -> dict[str, Any]:
     """Test accuracy (example-weighted over clients) of the template trained on the pooled
     rows for rounds x local epochs x fraction epochs: each client's rows are seen as often
-    as in the federation."""
+    as in the federation. With `class_means_head` it starts, as the federation does, from
+    the head of the pooled rows' class means."""
     clients = [client_data(job.data, partition) for partition in range(num_partitions(job.data))]
     rows, tests = pooled(data.train for data in clients), [data.test for data in clients]
     epochs = max(1, round(rounds * job.train.epochs * fraction))
     model = template.attach(base.model)
     try:
+        if class_means_head:
+            stats = class_statistics(model, base.task, base.tokenizer, rows, job.train, len(template.labels))
+            head = head_from_means(stats[SUMS], stats[COUNTS])
+            set_adapter_arrays(model, with_head(template.init, head_names(template.init, base.task), *head))
         train(model, base.task, base.tokenizer, rows, replace(job.train, epochs=epochs))
         results = [evaluate(model, base.task, base.tokenizer, test, job.train) for test in tests]
     finally:

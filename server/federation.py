@@ -26,6 +26,7 @@ from fedpeft.core.base.package import BasePackage
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.config import FederationConfig, FederationSection
 from fedpeft.core.errors import ConfigError, FedPeftError
+from fedpeft.core.training.class_means import head_from_means, head_names, with_head
 from fedpeft.core.training.data import client_data, num_partitions
 from fedpeft.core.training.job import Job
 from fedpeft.core.trust.hashing import tensors_id
@@ -35,7 +36,7 @@ from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.install import install_content
 from fedpeft.core.wire.records import from_record, to_record
 
-from . import report
+from . import class_means, report
 from .centralized import centralized_reference
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .fltrust import RootUpdate, root_split
@@ -45,7 +46,7 @@ from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
 from .strategy import StrategyHooks, StrategySettings, build_strategy, global_problem
-from .verify import DeltaVerifier, VerifyPolicy, checked_reports
+from .verify import DeltaVerifier, RejectedDelta, VerifyPolicy, checked_reports, content_bytes
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
 INSTALL_BATCH = 8  # install messages sent at once (they share one copy of the base)
@@ -65,6 +66,15 @@ class RunSetup:
     keyring: Keyring
     operator_key: Ed25519PrivateKey
     checkpoint: Checkpoint | None
+    head_start: Arrays | None = None  # the template's adapter with round zero's head (class means)
+    round_zero: dict[str, Any] | None = None  # what round zero cost and found (summary.json's head_init)
+
+    @property
+    def class_means_head(self) -> bool:
+        """Whether the run starts from the class-means head (round zero; the centralized
+        reference does the same on the pooled rows): a classifier, without DP."""
+        return (self.config.federation.head_init == "class-means" and bool(self.base.task.head_modules)
+                and self.config.privacy.mode == "off")
 
     @property
     def done(self) -> int:
@@ -73,7 +83,9 @@ class RunSetup:
 
     @property
     def initial(self) -> Arrays:
-        return self.checkpoint.adapter if self.checkpoint else dict(self.template.init)
+        if self.checkpoint:
+            return self.checkpoint.adapter
+        return dict(self.head_start or self.template.init)
 
 
 @dataclass
@@ -226,6 +238,55 @@ def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) ->
         start += size
 
 
+def head_round(grid: Grid, setup: RunSetup, roster: Roster) -> RunSetup:
+    """Round zero (federation.head_init = class-means): every ready node sends its signed
+    per-class feature sums and counts (core/training/class_means.py); the verified ones
+    (server/class_means.py) set the classifier head to the nearest-class-mean head the
+    rounds start from. Skipped for a model without a head, a resumed run (its checkpoint
+    holds the adapter), and under DP (the statistics are not covered by the accountant)."""
+    config, job, template, sec = setup.config, setup.job, setup.template, setup.config.security
+    if setup.checkpoint or not setup.class_means_head:
+        if config.federation.head_init == "class-means" and config.privacy.mode != "off" and not setup.checkpoint:
+            print("[fedpeft] round 0 skipped: class feature means are not covered by the DP accountant "
+                  "(federation.head_init = 'none' says so for good)", flush=True)
+        return setup
+    start = time.monotonic()
+    names = head_names(template.init, setup.base.task)
+    expect = class_means.expectation(job.binding.for_round(0, tensors_id(template.init)), *template.init[names[0]].shape)
+    verifier = DeltaVerifier(setup.keyring, VerifyPolicy(0.0, sec.max_examples, sec.max_message_bytes))
+    failed: dict[int, str] = {}
+    replies = ask(grid, sorted(roster.ready), "query.class_means", lambda _: RecordDict({"config": job.to_config()}),
+                  config.federation.round_timeout, failed)
+    stats, refused, sizes = [], [], []
+    for reply in replies:
+        sizes.append(content_bytes(reply.content))
+        try:
+            stats.append(class_means.checked_statistics(verifier.verify(reply.content, expect, sizes[-1])))
+            roster.signers[reply.metadata.src_node_id] = stats[-1].client
+        except Exception as exc:  # a check that broke on crafted input must not end the run
+            refused.append(exc if isinstance(exc, RejectedDelta) else
+                           RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}"))
+    sums, counts, outliers = class_means.combine(stats, sec.max_weight_ratio)
+    refused += outliers
+    for bad in refused:
+        log(WARNING, "round 0: refused class statistics from %s (%s)", bad.client or "an unproven node", bad)
+    used = len(stats) - len(outliers)
+    record = {"clients": used, "asked": len(roster.ready), "rows": int(counts.sum()) if used else 0,
+              "refused": {r: sum(b.reason == r for b in refused) for r in sorted({b.reason for b in refused})},
+              "no_reply": len(failed), "bytes_up_per_client": sum(sizes) / max(len(sizes), 1),
+              "seconds": round(time.monotonic() - start, 1)}
+    if not used:
+        why = "; ".join([*(f"{n} {r}" for r, n in record["refused"].items()), *sorted(set(failed.values()))])
+        print(f"[fedpeft] round 0: no usable class statistics ({why or 'no clients'}); the rounds start from the "
+              f"template's head", flush=True)
+        return replace(setup, round_zero=record)
+    weight, bias = head_from_means(sums, counts)
+    print(f"[fedpeft] round 0: head set from the class feature means of {used} clients ({record['rows']} rows), "
+          f"{record['bytes_up_per_client'] / 1e3:.1f} KB up per client"
+          + (f"; refused {record['refused']}" if refused else "") + f"  ({record['seconds']:.0f} s)", flush=True)
+    return replace(setup, head_start=with_head(template.init, names, weight, bias), round_zero=record)
+
+
 def federate(grid: Grid, setup: RunSetup, roster: Roster) -> tuple[Arrays, RunLog]:
     """The rounds: Flower's strategy with signed-delta verification; a checkpoint after each."""
     fed, sec, job, template = setup.config.federation, setup.config.security, setup.job, setup.template
@@ -365,7 +426,8 @@ def personalize(grid: Grid, setup: RunSetup, final: Arrays, roster: Roster) -> t
 def centralize(setup: RunSetup, global_accuracy: float) -> dict[str, Any]:
     """The centralized reference (server/centralized.py), trained here on the server."""
     fed = setup.config.federation
-    reference = centralized_reference(setup.base, setup.template, setup.job, fed.rounds, fed.fraction)
+    reference = centralized_reference(setup.base, setup.template, setup.job, fed.rounds, fed.fraction,
+                                      setup.class_means_head)
     what = "next-word top-3 " if "perplexity" in reference else ""
     print(f"[fedpeft] centralized reference {what}{reference['accuracy']:.3f} (the same adapter, {reference['epochs']} "
           f"epochs over all {reference['train_examples']} training rows pooled): the global adapter is "
@@ -413,6 +475,7 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], mis
         "base_id": package.base_id,
         "template_id": template.template_id,
         "adapter_method": template.method,
+        "head_init": setup.round_zero,  # round zero's cost and what it used (None: not run)
         "quantization": setup.config.model.quantization,
         "initial_accuracy": stats["initial"]["weighted_mean"],
         "global_accuracy": stats["global"]["weighted_mean"],
@@ -459,6 +522,7 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     nodes = wait_for_nodes(grid, config.federation.min_clients, config.federation.round_timeout)
     distribute(grid, nodes, setup, roster)
     print(f"[fedpeft] base sent to {roster.base_sent_to} of {len(nodes)} nodes", flush=True)
+    setup = head_round(grid, setup, roster)
     final, run_log = federate(grid, setup, roster)
     clients, missing = personalize(grid, setup, final, roster)
     stats, table = report.personalization_table(clients)

@@ -41,7 +41,7 @@ REASONS = (
     "too-large", "malformed", "no-signature", "unknown-key", "bad-signature", "wrong-run", "wrong-round",
     "wrong-base", "wrong-template", "wrong-parent", "bad-example-count", "bad-encoding", "unexpected-tensor",
     "missing-tensor", "bad-dtype", "bad-shape", "tensor-hash-mismatch", "non-finite", "norm-too-large",
-    "bad-metrics", "duplicate", "crashed-check",
+    "bad-metrics", "duplicate", "crashed-check", "bad-class-counts",
 )
 
 
@@ -67,6 +67,7 @@ class RoundExpectation:
     tensors: Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype str, shape)
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)
     max_norm: float = 0.0  # this round's bound (distributed DP: clip plus noise); only tightens the policy's
+    metrics: Mapping[str, tuple[float, float]] = field(default_factory=lambda: TRAIN_METRICS)  # the header's, exactly
 
     @cached_property
     def layout(self) -> DeltaLayout:
@@ -191,7 +192,7 @@ class DeltaVerifier:
         if not 1 <= header.num_examples <= self.policy.max_examples:
             raise RejectedDelta("bad-example-count", f"{header.num_examples}, allowed 1..{self.policy.max_examples}", client)
         try:
-            metrics = checked_metrics(header.metrics, TRAIN_METRICS)
+            metrics = checked_metrics(header.metrics, expect.metrics)
         except BadReply as exc:
             raise RejectedDelta("bad-metrics", exc.detail, client) from exc
         if (header.encoding, header.block_size) != (expect.encoding.kind, expect.encoding.block):

@@ -60,8 +60,9 @@ EXPECTED_REASON = {
     "bad-eval": None,                  # honest delta; the evaluate reply carries an extra key and a NaN
     "slow-report": None,               # honest delta; stalls its personalization report past the deadline
     "hostile-report": None,            # honest delta; its personalization report claims a hostile name and count
+    "blown-class-means": None,         # honest deltas; its round-zero class statistics x1000, signed (bad-class-counts)
 }
-OPT_IN = ("slow-report", "hostile-report")  # only when asked for in [simulation] behaviours
+OPT_IN = ("slow-report", "hostile-report", "blown-class-means")  # only when asked for in [simulation] behaviours
 SLOW_REPORT_S = 25.0  # how long a "slow-report" client holds its personalization reply, at least
 SLOW_REPORT_PAST_DEADLINE_S = 10.0  # ... and at least this long past the plan's "report_deadline"
 INFLATED_COUNT = 100_000  # the default security.max_examples: the most a signed count may claim
@@ -187,7 +188,7 @@ def spoil(content: RecordDict, kind: str, key: Ed25519PrivateKey, previous: Reco
     if kind == "inflated-count":
         header.num_examples = INFLATED_COUNT
         return _resign(content, key, header)
-    if kind in ("bad-eval", "slow-report", "hostile-report"):
+    if kind in ("bad-eval", *OPT_IN):
         return content  # the train reply stays honest; misbehaving_mod spoils the evaluate / report reply
     if kind == "replay":
         if previous is not None:
@@ -231,6 +232,10 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
     if kind_of_message == "query.personalize" and str(partition) in plan["partitions"] and \
             "hostile-report" in plan["behaviours"]:
         return Message(spoil_report(reply.content), reply_to=msg)
+    if kind_of_message == "query.class_means" and str(partition) in plan["partitions"] and \
+            "blown-class-means" in plan["behaviours"]:
+        key = identity.signing_key(dict(context.node_config), partition)
+        return Message(spoil(reply.content, "scale", key, None), reply_to=msg)
     if kind_of_message not in ("train", "evaluate"):
         return reply
     server_round = int(msg.content.config_records["config"]["server-round"])
@@ -241,7 +246,7 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
         metrics = reply.content.metric_records["metrics"]
         spoiled = MetricRecord({**metrics, "eval-loss": float("nan"), "client-secret-metric": 1.0})
         return Message(RecordDict({"metrics": spoiled}), reply_to=msg)
-    if kind in (None, "slow-report", "hostile-report"):
+    if kind in (None, *OPT_IN):
         return reply
     previous = None
     if "replay-arrays" in context.state.array_records:

@@ -29,11 +29,12 @@ ROUNDS, CLIENTS, BAD = 3, 4, 1
 # round 2 (state kept by Flower across rounds) and sends a NaN in round 3. Half of them
 # train as devices: the ONNX training graph and a numpy optimizer instead of PyTorch.
 # It also holds its personalization report past the phase's deadline ("slow-report"); the
-# deadline is generous (honest clients report in seconds), the slow one holds past it.
+# deadline is generous (honest clients report in seconds), the slow one holds past it. In
+# round zero it sends its class statistics blown up 1000x and signed.
 CONFIG = """
 [simulation]
 misbehaving = 0.25
-behaviours = ["tamper", "replay", "nan", "slow-report"]
+behaviours = ["tamper", "replay", "nan", "slow-report", "blown-class-means"]
 device_clients = 0.5
 
 [federation]
@@ -134,6 +135,16 @@ def test_device_clients_train_with_onnx_runtime_and_their_deltas_are_accepted(ru
     honest_devices = set(summary["device_clients"]) - {r["client"] for r in summary["rejections"]}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert honest_devices and all(r["accepted"] == CLIENTS - BAD for r in rows)  # devices' deltas pass every check
+
+
+def test_round_zero_sets_the_head_from_the_honest_clients_class_means(run):
+    """The bad client's round-zero reply is refused by name; the other three set the head."""
+    out, stdout = run
+    summary = json.loads((out / "summary.json").read_text())
+    head = summary["head_init"]
+    assert head["asked"] == CLIENTS and head["clients"] == CLIENTS - BAD and head["refused"] == {"bad-class-counts": 1}
+    assert 0 < head["bytes_up_per_client"] < summary["bytes_up_per_client_round"]  # 0.4 percent on MiniLM
+    assert f"round 0: head set from the class feature means of {CLIENTS - BAD} clients" in stdout
 
 
 def test_every_bad_delta_is_rejected_and_counted_in_the_summary(run):
@@ -333,10 +344,14 @@ def test_a_simulation_killed_after_round_2_resumes_to_the_same_adapter(tiny_bert
     assert summary["adapter_id"] == expected["adapter_id"], (resumed_rows[2], whole_rows[2])  # ... and round 3
 
 
+# From the template's random head: on the tiny random BERT the class-means head is near
+# uniform, and FLTrust's naming of an attacker below holds from the random head only (from
+# round zero's head it distrusted no attacker in rounds 2-3 of this tiny run).
 ATTACKED = LEAN + """
 [federation]
 strategy = "fltrust"
 root_examples = 40
+head_init = "none"
 
 [simulation]
 attackers = 0.5

@@ -14,7 +14,7 @@ from .next_word import NextWordScore, score_rows
 from .settings import TrainResult, TrainSettings
 
 
-def _on_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def on_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch where the model is (a no-op on the CPU)."""
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
@@ -45,7 +45,7 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
     model.train(dropout)
     total, steps = 0.0, 0
     for texts, labels in training_batches(split, settings.batch_size, settings.epochs, settings.seed):
-        loss, _, _ = task.score(model, _on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
+        loss, _, _ = task.score(model, on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -62,7 +62,7 @@ def evaluate(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, se
         return evaluate_next_word(model, tokenizer, split, settings.max_length)
     loss_sum, correct, count = 0.0, 0, 0
     for texts, labels in batches(split, 64, list(range(len(split)))):
-        loss, right, n = task.score(model, _on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
+        loss, right, n = task.score(model, on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
         loss_sum += float(loss) * n
         correct += right
         count += n

@@ -8,6 +8,7 @@ import argparse
 from fedpeft.core.choices import (
     DELTA_ENCODINGS,
     DEVICES,
+    HEAD_INITS,
     METHODS,
     PARTITIONERS,
     PRIVACY_MODES,
@@ -37,6 +38,8 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=RANGES["train.epochs"], help="epochs each client trains per round")
     parser.add_argument("--learning-rate", type=RANGES["train.learning_rate"], help="clients' AdamW learning rate")
     parser.add_argument("--strategy", choices=list(STRATEGIES), help="how the server combines verified deltas")
+    parser.add_argument("--head-init", choices=HEAD_INITS, help="how a classifier's head starts (class-means: a round "
+                        "zero sets it from the clients' class feature means; none: the template's random head)")
     parser.add_argument("--device", choices=DEVICES, help="where PyTorch clients train (auto: a GPU if PyTorch sees one)")
     parser.add_argument("--delta-encoding", choices=DELTA_ENCODINGS, help="how clients' deltas travel up")
     parser.add_argument("--method", choices=METHODS, help="adapter method (core/adapters/methods/)")
@@ -67,6 +70,7 @@ def run_config(args: argparse.Namespace):
         "federation.clients_per_round": args.clients_per_round,
         "personalization.clients": args.report_clients,
         "federation.strategy": args.strategy,
+        "federation.head_init": args.head_init,
         "federation.round_timeout": args.round_timeout,
         "federation.delta_encoding": args.delta_encoding,
         "train.epochs": args.local_epochs,
