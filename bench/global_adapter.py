@@ -11,7 +11,7 @@ centralized reference (the same adapter and start, all rows pooled, the same epo
 the gap, wall time, and bytes up per client (a round, and round zero's class means).
 A finished run under `--work` is reused, so an interrupted benchmark goes on.
 
-    .venv/bin/python bench/global_adapter.py [--work DIR] [--variants NAME ...] [--datasets synthetic debian]
+    .venv/bin/python bench/global_adapter.py [--work DIR] [--variants NAME ...] [--datasets synthetic debian] [--seeds 0 1 2]
 
 Writes global_adapter.json (rows of earlier invocations kept, by run name) to --work.
 """
@@ -28,15 +28,18 @@ from fedpeft.core.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"synthetic": ROOT / "simulations" / "default.toml", "debian": ROOT / "simulations" / "debian-packages.toml"}
-# name -> config keys changed from the defaults (section.key: value)
+# name -> the config keys it sets; every variant names each key the grid varies, so a row
+# means the same whatever the shipped defaults are.
+BASE = {"federation.head_init": "class-means", "federation.strategy": "fedavg", "federation.strategy_options": {},
+        "personalization.best_epoch": False, "train.epochs": 1, "train.learning_rate": 1e-2}
 VARIANTS: dict[str, dict[str, object]] = {
-    "no-head-init": {"federation.head_init": "none"},
-    "defaults": {},
-    "best-epoch": {"personalization.best_epoch": True},
-    "fedavgm": {"federation.strategy": "fedavgm", "federation.strategy_options": {"server_momentum": 0.9}},
-    "fedadam": {"federation.strategy": "fedadam", "federation.strategy_options": {"eta": 0.01}},
-    "2-epochs": {"train.epochs": 2},
-    "lr-3e-3": {"train.learning_rate": 3e-3},
+    "template-head": {**BASE, "federation.head_init": "none"},  # the defaults before round zero
+    "class-means-head": BASE,
+    "class-means+best-epoch": {**BASE, "personalization.best_epoch": True},
+    "class-means+fedavgm": {**BASE, "federation.strategy": "fedavgm",
+                            "federation.strategy_options": {"server_momentum": 0.9}},
+    "class-means+fedadam": {**BASE, "federation.strategy": "fedadam", "federation.strategy_options": {"eta": 0.01}},
+    "class-means+2-epochs": {**BASE, "train.epochs": 2},
 }
 
 
@@ -50,13 +53,14 @@ def config_file(work: Path, name: str, dataset: str, changes: dict[str, object])
     return path
 
 
-def measure(work: Path, variant: str, dataset: str) -> dict:
-    name = f"{dataset}-{variant}"
-    summary = simulate_once(work, name, ["--config", str(config_file(work, name, dataset, VARIANTS[variant]))])
+def measure(work: Path, variant: str, dataset: str, seed: int) -> dict:
+    name = f"{dataset}-{variant}" + (f"-seed{seed}" if seed else "")
+    changes = {**VARIANTS[variant], "run.seed": seed}
+    summary = simulate_once(work, name, ["--config", str(config_file(work, name, dataset, changes))])
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     val = [r.get("val_accuracy") for r in rows]
     head = summary.get("head_init") or {}
-    return {"run": name, "variant": variant, "dataset": dataset, "changes": VARIANTS[variant],
+    return {"run": name, "variant": variant, "dataset": dataset, "seed": seed, "changes": {k: v for k, v in VARIANTS[variant].items() if BASE.get(k) != v},
             "round1_val": val[0], "round5_val": val[-1], "global": summary["global_accuracy"],
             "personalized": summary["personalized_accuracy"], "local_only": summary["local_only_accuracy"],
             "centralized": summary["centralized_accuracy"],
@@ -66,10 +70,10 @@ def measure(work: Path, variant: str, dataset: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | variant | val r1 | val r5 | global | personalized | local-only | centralized | gap | time | up/round | round 0 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | variant | seed | val r1 | val r5 | global | personalized | local-only | centralized | gap | time | up/round | round 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['variant']} | {r['round1_val']:.3f} | {r['round5_val']:.3f} | "
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r.get('seed', 0)} | {r['round1_val']:.3f} | {r['round5_val']:.3f} | "
                      f"{r['global']:.3f} | {r['personalized']:.3f} | {r['local_only']:.3f} | {r['centralized']:.3f} | "
                      f"{r['gap'] * 100:+.1f} | {r['seconds'] / 60:.1f} min | {r['bytes_up_round'] / 1e6:.2f} MB | "
                      f"{r['bytes_up_round_zero'] / 1e3:.1f} KB |")
@@ -81,14 +85,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-global-adapter"))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="run.seed of each run (a seed's own data draw, template and training)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in args.variants:
-        for dataset in args.datasets:
-            rows.append(measure(args.work.resolve(), variant, dataset))
+    for seed in args.seeds:
+        for variant in args.variants:
+            for dataset in args.datasets:
+                rows.append(measure(args.work.resolve(), variant, dataset, seed))
     merged = merged_rows(args.work / "global_adapter.json", rows, key=lambda r: r["run"])
-    print(table(sorted(merged, key=lambda r: (r["dataset"], list(VARIANTS).index(r["variant"])))))
+    print(table(sorted(merged, key=lambda r: (r["dataset"], r.get("seed", 0), list(VARIANTS).index(r["variant"])))))
 
 
 if __name__ == "__main__":
