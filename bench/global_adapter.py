@@ -31,7 +31,8 @@ DATASETS = {"synthetic": ROOT / "simulations" / "default.toml", "debian": ROOT /
 # name -> the config keys it sets; every variant names each key the grid varies, so a row
 # means the same whatever the shipped defaults are.
 BASE = {"federation.head_init": "class-means", "federation.strategy": "fedavg", "federation.strategy_options": {},
-        "personalization.best_epoch": False, "train.epochs": 1, "train.learning_rate": 1e-2}
+        "personalization.best_epoch": False, "train.epochs": 1, "train.learning_rate": 1e-2, "train.round_decay": 1.0,
+        "adapter.method": "ffa-lora", "adapter.rank": 8, "adapter.alpha": 16}
 VARIANTS: dict[str, dict[str, object]] = {
     "template-head": {**BASE, "federation.head_init": "none"},  # the defaults before round zero
     "class-means-head": BASE,
@@ -40,6 +41,10 @@ VARIANTS: dict[str, dict[str, object]] = {
                             "federation.strategy_options": {"server_momentum": 0.9}},
     "class-means+fedadam": {**BASE, "federation.strategy": "fedadam", "federation.strategy_options": {"eta": 0.01}},
     "class-means+2-epochs": {**BASE, "train.epochs": 2},
+    "class-means+decay-0.7": {**BASE, "train.round_decay": 0.7},
+    "class-means+lr-2e-2": {**BASE, "train.learning_rate": 2e-2},
+    "class-means+rank-16": {**BASE, "adapter.rank": 16, "adapter.alpha": 32},
+    "class-means+lora": {**BASE, "adapter.method": "lora"},
 }
 
 

@@ -15,6 +15,7 @@ that train or evaluate.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ def signed_update(msg: Message, context: Context, job: Job, session: runtime.Ses
 
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
+    job = replace(job, train=job.train.for_round(server_round))
     global_arrays = _global_adapter(msg, session)
     if _partition(context) in job.device_partitions:  # a simulated device: ONNX Runtime, no torch
         trainer = device_client.trainer(Path(job.device_export), identity.operator_key())

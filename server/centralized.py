@@ -16,6 +16,16 @@ from fedpeft.core.training.job import Job
 from fedpeft.core.training.loop import evaluate, train
 
 
+def decayed_rounds(rounds: int, epochs: float) -> list[tuple[int, int]]:
+    """(round, pooled epochs) as the federation's rounds give them, `epochs` a round and at
+    least one in all: with train.round_decay below 1 the reference trains one call per
+    round at that round's rate (AdamW restarting each round, as a client's does)."""
+    total = max(1, round(rounds * epochs))
+    marks = [min(total, round(r * epochs)) for r in range(rounds + 1)]
+    marks[-1] = total
+    return [(r, marks[r] - marks[r - 1]) for r in range(1, rounds + 1) if marks[r] > marks[r - 1]]
+
+
 def centralized_reference(base: Base, template: AdapterTemplate, job: Job, rounds: int, fraction: float,
                           class_means_head: bool = False) -> dict[str, Any]:
     """Test accuracy (example-weighted over clients) of the template trained on the pooled
@@ -31,7 +41,13 @@ def centralized_reference(base: Base, template: AdapterTemplate, job: Job, round
             stats = class_statistics(model, base.task, base.tokenizer, rows, job.train, len(template.labels))
             head = head_from_means(stats[SUMS], stats[COUNTS])
             set_adapter_arrays(model, with_head(template.init, head_names(template.init, base.task), *head))
-        train(model, base.task, base.tokenizer, rows, replace(job.train, epochs=epochs))
+        if job.train.round_decay == 1:
+            train(model, base.task, base.tokenizer, rows, replace(job.train, epochs=epochs))
+        else:
+            for server_round, round_epochs in decayed_rounds(rounds, job.train.epochs * fraction):
+                settings = job.train.for_round(server_round)
+                train(model, base.task, base.tokenizer, rows,
+                      replace(settings, epochs=round_epochs, seed=settings.seed + server_round))
         results = [evaluate(model, base.task, base.tokenizer, test, job.train) for test in tests]
     finally:
         model.unload()  # the base goes back without adapter layers (publish attaches its own)

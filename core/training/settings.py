@@ -4,7 +4,7 @@ Torch-free: the device trainer (device/trainer.py) uses both."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class TrainSettings:
     optimizer: str = "adamw"  # or "sgd"; the device trainer runs the same update in numpy
     weight_decay: float = 0.01  # AdamW's (PyTorch's default)
     device: str = "auto"  # PyTorch clients: auto | cpu | cuda (core/training/accelerator.py)
+    round_decay: float = 1.0  # round r trains at learning_rate x round_decay^(r-1); 1: the same every round
+
+    def for_round(self, server_round: int) -> TrainSettings:
+        """The settings a client trains with in `server_round` (1-based): the decayed rate."""
+        return replace(self, learning_rate=self.learning_rate * self.round_decay ** max(0, server_round - 1))
 
 
 @dataclass
