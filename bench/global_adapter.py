@@ -44,7 +44,6 @@ VARIANTS: dict[str, dict[str, object]] = {
     "class-means+decay-0.7": {**BASE, "train.round_decay": 0.7},
     "class-means+lr-2e-2": {**BASE, "train.learning_rate": 2e-2},
     "class-means+rank-16": {**BASE, "adapter.rank": 16, "adapter.alpha": 32},
-    "class-means+lora": {**BASE, "adapter.method": "lora"},
 }
 
 
@@ -65,7 +64,8 @@ def measure(work: Path, variant: str, dataset: str, seed: int) -> dict:
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
     val = [r.get("val_accuracy") for r in rows]
     head = summary.get("head_init") or {}
-    return {"run": name, "variant": variant, "dataset": dataset, "seed": seed, "changes": {k: v for k, v in VARIANTS[variant].items() if BASE.get(k) != v},
+    changed = {k: v for k, v in VARIANTS[variant].items() if BASE.get(k) != v}
+    return {"run": name, "variant": variant, "dataset": dataset, "seed": seed, "changes": changed,
             "round1_val": val[0], "round5_val": val[-1], "global": summary["global_accuracy"],
             "personalized": summary["personalized_accuracy"], "local_only": summary["local_only_accuracy"],
             "centralized": summary["centralized_accuracy"],

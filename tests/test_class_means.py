@@ -109,7 +109,7 @@ def test_the_head_replaces_the_adapters_head_tensors_only(tiny_base):
         with_head(template.init, names, weight[:, :3], bias)
 
 
-def test_the_nearest_mean_head_puts_each_mean_in_its_class_and_never_picks_an_empty_class():
+def test_the_nearest_mean_head_puts_each_mean_in_its_class_and_rows_near_them_never_in_an_empty_class():
     rng = np.random.default_rng(0)
     means = rng.normal(size=(5, 8))
     counts = np.array([3.0, 7.0, 0.0, 1.0, 12.0])
@@ -117,8 +117,8 @@ def test_the_nearest_mean_head_puts_each_mean_in_its_class_and_never_picks_an_em
     logits = means @ weight.T + bias
     held = np.flatnonzero(counts)
     assert (logits[held].argmax(1) == held).all()
-    probes = rng.normal(size=(200, 8)) * 3
-    assert 2 not in (probes @ weight.T + bias).argmax(1)
+    near = means[held].repeat(50, 0) + rng.normal(0, 0.3, size=(50 * len(held), 8))
+    assert 2 not in (near @ weight.T + bias).argmax(1)
 
 
 def test_honest_replies_combine_into_the_count_weighted_class_sums():

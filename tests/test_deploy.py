@@ -116,6 +116,7 @@ def deployed(tiny_bert_dir, tmp_path_factory):
     return facts
 
 
+@pytest.mark.deploy
 def test_runs_to_completion_with_tls_node_auth_and_signed_deltas(deployed):
     deployment = deployed["deployment"]
     assert "Uvicorn running on https://" in deployment.superlink.log_text()
@@ -128,6 +129,7 @@ def test_runs_to_completion_with_tls_node_auth_and_signed_deltas(deployed):
     assert summary["clients"] == NODES
 
 
+@pytest.mark.deploy
 def test_an_unregistered_supernode_is_refused(deployed):
     assert not deployed["stranger_online"], deployed["stranger_log"][-2000:]
     # Not merely dead: the SuperLink refused its key (Flower's Fleet.ActivateNode error, logged
@@ -139,6 +141,7 @@ def test_an_unregistered_supernode_is_refused(deployed):
     assert "Failed to activate SuperNode" in deployed["stranger_log"], deployed["stranger_log"][-2000:]
 
 
+@pytest.mark.deploy
 def test_a_supernode_killed_mid_round_does_not_stop_the_round_and_rejoins(deployed):
     rows = deployed["rows"]
     assert rows[0]["accepted"] == NODES - 1  # round 1 went on without the killed node
@@ -147,6 +150,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_round_and_rejoins(deploy
     assert len(list(cache.iterdir())) == 1  # its base, received once, survived its restart
 
 
+@pytest.mark.deploy
 def test_killed_server_resumes_from_last_completed_round_with_same_adapter(deployed):
     killed_at, summary, rows = deployed["killed_at"], deployed["summary"], deployed["rows"]
     assert killed_at.round == 2 and deployed["round_after_kill"] == 2

@@ -77,8 +77,8 @@ def head_from_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     misclassified row explodes (on both benchmarks 2-8 nats gave the lowest test loss).
     Means that barely differ (a backbone whose features do not tell the classes apart)
     would make s unbounded: their squared distance counts as at least MIN_SEPARATION of
-    their squared norm. A class no client holds keeps a zero row and the lowest bias:
-    never the nearest.
+    their squared norm. A class no client holds gets a zero row and a bias MARGIN below the
+    lowest: near the held classes' means it is never chosen, and training can still lift it.
     """
     present = counts > 0
     means = np.zeros_like(sums, dtype=np.float64)
