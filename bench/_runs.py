@@ -27,6 +27,11 @@ def simulate_once(work: Path, name: str, arguments: list[str]) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def round_rows(out: Path) -> list[dict]:
+    """A finished run's metrics.jsonl (this benchmark's own output): one dict a round."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def merged_rows(table: Path, rows: list[dict], key: Callable[[dict], Hashable]) -> list[dict]:
     """`rows` written into the JSON list at `table` over its earlier rows of the same key;
     the whole list, earlier rows first."""

@@ -19,10 +19,9 @@ Writes global_adapter.json (rows of earlier invocations kept, by run name) to --
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from _runs import merged_rows, simulate_once
+from _runs import merged_rows, round_rows, simulate_once
 
 from fedpeft.core.config import load_config
 
@@ -61,7 +60,7 @@ def measure(work: Path, variant: str, dataset: str, seed: int) -> dict:
     name = f"{dataset}-{variant}" + (f"-seed{seed}" if seed else "")
     changes = {**VARIANTS[variant], "run.seed": seed}
     summary = simulate_once(work, name, ["--config", str(config_file(work, name, dataset, changes))])
-    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(work / name)
     val = [r.get("val_accuracy") for r in rows]
     head = summary.get("head_init") or {}
     changed = {k: v for k, v in VARIANTS[variant].items() if BASE.get(k) != v}

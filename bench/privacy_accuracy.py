@@ -18,10 +18,9 @@ distributed grids run apart land on one plot.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from _runs import merged_rows, simulate_once
+from _runs import merged_rows, round_rows, simulate_once
 
 from fedpeft.core.config import load_config
 from fedpeft.scoring import accuracy, pooled_test
@@ -35,7 +34,7 @@ def simulate(work: Path, name: str, args: argparse.Namespace, method: str, noise
     if noise is not None:
         arguments += ["--privacy", args.privacy, "--clip", str(args.clip), "--noise-multiplier", str(noise)]
     summary = simulate_once(work, name, arguments)
-    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
+    rows = round_rows(work / name)
     val = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
     return {"run": name, "method": method, "privacy": args.privacy if noise is not None else "off", "noise": noise,
             "epsilon": summary["privacy"].get("epsilon"),
