@@ -46,7 +46,7 @@ from .publish import write_adapter
 from .replies import BadReply, install_reply, personalize_reply, status_reply
 from .run_log import RunLog
 from .strategy import StrategyHooks, StrategySettings, build_strategy, global_problem
-from .verify import DeltaVerifier, RejectedDelta, VerifyPolicy, checked_reports, content_bytes
+from .verify import DeltaVerifier, VerifyPolicy, as_rejection, checked_reports, content_bytes
 
 DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
 INSTALL_BATCH = 8  # install messages sent at once (they share one copy of the base)
@@ -264,8 +264,7 @@ def head_round(grid: Grid, setup: RunSetup, roster: Roster) -> RunSetup:
             stats.append(class_means.checked_statistics(verifier.verify(reply.content, expect, sizes[-1])))
             roster.signers[reply.metadata.src_node_id] = stats[-1].client
         except Exception as exc:  # a check that broke on crafted input must not end the run
-            refused.append(exc if isinstance(exc, RejectedDelta) else
-                           RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}"))
+            refused.append(as_rejection(exc))
     sums, counts, outliers = class_means.combine(stats, sec.max_weight_ratio)
     refused += outliers
     for bad in refused:

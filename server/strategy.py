@@ -45,6 +45,7 @@ from .verify import (
     RejectedDelta,
     RoundExpectation,
     VerifiedDelta,
+    as_rejection,
     checked_reports,
     content_bytes,
     weight_cap,
@@ -204,8 +205,7 @@ class DeltaStrategyMixin:
                 if delta.key_id in signers:
                     raise RejectedDelta("duplicate", "a second delta signed by the same key this round", delta.client)
             except Exception as exc:  # any other exception: a check that broke on crafted input must not end the round
-                rejection = exc if isinstance(exc, RejectedDelta) else \
-                    RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}")
+                rejection = as_rejection(exc)
                 if rejection.client:  # its signature verified: the node holds that enrolled key
                     self.signers[msg.metadata.src_node_id] = rejection.client
                 client = rejection.client or f"node {msg.metadata.src_node_id}"

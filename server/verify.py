@@ -45,6 +45,12 @@ REASONS = (
 )
 
 
+def as_rejection(exc: Exception) -> RejectedDelta:
+    """`exc` as a rejection: itself, or `crashed-check` for any other exception (a check
+    that broke on crafted input must not end a round)."""
+    return exc if isinstance(exc, RejectedDelta) else RejectedDelta("crashed-check", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
 class RejectedDelta(Exception):
     """A reply that must not reach the average; `reason` is one of REASONS.
 
