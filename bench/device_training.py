@@ -137,9 +137,9 @@ def personalization_accuracy(export: Path, key, adapter: Path, base, model) -> d
         data = client_data(spec, partition)
         client_settings = replace(settings, seed=config.run.seed + partition)
         weights.append(len(data.test))
-        scores["release (ONNX)"].append(trainer.accuracy(released, data.test, settings.max_length))
+        scores["release (ONNX)"].append(trainer.evaluate(released, data.test, settings).accuracy)
         personal, _ = trainer.train(released, data.train, client_settings)
-        scores["device-personalized (ONNX)"].append(trainer.accuracy(personal, data.test, settings.max_length))
+        scores["device-personalized (ONNX)"].append(trainer.evaluate(personal, data.test, settings).accuracy)
         for arm, dropout in (("PyTorch-personalized (dropout, as the federation)", True),
                              ("PyTorch-personalized (no dropout)", False)):
             set_adapter_arrays(model, released)  # the timing steps above moved it

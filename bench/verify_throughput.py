@@ -33,7 +33,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import fedpeft  # noqa: F401
 from fedpeft.core.adapters.spec import TemplateSpec
-from fedpeft.core.adapters.state import apply_delta
+from fedpeft.core.adapters.delta import apply_delta
 from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training.synthetic_data import LABELS

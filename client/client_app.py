@@ -15,7 +15,7 @@ that train or evaluate.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.privacy import noise_share
 from fedpeft.core.training.accelerator import pick_device
 from fedpeft.core.training.data import ClientData, TextSplit, client_data
 from fedpeft.core.training.job import Job
+from fedpeft.core.training.personalization import Learner, local_update, personalization
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaClaim, delta_content
 from fedpeft.core.wire.install import package_from_content, template_from_content
@@ -43,17 +45,37 @@ def _cache(context: Context):
     return runtime.node_cache(dict(context.node_config), context.node_id)
 
 
-def _global_adapter(msg: Message, session: runtime.Session) -> dict[str, np.ndarray]:
+def _global_adapter(msg: Message, template: AdapterTemplate) -> dict[str, np.ndarray]:
     """The global adapter a message carries: rounds send only the trained tensors, the
     frozen ones (FFA-LoRA's A) are the template's, installed once."""
-    return {**session.template.init, **from_record(msg.content.array_records["arrays"])}
+    return {**template.init, **from_record(msg.content.array_records["arrays"])}
 
 
-def prepare(msg: Message, context: Context) -> tuple[Job, runtime.Session, ClientData]:
-    """The run's settings, this process's loaded base, and this node's data splits."""
+@dataclass(frozen=True)
+class Worker:
+    """What does this node's work: a PyTorch session, or (a device) the export's graphs."""
+
+    learner: Learner
+    template: AdapterTemplate
+
+
+def prepare(msg: Message, context: Context) -> tuple[Job, Worker, ClientData]:
+    """The run's settings, what trains here (loaded once per process), and this node's data.
+
+    A simulated device client (`job.device_partitions`) uses the run's training export, no
+    torch; every other client the base loaded with PyTorch.
+    """
     job = Job.from_config(msg.content.config_records["config"])
+    data = client_data(job.data, _partition(context))
+    if _partition(context) in job.device_partitions:
+        from fedpeft.device import client as device_client
+
+        trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
+        return job, Worker(trainer, _cache(context).load_template(job.template_id)), data
+    from .task import TorchLearner
+
     session = runtime.session(_cache(context), job.base_id, job.template_id, pick_device(job.train.device))
-    return job, session, client_data(job.data, _partition(context))
+    return job, Worker(TorchLearner(session), session.template), data
 
 
 def status(msg: Message, context: Context) -> Message:
@@ -79,26 +101,18 @@ def install(msg: Message, context: Context) -> Message:
 
 def train(msg: Message, context: Context) -> Message:
     """Train on this node's training split; reply with the signed delta."""
-    job, session, data = prepare(msg, context)
-    return signed_update(msg, context, job, session, data.train)
+    job, worker, data = prepare(msg, context)
+    return signed_update(msg, context, job, worker, data.train)
 
 
-def signed_update(msg: Message, context: Context, job: Job, session: runtime.Session, split: TextSplit) -> Message:
+def signed_update(msg: Message, context: Context, job: Job, worker: Worker, split: TextSplit) -> Message:
     """Train on `split`, then sign the delta bound to this run, round, base, template and
     parent. (A simulated attacker calls it with poisoned rows: simulations/attacks.py.)"""
-    from fedpeft.device import client as device_client
-
-    from . import task
-
     server_round = int(msg.content.config_records["config"]["server-round"])
     seed = job.train.seed * 100_003 + server_round * 1_009 + _partition(context)
     job = replace(job, train=job.train.for_round(server_round))
-    global_arrays = _global_adapter(msg, session)
-    if _partition(context) in job.device_partitions:  # a simulated device: ONNX Runtime, no torch
-        trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
-        delta, result = device_client.local_update(trainer, job, split, global_arrays, seed)
-    else:
-        delta, result = task.local_update(session, job, split, global_arrays, seed)
+    global_arrays = _global_adapter(msg, worker.template)
+    delta, result = local_update(worker.learner, job, split, global_arrays, seed)
     if job.dp_clip:  # distributed DP: this client's share of the noise, added before it signs
         delta = noise_share(delta, job.dp_clip, job.dp_noise_std, np.random.default_rng())
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
@@ -110,32 +124,26 @@ def signed_update(msg: Message, context: Context, job: Job, session: runtime.Ses
 def class_means(msg: Message, context: Context) -> Message:
     """Round zero: per-class sums of the features the head sees over the training split, and
     the class counts, signed like a delta bound to round 0 and the template's adapter."""
-    from . import task
-
-    job, session, data = prepare(msg, context)
-    stats = task.class_sums(session, job, data.train)
-    claim = DeltaClaim(job.binding.for_round(0, tensors_id(session.template.init)), len(data.train))
+    job, worker, data = prepare(msg, context)
+    stats = worker.learner.class_sums(worker.template.init, data.train, job.train)
+    claim = DeltaClaim(job.binding.for_round(0, tensors_id(worker.template.init)), len(data.train))
     key = identity.signing_key(dict(context.node_config), _partition(context))
     return Message(delta_content(key, claim, stats), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    from . import task
-
-    job, session, data = prepare(msg, context)
-    result = task.evaluate_adapter(session, job, _global_adapter(msg, session), data.val)
+    job, worker, data = prepare(msg, context)
+    result = worker.learner.evaluate(_global_adapter(msg, worker.template), data.val, job.train)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 def personalize(msg: Message, context: Context) -> Message:
-    from . import task
-
-    job, session, data = prepare(msg, context)
-    scores = task.personalization(session, job, data, _global_adapter(msg, session),
-                                  seed=job.train.seed + _partition(context))
+    job, worker, data = prepare(msg, context)
+    scores = personalization(worker.learner, job, data, _global_adapter(msg, worker.template), worker.template.init,
+                             seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v.accuracy for k, v in scores.items()}})
-    if session.base.task.name == "causal-lm":  # next-word top-1 and token loss (perplexity) too
+    if scores["global"].top1 is not None:  # a causal LM: next-word top-1 and token loss (perplexity) too
         metrics.update({f"{k}-{name}": value for k, v in scores.items() for name, value in
                         (("top1", v.top1), ("loss", v.loss))})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)  # the server names it by the node's key

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedpeft.core import allocator
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import TextSplit, batches, training_batches
-from fedpeft.core.training.settings import TrainResult, TrainSettings
+from fedpeft.core.training.class_sums import ClassSums
+from fedpeft.core.training.settings import EvalResult, TrainResult, TrainSettings
 from fedpeft.core.training.targets import next_token_labels
 
 from .predict import encode, load_tokenizer, open_export, open_session
@@ -95,8 +96,10 @@ class DeviceTrainer:
         self.labels = list(self.manifest["labels"])
         self.max_length = int(self.manifest["max_length"])
         self.tokenizer = load_tokenizer(folder, self.manifest)
-        base = self.manifest["models"].get("base")
-        self.inference = open_session(folder / base, threads) if base else None
+        models = self.manifest["models"]
+        forward = models.get("eval") or models.get("base")  # a training export's evaluation graph; a full export's base graph
+        self.inference = open_session(folder / forward, threads) if forward else None
+        self.has_features = "eval" in models  # its second output is what the head sees (round zero)
 
     def _feed(self, arrays: Mapping[str, np.ndarray], texts: list[str], max_length: int) -> dict[str, np.ndarray]:
         if set(arrays) != set(self.graph_names):
@@ -144,12 +147,36 @@ class DeviceTrainer:
             raise ConfigError("no message is longer than one token: nothing to learn the next word from")
         return TextSplit([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
-    def accuracy(self, arrays: Mapping[str, np.ndarray], split: TextSplit, max_length: int) -> float:
-        """Share of `split` the adapter classifies right (the base graph, adapter tensors fed)."""
+    def _forward(self, arrays: Mapping[str, np.ndarray], split: TextSplit, max_length: int):
+        """(logits, head features or None, labels) per batch of 64 of `split`, the adapter fed."""
         if self.inference is None:
-            raise ConfigError("this export has no base graph to evaluate with")
-        correct = 0
+            raise ConfigError("this export has no forward graph to score adapters with: export it again")
         for texts, labels in batches(split, 64, list(range(len(split)))):
-            logits = self.inference.run(None, self._feed(arrays, texts, max_length))[0]
-            correct += int((logits.argmax(-1) == np.asarray(labels)).sum())
-        return correct / max(len(split), 1)
+            outputs = self.inference.run(None, self._feed(arrays, texts, max_length))
+            yield outputs[0], (outputs[1] if self.has_features else None), np.asarray(labels)
+
+    def evaluate(self, arrays: Mapping[str, np.ndarray], split: TextSplit, settings: TrainSettings) -> EvalResult:
+        """Mean cross-entropy and accuracy of a classifier adapter over `split`, as PyTorch's
+        `evaluate` computes them (core/training/loop.py)."""
+        if self.causal_lm:
+            raise ConfigError("scoring a language model's adapter on the device is not built: its export has no "
+                              "next-word graph")
+        loss_sum, correct = 0.0, 0
+        for logits, _, labels in self._forward(arrays, split, settings.max_length):
+            shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum())
+            correct += int((logits.argmax(-1) == labels).sum())
+        count = max(len(split), 1)
+        return EvalResult(loss=loss_sum / count, accuracy=correct / count, examples=len(split))
+
+    def class_sums(self, arrays: Mapping[str, np.ndarray], split: TextSplit, settings: TrainSettings) -> Arrays:
+        """Round zero: per-class sums of the features the head sees over `split`, and class counts."""
+        if not self.has_features:
+            raise ConfigError("this export has no evaluation graph with head features: export it again")
+        total = ClassSums(len(self.labels))
+        width = 0
+        for _, features, labels in self._forward(arrays, split, settings.max_length):
+            total.add(features, labels.tolist())
+            width = features.shape[-1]
+        return total.arrays(width)

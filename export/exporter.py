@@ -54,6 +54,7 @@ from fedpeft.device.predict import (
 )
 
 from . import genai, parity
+from .eval_graph import EVAL_OUTPUTS, export_evaluation_graph
 from .int8 import quantize_int8
 from .onnx_graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx, expose_as_inputs
 from .ort_adapter import adapter_input_names
@@ -61,6 +62,7 @@ from .training_graph import GRADIENT_SUFFIX, LOSS_OUTPUT, TRAIN_INPUTS, export_t
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "base": "base.onnx"}
 TRAINING_FILE = "train.onnx"
+EVAL_FILE = "eval.onnx"  # a training export's forward pass: logits and head features (export/eval_graph.py)
 GRADIENT_BATCHES = 2  # held-out batches of 8 the training graph's gradients are checked on
 ADAPTER_FILE = "adapter.onnx_adapter"
 TOKENIZER_DIR = "tokenizer"
@@ -166,9 +168,10 @@ def export(request: ExportRequest, operator_key: Ed25519PrivateKey, progress=pri
 
 def export_training(package: BasePackage, template: AdapterTemplate, out: Path, operator_key: Ed25519PrivateKey,
                     rows: TextSplit, max_length: int, valid_days: float = 30.0) -> dict[str, Any]:
-    """A training-only export of an adapter template: the training graph, the tokenizer and
-    a signed export.json, for devices that train from whatever adapter a round sends
-    (simulated device clients); its gradients are checked on `rows`."""
+    """A training-only export of an adapter template: the training graph, for a classifier
+    the evaluation graph (scores and round zero), the tokenizer and a signed export.json,
+    for devices that train from whatever adapter a round sends (device clients and
+    nodes); its gradients and logits are checked against PyTorch's on `rows`."""
     with staged_folder(out, replace=True) as staging:
         base = load_base(package, num_labels=len(template.labels), in_memory_quantization=False)
         model = template.attach(base.model).eval()
@@ -177,11 +180,20 @@ def export_training(package: BasePackage, template: AdapterTemplate, out: Path, 
                                                      _int8_weights(package), staging / TRAINING_FILE, max_length)
         if not gradient_max_abs <= parity.ParityLimits().gradient_max_abs:
             raise IntegrityError(f"training graph gradients differ from PyTorch's by {gradient_max_abs:.3g}")
+        checks, models = {"gradient_max_abs": gradient_max_abs}, {}
+        if template.labels:  # a classifier's device also scores adapters and sends round zero's class sums
+            sample = {k: torch.from_numpy(v) for k, v in _encode(base.tokenizer, rows.texts[:8], max_length).items()}
+            checks["eval_logits_max_abs"] = export_evaluation_graph(
+                model, base.task, names, sample, staging / EVAL_FILE, max_length, _int8_weights(package))
+            if not checks["eval_logits_max_abs"] <= parity.ParityLimits().adapter_max_abs:
+                raise IntegrityError(f"evaluation graph logits differ from PyTorch's by {checks['eval_logits_max_abs']:.3g}")
+            models["eval"] = EVAL_FILE
         base.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
         manifest = {
-            "type": EXPORT_TYPE, "labels": template.labels, "max_length": max_length, "models": {},
+            "type": EXPORT_TYPE, "labels": template.labels, "max_length": max_length, "models": models,
+            "outputs": list(EVAL_OUTPUTS) if models else [],
             "pad_token_id": base.tokenizer.pad_token_id, "tokenizer": TOKENIZER_DIR, "adapter_inputs": names,
-            "training": training, "parity": {"gradient_max_abs": gradient_max_abs}, "base_id": package.base_id,
+            "training": training, "parity": checks, "base_id": package.base_id,
             "template_id": template.template_id, "quantization": package.manifest["quantization"],
             "task": base.task.name, **validity(valid_days),
         }

@@ -35,10 +35,12 @@ class LogitsModel(torch.nn.Module):
 PREFIX = "model."  # LogitsModel's attribute: every exported parameter name starts with it
 
 
-def export_onnx(model: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, max_length: int) -> None:
+def export_onnx(model: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, max_length: int,
+                wrapped: torch.nn.Module | None = None, output_names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     """Export with dynamic batch and sequence axes into one self-contained .onnx file.
 
-    `sample` must hold at least two rows: a batch of one would freeze that axis.
+    `sample` must hold at least two rows: a batch of one would freeze that axis. `wrapped`
+    (default `LogitsModel(model)`) is what is exported, `output_names` name its outputs.
     """
     if sample["input_ids"].shape[0] < 2:
         raise ValueError("export needs a sample batch of at least 2 rows")
@@ -47,12 +49,12 @@ def export_onnx(model: torch.nn.Module, sample: dict[str, torch.Tensor], path: P
     axes = {0: batch, 1: sequence}
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # no KV cache: one pass over the whole sequence
-    wrapped = LogitsModel(model).eval()
+    wrapped = (wrapped or LogitsModel(model)).eval()
     with warnings.catch_warnings(), quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapped, tuple(sample[n] for n in INPUT_NAMES), dynamo=True, optimize=False, verbose=False,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=OPSET,
+            input_names=list(INPUT_NAMES), output_names=list(output_names), opset_version=OPSET,
             dynamic_shapes={"input_ids": axes, "attention_mask": axes},
         )
     program.save(str(path), external_data=False)

@@ -164,7 +164,7 @@ def export_training_graph(model: PeftModel, adapter_inputs: Mapping[str, str], t
         graph = onnx.load(str(Path(tmp) / "graph.onnx"))
     _give_defaults(graph, {n: t.numpy() for n, t in zip(names, tensors)})
     if int8_weights:
-        _store_int8(graph, _with_tied_names(model, int8_weights))
+        store_int8(graph, with_tied_names(model, int8_weights))
     onnx.save(graph, str(path))
     return trained
 
@@ -224,7 +224,7 @@ def _base_name(graph_name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def _with_tied_names(model: PeftModel, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]
+def with_tied_names(model: PeftModel, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]
                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The int8 weights also under the names of parameters tied to them: a causal LM's
     graph names its tied embeddings after `lm_head`, the package after `embed_tokens`."""
@@ -239,7 +239,7 @@ def _with_tied_names(model: PeftModel, int8_weights: Mapping[str, tuple[np.ndarr
     return weights
 
 
-def _store_int8(graph: onnx.ModelProto, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def store_int8(graph: onnx.ModelProto, int8_weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
     initializers = graph.graph.initializer
     nodes = []
     for index in reversed(range(len(initializers))):

@@ -10,7 +10,8 @@ from typing import Any
 from fedpeft.core.adapters.state import set_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import Base
-from fedpeft.core.training.class_means import COUNTS, SUMS, class_statistics, head_from_means, head_names, with_head
+from fedpeft.core.training.class_means import class_statistics, head_from_means, head_names, with_head
+from fedpeft.core.training.class_sums import COUNTS, SUMS
 from fedpeft.core.training.data import client_data, num_partitions, pooled
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.loop import evaluate, train

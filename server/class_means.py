@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedpeft.core.training.class_means import COUNTS, SUMS
+from fedpeft.core.training.class_sums import COUNTS, SUMS
 from fedpeft.core.wire.delta_codec import DeltaEncoding
 from fedpeft.core.wire.envelope import DeltaBinding
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedpeft.core.adapters.state import Arrays, compute_delta, get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.adapters.delta import compute_delta
+from fedpeft.core.adapters.state import Arrays, get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.base.model import Base
 from fedpeft.core.training.data import DataSpec, TextSplit, client_data, num_partitions, pooled

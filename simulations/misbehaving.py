@@ -217,8 +217,8 @@ def misbehaving_mod(msg: Message, context: Context, call_next: ClientAppCallable
     if kind_of_message == "train":
         kind = behaviour(plan, partition, int(msg.content.config_records["config"]["server-round"]))
         if kind in attacks_.DATA_ATTACKS:
-            job, session, data = client_app.prepare(msg, context)
-            return client_app.signed_update(msg, context, job, session,
+            job, worker, data = client_app.prepare(msg, context)
+            return client_app.signed_update(msg, context, job, worker,
                                             attacks_.poisoned(kind, data.train, len(job.data.labels)))
     reply = call_next(msg, context)
     if reply.has_error():

@@ -7,7 +7,8 @@ import torch
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import local_update
 from fedpeft.core.adapters.spec import TemplateSpec
-from fedpeft.core.adapters.state import apply_delta, get_adapter_arrays, set_adapter_arrays
+from fedpeft.core.adapters.delta import apply_delta
+from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.adapters.template import create_template
 from fedpeft.core.errors import ConfigError, IntegrityError
 from fedpeft.core.training.data import DataSpec, client_data

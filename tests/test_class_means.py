@@ -15,7 +15,8 @@ from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.adapters.state import set_adapter_arrays
 from fedpeft.core.adapters.template import create_template
 from fedpeft.core.training import synthetic_data
-from fedpeft.core.training.class_means import COUNTS, SUMS, class_statistics, head_from_means, head_names, with_head
+from fedpeft.core.training.class_means import class_statistics, head_from_means, head_names, with_head
+from fedpeft.core.training.class_sums import COUNTS, SUMS
 from fedpeft.core.training.data import client_data
 from fedpeft.core.base.model import load_base
 from fedpeft.core.base.package import BasePackage

@@ -179,10 +179,10 @@ def test_personal_accuracy_beats_the_release_on_the_devices_own_test_rows(setup)
     trainer = DeviceTrainer(setup["export"], setup["key"].public_key())
     rows = client_data(DATA, 2)
     settings = TrainSettings(epochs=8, batch_size=8, learning_rate=1e-2, max_length=32)
-    before = trainer.accuracy(setup["arrays"], rows.test, 32)
+    before = trainer.evaluate(setup["arrays"], rows.test, settings).accuracy
     plain = [trainer.train(setup["arrays"], rows.train, settings, dropout=False)[0] for _ in range(2)]
     trained = plain[0]
-    after = trainer.accuracy(trained, rows.test, 32)
+    after = trainer.evaluate(trained, rows.test, settings).accuracy
     assert after >= before + 0.2, (before, after)
     dropped = [trainer.train(setup["arrays"], rows.train, replace(settings, seed=0))[0] for _ in range(2)]
     again = dropped[1]

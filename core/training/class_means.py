@@ -22,11 +22,11 @@ import torch
 from fedpeft.core.base.tasks import Task
 from fedpeft.core.errors import ConfigError
 
+from .class_sums import ClassSums
 from .data import TextSplit, batches
 from .loop import on_device
 from .settings import TrainSettings
 
-SUMS, COUNTS = "class-sums", "class-counts"  # the tensors a client sends, sums [classes, features], counts [classes]
 MARGIN = 4.0  # nats between two classes' logits at a class mean, for the median pair of means (see head_from_means)
 MIN_SEPARATION = 0.01  # means closer than this share of their squared norm count as this far (bounds the scale)
 
@@ -51,8 +51,7 @@ def class_statistics(model: torch.nn.Module, task: Task, tokenizer, split: TextS
                      num_classes: int) -> dict[str, np.ndarray]:
     """Per-class sums of the features the head sees, and per-class row counts, over `split`."""
     head = head_module(model, task)
-    sums = np.zeros((num_classes, head.in_features), np.float64)
-    counts = np.zeros(num_classes, np.float64)
+    total = ClassSums(num_classes)
     seen: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs[0].detach()))
     model.eval()
@@ -60,12 +59,10 @@ def class_statistics(model: torch.nn.Module, task: Task, tokenizer, split: TextS
         for texts, labels in batches(split, 64, list(range(len(split)))):
             seen.clear()
             model(**on_device(model, task.batch(tokenizer, texts, labels, settings.max_length)))
-            features = seen[0].float().cpu().numpy().astype(np.float64)
-            np.add.at(sums, labels, features)
-            np.add.at(counts, labels, 1.0)
+            total.add(seen[0].float().cpu().numpy(), labels)
     finally:
         hook.remove()
-    return {SUMS: sums.astype(np.float32), COUNTS: counts.astype(np.float32)}
+    return total.arrays(head.in_features)
 
 
 def head_from_means(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from fedpeft.core.base.tasks import Task
 
 from .data import TextSplit, batches, training_batches
 from .next_word import NextWordScore, score_rows
-from .settings import TrainResult, TrainSettings
+from .settings import EvalResult, TrainResult, TrainSettings
 
 
 def on_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch where the model is (a no-op on the CPU)."""
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
-
-
-@dataclass
-class EvalResult:
-    loss: float              # mean cross-entropy: per example (classifier), per predicted token (causal LM)
-    accuracy: float          # classifier: of labels; causal LM: next-word top-3 (core/training/next_word.py)
-    examples: int            # rows
-    top1: float | None = None  # causal LM: next-word top-1
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.loss, 700.0))  # exp overflows a float past ~709
 
 
 def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, settings: TrainSettings,

@@ -1,9 +1,10 @@
-"""Local training hyper-parameters (`[train]`, sent in every job) and what a training pass reports.
+"""Local training hyper-parameters (`[train]`, sent in every job) and what training and evaluation report.
 
 Torch-free: the device trainer (device/trainer.py) uses both."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 
@@ -29,3 +30,15 @@ class TrainResult:
     loss: float
     steps: int
     examples: int
+
+
+@dataclass
+class EvalResult:
+    loss: float              # mean cross-entropy: per example (classifier), per predicted token (causal LM)
+    accuracy: float          # classifier: of labels; causal LM: next-word top-3 (core/training/next_word.py)
+    examples: int            # rows
+    top1: float | None = None  # causal LM: next-word top-1
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))  # exp overflows a float past ~709
