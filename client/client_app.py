@@ -59,11 +59,13 @@ class Worker:
     template: AdapterTemplate
 
 
-def prepare(msg: Message, context: Context) -> tuple[Job, Worker, ClientData]:
+def prepare(msg: Message, context: Context, scoring: bool = False) -> tuple[Job, Worker, ClientData]:
     """The run's settings, what trains here (loaded once per process), and this node's data.
 
     A simulated device client (`job.device_partitions`) uses the run's training export, no
-    torch; every other client the base loaded with PyTorch.
+    torch; every other client the base loaded with PyTorch. (`scoring`: the work is to
+    score adapters, which a causal LM's training export has no graph for: a simulated LM
+    device scores with PyTorch.)
     """
     job = Job.from_config(msg.content.config_records["config"])
     data = client_data(job.data, _partition(context))
@@ -71,7 +73,8 @@ def prepare(msg: Message, context: Context) -> tuple[Job, Worker, ClientData]:
         from fedpeft.device import client as device_client
 
         trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
-        return job, Worker(trainer, _cache(context).load_template(job.template_id)), data
+        if not (scoring and trainer.inference is None):
+            return job, Worker(trainer, _cache(context).load_template(job.template_id)), data
     from .task import TorchLearner
 
     session = runtime.session(_cache(context), job.base_id, job.template_id, pick_device(job.train.device))
@@ -132,14 +135,14 @@ def class_means(msg: Message, context: Context) -> Message:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    job, worker, data = prepare(msg, context)
+    job, worker, data = prepare(msg, context, scoring=True)
     result = worker.learner.evaluate(_global_adapter(msg, worker.template), data.val, job.train)
     metrics = MetricRecord({"num-examples": result.examples, "eval-loss": result.loss, "eval-acc": result.accuracy})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 def personalize(msg: Message, context: Context) -> Message:
-    job, worker, data = prepare(msg, context)
+    job, worker, data = prepare(msg, context, scoring=True)
     scores = personalization(worker.learner, job, data, _global_adapter(msg, worker.template), worker.template.init,
                              seed=job.train.seed + _partition(context))
     metrics = MetricRecord({"num-examples": len(data.test), **{f"{k}-acc": v.accuracy for k, v in scores.items()}})
