@@ -31,7 +31,7 @@ DATASETS = {"synthetic": ROOT / "simulations" / "default.toml", "debian": ROOT /
 # means the same whatever the shipped defaults are.
 BASE = {"federation.head_init": "class-means", "federation.strategy": "fedavg", "federation.strategy_options": {},
         "personalization.best_epoch": False, "train.epochs": 1, "train.learning_rate": 1e-2, "train.round_decay": 1.0,
-        "adapter.method": "ffa-lora", "adapter.rank": 8, "adapter.alpha": 16}
+        "adapter.method": "ffa-lora", "adapter.rank": 8, "adapter.alpha": 16, "simulation.device_clients": 0.0}
 VARIANTS: dict[str, dict[str, object]] = {
     "template-head": {**BASE, "federation.head_init": "none"},  # the defaults before round zero
     "class-means-head": BASE,
@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "class-means+decay-0.7": {**BASE, "train.round_decay": 0.7},
     "class-means+lr-2e-2": {**BASE, "train.learning_rate": 2e-2},
     "class-means+rank-16": {**BASE, "adapter.rank": 16, "adapter.alpha": 32},
+    # every client a device: ONNX Runtime and numpy train, score and personalize, no PyTorch
+    "class-means+devices": {**BASE, "simulation.device_clients": 1.0},
 }
 
 

@@ -1,5 +1,10 @@
 """fedpeft ClientApp: installs the base once, then trains and evaluates adapters.
 
+A PyTorch node trains the quantized base's adapter with PyTorch. A device node (node
+config `kind = "device"`, the light install: no torch, transformers or peft) receives the
+run's signed training export instead of the base and answers every message with ONNX
+Runtime and numpy, on its own rows (`data-file`); `fedpeft device join` starts one.
+
 Message types:
 - `query.status`: does this node already hold the run's base and template?
 - `query.install`: verify and cache the template and (if sent) the quantized base.
@@ -24,25 +29,44 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedpeft.core.adapters.template import AdapterTemplate
+from fedpeft.core.errors import ConfigError
 from fedpeft.core.privacy import noise_share
 from fedpeft.core.training.accelerator import pick_device
-from fedpeft.core.training.data import ClientData, TextSplit, client_data
+from fedpeft.core.training.data import ClientData, TextSplit, client_data, own_data
 from fedpeft.core.training.job import Job
 from fedpeft.core.training.personalization import Learner, local_update, personalization
 from fedpeft.core.trust.hashing import tensors_id
 from fedpeft.core.wire.envelope import DeltaClaim, delta_content
-from fedpeft.core.wire.install import package_from_content, template_from_content
+from fedpeft.core.wire.install import export_from_content, package_from_content, template_from_content
 from fedpeft.core.wire.records import from_record
 
 from . import identity, runtime
 
 
 def _partition(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    return int(context.node_config.get("partition-id", 0))  # a device node that joined alone has none
 
 
 def _cache(context: Context):
     return runtime.node_cache(dict(context.node_config), context.node_id)
+
+
+def _device_node(context: Context) -> bool:
+    return context.node_config.get("kind") == "device"
+
+
+def _exports(context: Context):
+    from fedpeft.device.export_cache import ExportCache
+
+    return ExportCache(_cache(context).root)
+
+
+def _device_data(job: Job, context: Context) -> ClientData:
+    """A device node's own rows: the node config's `data-file` (cut as core/training/data.py `own_data` says)."""
+    path = context.node_config.get("data-file")
+    if not path:
+        raise ConfigError("a device node needs data-file (its own rows) in its node config")
+    return own_data(Path(str(path)), job.data, str(context.node_config.get("data-name") or Path(str(path)).stem))
 
 
 def _global_adapter(msg: Message, template: AdapterTemplate) -> dict[str, np.ndarray]:
@@ -62,12 +86,21 @@ class Worker:
 def prepare(msg: Message, context: Context, scoring: bool = False) -> tuple[Job, Worker, ClientData]:
     """The run's settings, what trains here (loaded once per process), and this node's data.
 
-    A simulated device client (`job.device_partitions`) uses the run's training export, no
-    torch; every other client the base loaded with PyTorch. (`scoring`: the work is to
-    score adapters, which a causal LM's training export has no graph for: a simulated LM
-    device scores with PyTorch.)
+    A device node uses its cached training export and its own rows; a simulated device
+    client (`job.device_partitions`) the run's training export: no torch. Every other
+    client the base loaded with PyTorch. (`scoring`: the work is to score adapters, which a
+    causal LM's training export has no graph for: a simulated LM device scores with
+    PyTorch, a device node refuses.)
     """
     job = Job.from_config(msg.content.config_records["config"])
+    if _device_node(context):
+        from fedpeft.device import client as device_client
+
+        trainer = device_client.trainer(_exports(context).path(job.base_id, job.template_id),
+                                        identity.operator_key(dict(context.node_config)))
+        if scoring and trainer.inference is None:
+            raise ConfigError("this device node's export has no graph to score adapters with (a language model)")
+        return job, Worker(trainer, _cache(context).load_template(job.template_id)), _device_data(job, context)
     data = client_data(job.data, _partition(context))
     if _partition(context) in job.device_partitions:
         from fedpeft.device import client as device_client
@@ -82,23 +115,34 @@ def prepare(msg: Message, context: Context, scoring: bool = False) -> tuple[Job,
 
 
 def status(msg: Message, context: Context) -> Message:
+    """What the node holds: the base (a device node: the training export) and the template."""
     config = msg.content.config_records["config"]
+    base_id, template_id = str(config["base-id"]), str(config["template-id"])
     cache = _cache(context)
+    device = _device_node(context)
     reply = ConfigRecord({
-        "has-base": cache.has(str(config["base-id"])),
-        "has-template": cache.has_template(str(config["template-id"])),
+        "has-base": _exports(context).has(base_id, template_id) if device else cache.has(base_id),
+        "has-template": cache.has_template(template_id),
+        "device": device,
     })
     return Message(RecordDict({"status": reply}), reply_to=msg)
 
 
 def install(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
+    base_id, template_id = str(config["base-id"]), str(config["template-id"])
     cache = _cache(context)
-    if "base" in msg.content.array_records:
-        cache.put(package_from_content(msg.content), str(config["base-id"]))
-    if not cache.has(str(config["base-id"])):
-        raise ValueError(f"base {str(config['base-id'])[:12]} was neither sent nor cached")
-    cache.put_template(template_from_content(msg.content), str(config["template-id"]))
+    if _device_node(context):
+        exports = _exports(context)
+        if "export" in msg.content.config_records or not exports.has(base_id, template_id):
+            exports.put(export_from_content(msg.content), base_id, template_id,
+                        identity.operator_key(dict(context.node_config)))
+    else:
+        if "base" in msg.content.array_records:
+            cache.put(package_from_content(msg.content), base_id)
+        if not cache.has(base_id):
+            raise ValueError(f"base {base_id[:12]} was neither sent nor cached")
+    cache.put_template(template_from_content(msg.content), template_id)
     return Message(RecordDict({"status": ConfigRecord({"installed": True})}), reply_to=msg)
 
 

@@ -1,7 +1,8 @@
 """The node's signing key: which Ed25519 key signs this node's deltas.
 
 A deployed node names its key file in its node config (`key-file=...`); simulated nodes
-find theirs as `client-<partition-id>.key` in the folder that FEDPEFT_KEYS_DIR names.
+find theirs as `client-<partition-id>.key` in the folder that FEDPEFT_KEYS_DIR names. A
+device node also names the operator's public key it checks its training export with.
 An encrypted key's passphrase comes from FEDPEFT_KEY_PASSPHRASE.
 """
 
@@ -37,12 +38,19 @@ def signing_key(node_config: dict, partition: int) -> Ed25519PrivateKey:
     return _load(key_path(node_config, partition))
 
 
+def operator_key(node_config: dict | None = None) -> Ed25519PublicKey:
+    """The operator key that signed what the node runs (a device's training export): the
+    node config's `operator-key` file (a deployed device node), else FEDPEFT_OPERATOR_PUB."""
+    configured = (node_config or {}).get("operator-key") or os.environ.get(OPERATOR_KEY_ENV)
+    if not configured:
+        raise ConfigError(f"this node has no operator key to check exports with: set operator-key in its node "
+                          f"config (or {OPERATOR_KEY_ENV})")
+    return _public(Path(str(configured)))
+
+
 @lru_cache(maxsize=None)
-def operator_key() -> Ed25519PublicKey:
-    """The operator key that signed what the node runs (a device's training export)."""
-    if not os.environ.get(OPERATOR_KEY_ENV):
-        raise ConfigError(f"this node has no operator key to check exports with: set {OPERATOR_KEY_ENV}")
-    return load_public_key(Path(os.environ[OPERATOR_KEY_ENV]))
+def _public(path: Path) -> Ed25519PublicKey:
+    return load_public_key(path)
 
 
 @lru_cache(maxsize=None)

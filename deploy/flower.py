@@ -12,9 +12,8 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,7 +23,8 @@ from fedpeft.core.errors import FedPeftError
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.tls import CA_CERT, SERVER_CERT, SERVER_KEY
 
-BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr: installed beside this Python
+from .supernode import BIN
+
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -33,9 +33,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of Flower's processes: its SuperExec finds flwr-serverapp/flwr-clientapp on PATH."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home),
+def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None, bin_dir: Path = BIN) -> dict[str, str]:
+    """Environment of Flower's processes: its SuperExec finds flwr-serverapp/flwr-clientapp on
+    PATH (`bin_dir`'s: a device node's are its light environment's)."""
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home),
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
@@ -141,21 +142,6 @@ class SuperLinkSettings:
                 "--ssl-certfile", str(self.tls / SERVER_CERT), "--ssl-keyfile", str(self.tls / SERVER_KEY),
                 "--enable-supernode-auth", "--database", str(self.database),
                 "--disable-runtime-dependency-installation", "--host", self.host, "--port", str(self.port)]
-
-
-@dataclass(frozen=True)
-class SuperNodeSettings:
-    superlink: str          # HOST:PORT
-    ca: Path                # the CA certificate that signed the SuperLink's
-    auth_key: Path          # node_auth.new_node_auth_key, registered with the SuperLink
-    port: int               # this SuperNode's own (local) API for its ClientApp processes
-    node_config: dict[str, str | int] = field(default_factory=dict)  # partition-id, key-file, cache-dir
-
-    def command(self) -> list[str]:
-        config = " ".join(f"{k}={json.dumps(v)}" for k, v in self.node_config.items())
-        return [str(BIN / "flower-supernode"), "--superlink", self.superlink, "--root-certificates", str(self.ca),
-                "--auth-supernode-private-key", str(self.auth_key), "--node-config", config,
-                "--port", str(self.port)]
 
 
 class FlowerCli:

@@ -5,6 +5,10 @@ restart finds it again: a private CA and the SuperLink's TLS certificate, per Su
 an authentication key (registered with the SuperLink) and an Ed25519 key that signs its
 deltas (enrolled in the run's keyring), its data partition and its own base cache. The
 SuperLink keeps its state in a database file, so SuperNodes and runs survive its restart.
+
+Device nodes (`device_nodes`) start with `fedpeft device join` from a light environment
+(`device_env`: a venv with fedpeft --no-deps, device/requirements.txt and flwr; no torch),
+each with its partition's rows written to its own data file, as a phone holds its own.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedpeft.core.training.data import client_data, load_rows
 
 from fedpeft.core.config import FederationConfig
 from fedpeft.core.errors import FedPeftError
@@ -26,13 +32,13 @@ from .flower import (
     FlowerCli,
     FlowerProcess,
     SuperLinkSettings,
-    SuperNodeSettings,
     flower_environment,
     free_port,
     kill_flower_tree,
 )
 from .node_auth import new_node_auth_key
 from .submit import submit_and_wait
+from .supernode import BIN, SuperNodeSettings
 
 HOST = "127.0.0.1"
 ACTIVATED = "SuperNode ID:"                           # flower-supernode's line once the SuperLink let it in
@@ -45,6 +51,11 @@ class NodeFiles:
 
     partition: int
     folder: Path
+    device: bool = False  # a device node: `fedpeft device join`, ONNX Runtime, its own data file
+
+    @property
+    def data_file(self) -> Path:
+        return self.folder / "rows.jsonl"
 
     @property
     def auth_key(self) -> Path:
@@ -62,11 +73,19 @@ class NodeFiles:
 class LocalDeployment:
     """Start, kill -9 and restart the SuperLink and each SuperNode; `run_local` is the whole job."""
 
-    def __init__(self, work: Path, nodes: int) -> None:
-        if nodes < 2:
-            raise FedPeftError(f"a federation needs at least 2 SuperNodes, got {nodes}")
+    def __init__(self, work: Path, nodes: int, device_nodes: int = 0, device_env: Path | None = None) -> None:
+        if nodes + device_nodes < 2:
+            raise FedPeftError(f"a federation needs at least 2 SuperNodes, got {nodes + device_nodes}")
+        self.device_bin = Path(device_env).resolve() / "bin" if device_env else BIN
+        missing = [n for n in ("fedpeft", "flower-supernode", "flwr-clientapp") if not (self.device_bin / n).is_file()]
+        if device_nodes and missing:
+            raise FedPeftError(f"{self.device_bin} holds no {', '.join(missing)}: --device-env must be a virtual "
+                               f"environment with the device install and flwr (docs: deploy a device node)")
         self.work = Path(work).resolve()
-        self.nodes = [NodeFiles(i, self.work / "nodes" / f"node-{i}") for i in range(nodes)]
+        self.nodes = [NodeFiles(i, self.work / "nodes" / f"node-{i}", device=i >= nodes)
+                      for i in range(nodes + device_nodes)]
+        self.operator_public_key: Path | None = None
+        self.data_names: dict[int, str] = {}
         self.tls = self.work / "tls"
         self.keyring = self.work / "keyring.json"
         self.port = free_port(HOST)  # kept for restarts, so SuperNodes find the SuperLink again
@@ -94,7 +113,13 @@ class LocalDeployment:
             if keyring.get(key_id(public)) is None:
                 keyring.enroll(f"client-{node.partition}", public)
         keyring.save()
-        return config.with_overrides(**{"security.keyring": str(self.keyring), "data.clients": len(self.nodes)})
+        config = config.with_overrides(**{"security.keyring": str(self.keyring), "data.clients": len(self.nodes)})
+        self.operator_public_key = public_key_path(Path(config.security.operator_key)).resolve()
+        spec = config.data_spec(load_rows(config.data_spec())[1])
+        for node in self.nodes:
+            if node.device:
+                self.data_names[node.partition] = _write_rows(node.data_file, spec, node.partition)
+        return config
 
     def start_superlink(self) -> None:
         settings = SuperLinkSettings(self.port, self.tls, self.work / "superlink.db", HOST)
@@ -115,13 +140,22 @@ class LocalDeployment:
 
     def _launch_supernode(self, partition: int) -> None:
         node = self.nodes[partition]
-        settings = SuperNodeSettings(self.address, self.tls / CA_CERT, node.auth_key, self.node_ports[partition], {
-            "partition-id": partition, "num-partitions": len(self.nodes),
-            "key-file": str(node.signing_key), "cache-dir": str(node.folder / "cache"),
-        })
         log = self.work / "logs" / f"supernode-{partition}.log"
-        self.supernodes[partition] = FlowerProcess(f"supernode {partition}", settings.command(), log,
-                                                   flower_environment(self.cli.home)).start()
+        if node.device:
+            command = [str(self.device_bin / "fedpeft"), "device", "join", "--superlink", self.address,
+                       "--ca-cert", str(self.tls / CA_CERT), "--auth-key", str(node.auth_key),
+                       "--key", str(node.signing_key), "--operator-key", str(self.operator_public_key),
+                       "--data", str(node.data_file), "--name", self.data_names[partition],
+                       "--state", str(node.folder), "--seed-offset", str(partition),
+                       "--port", str(self.node_ports[partition])]
+            env = flower_environment(self.cli.home, bin_dir=self.device_bin)
+        else:
+            command = SuperNodeSettings(self.address, self.tls / CA_CERT, node.auth_key, self.node_ports[partition], {
+                "partition-id": partition, "num-partitions": len(self.nodes),
+                "key-file": str(node.signing_key), "cache-dir": str(node.folder / "cache"),
+            }).command()
+            env = flower_environment(self.cli.home)
+        self.supernodes[partition] = FlowerProcess(f"supernode {partition}", command, log, env).start()
         self._record_pids()
 
     def start_supernodes(self, partitions: list[int], timeout: float = 240) -> None:
@@ -196,14 +230,30 @@ class LocalDeployment:
         self.pid_file.unlink()
 
 
-def run_local(config: FederationConfig, nodes: int, timeout: float) -> dict:
+def _write_rows(path: Path, spec, partition: int) -> str:
+    """A device node's own rows: its partition's train/val/test rows with their split named,
+    so it cuts them as a PyTorch node cuts the same partition; returns the partition's name."""
+    data = client_data(spec, partition)
+    lines = []
+    for split, rows in (("train", data.train), ("val", data.val), ("test", data.test)):
+        for text, label in zip(rows.texts, rows.labels, strict=True):
+            row = {"text": text, "split": split, **({"label": spec.labels[label]} if spec.labels else {})}
+            lines.append(json.dumps(row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
+    return data.client
+
+
+def run_local(config: FederationConfig, nodes: int, timeout: float, device_nodes: int = 0,
+              device_env: Path | None = None) -> dict:
     """The whole job: start everything, run the federation (resuming a killed one), stop."""
-    deployment = LocalDeployment(Path(config.run.out) / "deployment", nodes)
+    deployment = LocalDeployment(Path(config.run.out) / "deployment", nodes, device_nodes, device_env)
     config = deployment.prepare(config)
     try:
         deployment.start()
-        print(f"[fedpeft] SuperLink {deployment.address} (TLS, SuperNode authentication), {nodes} SuperNodes "
-              f"online; logs in {deployment.work / 'logs'}", flush=True)
+        devices = f" ({device_nodes} device nodes, no torch)" if device_nodes else ""
+        print(f"[fedpeft] SuperLink {deployment.address} (TLS, SuperNode authentication), {nodes + device_nodes} "
+              f"SuperNodes{devices} online; logs in {deployment.work / 'logs'}", flush=True)
         return submit_and_wait(deployment.cli, config, deployment.work, timeout, deployment.check_alive)
     finally:
         deployment.stop()

@@ -48,7 +48,7 @@ from .run_log import RunLog
 from .strategy import StrategyHooks, StrategySettings, build_strategy, global_problem
 from .verify import DeltaVerifier, VerifyPolicy, as_rejection, checked_reports, content_bytes
 
-DEVICE_EXPORT = "device-export"  # the run folder's training export for simulated device clients
+DEVICE_EXPORT = "device-export"  # the run folder's training export for device clients and nodes
 INSTALL_BATCH = 8  # install messages sent at once (they share one copy of the base)
 
 
@@ -90,10 +90,12 @@ class RunSetup:
 
 @dataclass
 class Roster:
-    """The nodes that hold the run's base and template, and how many needed the base sent."""
+    """The nodes that hold the run's base and template, and how many needed the base (or export) sent."""
 
     ready: set[int] = field(default_factory=set)
     base_sent_to: int = 0
+    export_sent_to: int = 0  # device nodes sent the training export
+    devices: set[int] = field(default_factory=set)  # nodes that said they are device nodes (no torch)
     bad_replies: dict[str, int] = field(default_factory=dict)  # "phase: reason" -> count, outside the rounds
     signers: dict[int, str] = field(default_factory=dict)  # node -> the enrolled key it signed deltas with
 
@@ -141,25 +143,32 @@ def _with_device_clients(job: Job, config: FederationConfig, package: BasePackag
                          folder: Path, operator_key: Ed25519PrivateKey) -> Job:
     """Pick the simulated clients that train as devices and give them a signed training
     export of the template (kept in the run folder; a resumed run reuses it)."""
-    from fedpeft.device.predict import open_export
-    from fedpeft.export.exporter import export_training
-
-    spec = job.data
-    nodes = num_partitions(spec)
+    nodes = num_partitions(job.data)
     chosen = sorted(random.Random(config.run.seed).sample(range(nodes), round(config.simulation.device_clients * nodes)))
-    try:
-        manifest = open_export(folder, operator_key.public_key())
-        reusable = (manifest["base_id"], manifest["template_id"]) == (package.base_id, template.template_id)
-    except (FedPeftError, KeyError):
-        reusable = False
-    if not reusable:
-        print("[fedpeft] device clients: exporting the training graph (ONNX, int8 base)", flush=True)
-        manifest = export_training(package, template, folder, operator_key, client_data(spec, 0).train,
-                                   job.train.max_length)
+    manifest = training_export(package, template, folder, operator_key, job)
     print(f"[fedpeft] {len(chosen)} of {nodes} clients train as devices (ONNX Runtime, numpy {job.train.optimizer}): "
           f"{chosen}; training graph gradients within {manifest['parity']['gradient_max_abs']:.1g} of PyTorch",
           flush=True)
     return replace(job, device_partitions=tuple(chosen), device_export=str(folder.resolve()))
+
+
+def training_export(package: BasePackage, template: AdapterTemplate, folder: Path, operator_key: Ed25519PrivateKey,
+                    job: Job) -> dict[str, Any]:
+    """The manifest of the run's signed training export for devices (training graph, and for a
+    classifier the evaluation graph) in `folder`: the one there if it was made for this base
+    and template, else a new one, its gradients checked on the first client's rows."""
+    from fedpeft.device.predict import open_export
+    from fedpeft.export.exporter import export_training
+
+    try:
+        manifest = open_export(folder, operator_key.public_key())
+        if (manifest["base_id"], manifest["template_id"]) == (package.base_id, template.template_id):
+            return manifest
+    except (FedPeftError, KeyError):
+        pass
+    print("[fedpeft] device clients: exporting the training graph (ONNX, int8 base)", flush=True)
+    return export_training(package, template, folder, operator_key, client_data(job.data, 0).train,
+                           job.train.max_length)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -190,42 +199,50 @@ def ask(grid: Grid, nodes: list[int], message_type: str, content_for, timeout: f
 
 
 def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) -> None:
-    """Send the template to every node and the base to nodes that lack it in their cache.
+    """Send the template to every node, the base to PyTorch nodes that lack it in their
+    cache, and the run's signed training export (made on first need) to device nodes that
+    lack it.
 
-    The install content is built once and shared by every message, so the server holds
-    one copy of the base however many nodes need it. The first node lacking the base gets
-    it alone; the rest go out INSTALL_BATCH nodes at a time, each batch asked again first,
-    because nodes that share a cache (simulated nodes on one machine) already hold what an
-    earlier batch got: a simulation sends the base once, not once per node.
+    The install content is built once per kind and shared by every message, so the server
+    holds one copy of the base however many nodes need it. The first node lacking the base
+    gets it alone; the rest go out INSTALL_BATCH nodes at a time, each batch asked again
+    first, because nodes that share a cache (simulated nodes on one machine) already hold
+    what an earlier batch got: a simulation sends the base once, not once per node.
     """
     job, timeout = setup.job, setup.config.federation.round_timeout
     ids = ConfigRecord({"base-id": job.base_id, "template-id": job.template_id})
 
-    def lacking(asked: list[int]) -> dict[int, bool]:
-        """Asked nodes that lack the base or the template -> whether they lack the base."""
-        needs: dict[int, tuple[bool, bool]] = {}  # node -> (has base, has template)
+    def lacking(asked: list[int]) -> dict[int, str]:
+        """Asked nodes that lack the base (or export) or the template -> what they are sent
+        besides the template: "base", "export" or ""."""
+        needs = {}
         for reply in ask(grid, asked, "query.status", lambda _: RecordDict({"config": ids}), timeout):
             try:
                 needs[reply.metadata.src_node_id] = status_reply(reply.content)
             except BadReply as bad:
                 roster.drop("status", reply.metadata.src_node_id, bad)
-        roster.ready |= {n for n, (has_base, has_template) in needs.items() if has_base and has_template}
-        return {n: not has_base for n, (has_base, has_template) in sorted(needs.items()) if not (has_base and has_template)}
+        roster.devices |= {n for n, status in needs.items() if status.device}
+        roster.ready |= {n for n, status in needs.items() if status.has_base and status.has_template}
+        return {n: "" if status.has_base else "export" if status.device else "base"
+                for n, status in sorted(needs.items()) if not (status.has_base and status.has_template)}
 
-    built: dict[bool, RecordDict] = {}  # with the base or without: one of each, shared by the messages
+    built: dict[str, RecordDict] = {}  # per kind, shared by the messages
 
     def content(node: int) -> RecordDict:
-        with_base = batch[node]
-        if with_base not in built:
-            built[with_base] = install_content(setup.template, setup.package if with_base else None)
-            built[with_base]["config"] = ids
-        return built[with_base]
+        kind = batch[node]
+        if kind not in built:
+            export = setup.out / DEVICE_EXPORT if kind == "export" else None
+            if export is not None:
+                training_export(setup.package, setup.template, export, setup.operator_key, job)
+            built[kind] = install_content(setup.template, setup.package if kind == "base" else None, export)
+            built[kind]["config"] = ids
+        return built[kind]
 
     first = lacking(nodes)
-    waiting = sorted(first, key=lambda n: not first[n])  # nodes lacking the base first
+    waiting = sorted(first, key=lambda n: first[n] != "base")  # nodes lacking the base first
     start = 0
     while start < len(waiting):
-        size = 1 if not start and sum(first.values()) > 1 else INSTALL_BATCH
+        size = 1 if not start and sum(kind == "base" for kind in first.values()) > 1 else INSTALL_BATCH
         chunk = waiting[start:start + size]
         batch = {n: first[n] for n in chunk} if not start else lacking(chunk)
         for reply in ask(grid, list(batch), "query.install", content, timeout):
@@ -234,7 +251,8 @@ def distribute(grid: Grid, nodes: list[int], setup: RunSetup, roster: Roster) ->
                 roster.ready.add(reply.metadata.src_node_id)
             except BadReply as bad:
                 roster.drop("install", reply.metadata.src_node_id, bad)
-        roster.base_sent_to += sum(batch.values())
+        roster.base_sent_to += sum(kind == "base" for kind in batch.values())
+        roster.export_sent_to += sum(kind == "export" for kind in batch.values())
         start += size
 
 
@@ -497,6 +515,8 @@ def summarize(setup: RunSetup, final: Arrays, clients: list[dict[str, Any]], mis
         "base_download_bytes": package.download_bytes,
         "device_clients": [f"client-{p}" for p in setup.job.device_partitions],  # trained with ONNX Runtime
         "base_sent_to": roster.base_sent_to,  # nodes this server process sent the base to (the rest had it cached)
+        "device_nodes": len(roster.devices),  # deployed nodes without torch (the light install)
+        "export_sent_to": roster.export_sent_to,  # device nodes this process sent the training export to
         "trainable_params": int(sum(template.init[n].size for n in template.trainable_names)),
         "total_params": int(sum(p.numel() for p in setup.base.model.parameters())),
     }
@@ -520,7 +540,9 @@ def run_federation(grid: Grid, config: FederationConfig, labels: tuple[str, ...]
     roster = Roster()
     nodes = wait_for_nodes(grid, config.federation.min_clients, config.federation.round_timeout)
     distribute(grid, nodes, setup, roster)
-    print(f"[fedpeft] base sent to {roster.base_sent_to} of {len(nodes)} nodes", flush=True)
+    print(f"[fedpeft] base sent to {roster.base_sent_to} of {len(nodes)} nodes"
+          + (f"; {len(roster.devices)} device nodes (no torch), training export sent to {roster.export_sent_to}"
+             if roster.devices else ""), flush=True)
     setup = head_round(grid, setup, roster)
     final, run_log = federate(grid, setup, roster)
     clients, missing = personalize(grid, setup, final, roster)

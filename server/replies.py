@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flwr.app import RecordDict
 
@@ -80,13 +81,23 @@ def personalize_reply(content: RecordDict, arms: tuple[str, ...], max_examples: 
     return examples, {key.removesuffix("-acc").replace("-", "_"): value for key, value in values.items()}
 
 
-def status_reply(content: RecordDict) -> tuple[bool, bool]:
-    """(has base, has template) of a `query.status` reply."""
+@dataclass(frozen=True)
+class NodeStatus:
+    """A `query.status` reply: whether the node holds the run's base (a device node: its
+    training export) and template, and whether it is a device node (ONNX Runtime, no torch)."""
+
+    has_base: bool
+    has_template: bool
+    device: bool = False
+
+
+def status_reply(content: RecordDict) -> NodeStatus:
     status = content.config_records.get("status")
     values = (status.get("has-base"), status.get("has-template")) if status is not None else (None, None)
-    if not all(isinstance(v, bool) for v in values):
-        raise BadReply("malformed", "a status reply needs booleans has-base and has-template")
-    return values
+    device = status.get("device", False) if status is not None else False
+    if not all(isinstance(v, bool) for v in (*values, device)):
+        raise BadReply("malformed", "a status reply needs booleans has-base and has-template (and device, if sent)")
+    return NodeStatus(*values, device)
 
 
 def install_reply(content: RecordDict) -> None:

@@ -196,3 +196,21 @@ def registry_trusting(folder: Path, key) -> Iterator[tuple[str, Path]]:
         yield registry.address, folder / "tls" / "ca.crt"
     finally:
         registry.stop()
+
+
+def torch_free_environment(folder: Path) -> Path:
+    """A device node's environment for tests: a bin/ of `fedpeft`, `flower-supernode` and
+    `flwr-clientapp` that run this environment's programs with torch, transformers and peft
+    unimportable (tests/torch_blocker). What runs from it proves it needs no PyTorch; the
+    slow test in test_device_install.py builds the real light install."""
+    import sys
+
+    bin_dir = Path(folder) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    blocker = Path(__file__).parent / "torch_blocker"
+    for program in ("fedpeft", "flower-supernode", "flwr-clientapp"):
+        script = bin_dir / program
+        script.write_text(f"#!/bin/sh\nexport FEDPEFT_TEST_BLOCK_TORCH=all PYTHONPATH='{blocker}'\n"
+                          f"exec '{Path(sys.executable).parent / program}' \"$@\"\n")
+        script.chmod(0o755)
+    return Path(folder)

@@ -1,6 +1,7 @@
 """The federation on Flower's Deployment Engine: real SuperLink and SuperNode processes on
-127.0.0.1 with TLS and SuperNode authentication, a SuperNode killed mid-round and brought
-back, and the server killed with kill -9 after round 2 and restarted (resume).
+127.0.0.1 with TLS and SuperNode authentication, a mixed fleet (PyTorch nodes and device
+nodes that cannot import torch), a device node killed mid-round and brought back, and the
+server killed with kill -9 after round 2 and restarted (resume).
 
 One deployment serves all tests of this module (each ClientApp message starts a Python
 process with torch, so a deployed round takes tens of seconds on two cores).
@@ -15,17 +16,21 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import torch_free_environment
 
 from fedpeft.core.config import load_config
 from fedpeft.core.trust.keys import load_public_key, new_key_pair
 from fedpeft.core.trust.release import verify_release
-from fedpeft.deploy.flower import FlowerProcess, SuperNodeSettings, flower_environment
+from fedpeft.deploy.flower import FlowerProcess, flower_environment
 from fedpeft.deploy.local import LocalDeployment
+from fedpeft.deploy.supernode import SuperNodeSettings
 from fedpeft.deploy.node_auth import new_node_auth_key
 from fedpeft.deploy.submit import wait_for_run, write_run_files
 from fedpeft.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
-NODES, ROUNDS, DROPPED = 3, 3, 2
+TORCH_NODES, DEVICE_NODES, ROUNDS = 2, 2, 3
+NODES = TORCH_NODES + DEVICE_NODES
+DROPPED = NODES - 1  # a device node
 
 
 def _wait(condition, timeout: float, what: str, deployment: LocalDeployment) -> None:
@@ -64,7 +69,8 @@ def deployed(tiny_bert_dir, tmp_path_factory):
         "model.path": str(tiny_bert_dir), "federation.rounds": ROUNDS, "federation.round_timeout": 90.0,
         "run.out": str(out), "security.operator_key": str(root / "operator.key"),
     })
-    deployment = LocalDeployment(out / "deployment", NODES)
+    deployment = LocalDeployment(out / "deployment", TORCH_NODES, DEVICE_NODES,
+                                 torch_free_environment(root / "device-env"))
     config = deployment.prepare(config)
     facts: dict = {"root": root, "out": out, "deployment": deployment}
     try:
@@ -124,6 +130,9 @@ def test_runs_to_completion_with_tls_node_auth_and_signed_deltas(deployed):
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert all(r["accepted"] >= 2 and not r["rejected"] for r in rows)  # every delta verified against the keyring
     summary = deployed["summary"]
+    # the device nodes (torch unimportable there) trained, scored and personalized too
+    assert summary["device_nodes"] == DEVICE_NODES and summary["clients_reported"] == NODES
+    assert summary["head_init"]["clients"] == NODES
     release = verify_release(deployed["out"] / "adapter", load_public_key(deployed["root"] / "operator.pub"))
     assert release.version == ROUNDS
     assert summary["clients"] == NODES
@@ -146,8 +155,9 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_round_and_rejoins(deploy
     rows = deployed["rows"]
     assert rows[0]["accepted"] == NODES - 1  # round 1 went on without the killed node
     assert any(r["accepted"] == NODES for r in rows[1:])  # the node came back and trained again
-    cache = deployed["deployment"].nodes[DROPPED].folder / "cache" / "bases"
-    assert len(list(cache.iterdir())) == 1  # its base, received once, survived its restart
+    cache = deployed["deployment"].nodes[DROPPED].folder / "cache"
+    assert [p.name for p in cache.iterdir() if p.name == "bases"] == []  # a device node never gets the base
+    assert len(list((cache / "exports").iterdir())) == 1  # its training export, received once, survived its restart
 
 
 @pytest.mark.deploy
@@ -160,6 +170,7 @@ def test_killed_server_resumes_from_last_completed_round_with_same_adapter(deplo
     assert rows[2]["start_adapter"] == killed_at.adapter_id  # round 3 trained from the checkpointed adapter
     assert [json.dumps(r) for r in rows[:2]] == deployed["rows_before_kill"]
     assert summary["base_sent_to"] == 0  # every SuperNode still had the base cached by its hash
+    assert summary["export_sent_to"] == 0  # and every device node its verified training export
     assert deployed["first_run"] != deployed["second_run"]
     final = load_checkpoint(deployed["out"] / CHECKPOINT_FILE)
     assert final.round == ROUNDS and final.run_id == killed_at.run_id

@@ -120,6 +120,7 @@ def test_one_inflated_example_count_no_longer_buys_the_average():
 @pytest.mark.parametrize("content,reason", [
     (RecordDict({}), "malformed"),                                                      # no status record
     (RecordDict({"status": ConfigRecord({"has-base": "yes", "has-template": True})}), "malformed"),
+    (RecordDict({"status": ConfigRecord({"has-base": True, "has-template": True, "device": 1})}), "malformed"),
 ])
 def test_a_status_reply_without_its_record_is_a_bad_reply(content, reason):
     with pytest.raises(BadReply) as caught:
@@ -145,7 +146,7 @@ def test_fuzzed_tensors_under_an_honest_signature_are_accepted_or_named(stype, d
 
 @given(metrics=st.dictionaries(st.sampled_from(["num-examples", "eval-loss", "eval-acc", "x", "eval-acc "]),
                                st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True)), max_size=5),
-       config=st.dictionaries(st.sampled_from(["has-base", "has-template", "installed", "name"]),
+       config=st.dictionaries(st.sampled_from(["has-base", "has-template", "device", "installed", "name"]),
                               st.one_of(st.booleans(), st.text(max_size=200), st.integers()), max_size=4))
 def test_fuzzed_replies_are_parsed_or_refused_by_name(metrics, config):
     content = RecordDict({"metrics": MetricRecord(metrics), "status": ConfigRecord(config),

@@ -26,6 +26,7 @@ from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from . import synthetic_data, synthetic_next_word
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+SPLITS = ("train", "val", "test")  # a device node's own rows may name theirs (own_data)
 MIN_CLIENT_EXAMPLES = 5
 MAX_DATA_BYTES = 2 * 1024**3  # a data file is read whole: refuse one larger than this before reading
 MAX_ROW_BYTES = 1024 * 1024   # one JSONL row; a CSV field is held to the csv module's limit (128 KiB)
@@ -127,7 +128,7 @@ def read_rows(path: str | Path, columns: tuple[str, ...] = ("text", "label")) ->
         for column in columns:
             if row.get(column) in (None, ""):
                 raise DataError(f"{path}: row {number} has no {column!r} column value")
-    return [{k: str(v) for k, v in row.items() if k in ("text", "label", "client_id")} for row in rows]
+    return [{k: str(v) for k, v in row.items() if k in ("text", "label", "client_id", "split")} for row in rows]
 
 
 def _read_text(path: Path) -> str:
@@ -242,15 +243,42 @@ def client_data(spec: DataSpec, partition_id: int) -> ClientData:
     """Train/validation/test splits of one client, deterministic for the spec's seed."""
     rows, labels = load_rows(spec)
     name, indices = _partition_indices(spec, partition_id)
+    return _client_splits(rows, labels, name, _seeded_cut(indices, name, spec.seed))
+
+
+def own_data(path: str | Path, spec: DataSpec, name: str) -> ClientData:
+    """A device node's own rows (its data file, never the server's): rows that name their
+    `split` (train, val or test, on every row) keep it; otherwise the seeded 60/20/20 cut
+    every client makes of its partition. Labels are the job's (`spec.labels`)."""
+    rows = read_rows(path, ("text",) if spec.task == "causal-lm" else ("text", "label"))
+    named = [row.get("split") for row in rows]
+    if any(named):
+        wrong = sorted({str(v) for v in named if v not in SPLITS})
+        if wrong:
+            raise DataError(f"{path}: split must be one of {list(SPLITS)} on every row, found {wrong[:3]}")
+        cuts = tuple([i for i, split in enumerate(named) if split == want] for want in SPLITS)
+    else:
+        cuts = _seeded_cut(list(range(len(rows))), name, spec.seed)
+    if spec.task != "causal-lm":
+        label_names(rows, spec.labels)  # an unknown label: refused by name
+    return _client_splits(rows, spec.labels, name, cuts)
+
+
+def _seeded_cut(indices: list[int], name: str, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """A client's rows cut 60/20/20 into train/validation/test after a shuffle seeded by its name."""
     if len(indices) < MIN_CLIENT_EXAMPLES:
         raise DataError(
             f"client {name!r} has {len(indices)} examples; at least {MIN_CLIENT_EXAMPLES} are needed "
             "for its train/validation/test split"
         )
-    random.Random(f"{spec.seed}/{name}").shuffle(indices)
+    indices = list(indices)
+    random.Random(f"{seed}/{name}").shuffle(indices)
     n_train = int(len(indices) * SPLIT_FRACTIONS[0])
     n_val = max(1, int(len(indices) * SPLIT_FRACTIONS[1]))
-    cuts = (indices[:n_train], indices[n_train:n_train + n_val], indices[n_train + n_val:])
+    return indices[:n_train], indices[n_train:n_train + n_val], indices[n_train + n_val:]
+
+
+def _client_splits(rows, labels, name: str, cuts) -> ClientData:
     label_index = {label: i for i, label in enumerate(labels)}
     splits = [  # a causal LM's rows have no label: 0 stands in
         TextSplit([rows[i]["text"] for i in part], [label_index.get(rows[i].get("label"), 0) for i in part])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedpeft.core.config import Range
 from fedpeft.core.errors import ConfigError
 
 from .common import NODES, RUN_TIMEOUT, address, command, group
@@ -18,6 +19,10 @@ def add_commands(commands) -> None:
     run_arguments(local)
     local.add_argument("--nodes", type=NODES, default=2, help="SuperNodes, one data partition each (at least 2; "
                                                                   "default 2)")
+    local.add_argument("--device-nodes", type=Range(int, 0, 256), default=0,
+                       help="device nodes besides --nodes: fedpeft device join, ONNX Runtime and numpy, no torch")
+    local.add_argument("--device-env", help="virtual environment the device nodes run from (the device install and "
+                                            "flwr; default this one)")
     local.add_argument("--timeout", type=RUN_TIMEOUT, default=7200, help="seconds the whole run may take")
     local.set_defaults(run=_deploy_local)
     submit = command(deploy, "run", "submit the federation to a running SuperLink (on its machine) and wait",
@@ -40,7 +45,8 @@ def _deploy_local(args: argparse.Namespace) -> None:
 
     config = run_config(args)
     ensure_operator_key(Path(config.security.operator_key))
-    print_summary(run_local(config, args.nodes, args.timeout), config.run.out)
+    device_env = Path(args.device_env) if args.device_env else None
+    print_summary(run_local(config, args.nodes, args.timeout, args.device_nodes, device_env), config.run.out)
 
 
 def _deploy_run(args: argparse.Namespace) -> None:

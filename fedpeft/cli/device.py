@@ -1,5 +1,6 @@
 """`fedpeft device`: one device's adapter slot: pull releases from the registry, roll back,
-personalize on the device's own rows (ONNX Runtime, no torch)."""
+personalize on the device's own rows (ONNX Runtime, no torch); and `device join`: the
+device as a node of a live federation."""
 
 from __future__ import annotations
 
@@ -7,9 +8,20 @@ import argparse
 from pathlib import Path
 
 from fedpeft.core.choices import OPTIMIZERS
-from fedpeft.core.config import EPOCHS, RANGES, SEED
+from fedpeft.core.config import EPOCHS, RANGES, SEED, Range
 
-from .common import THREADS, channel, command, device_slot, group, registry_arguments, registry_client, slot_arguments
+from .common import (
+    PORT,
+    THREADS,
+    address,
+    channel,
+    command,
+    device_slot,
+    group,
+    registry_arguments,
+    registry_client,
+    slot_arguments,
+)
 
 
 def add_commands(commands) -> None:
@@ -45,6 +57,25 @@ def add_commands(commands) -> None:
     train.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime threads (0: its choice)")
     train.add_argument("--channel", type=channel, default="stable", help=argparse.SUPPRESS)
     train.set_defaults(run=_device_train)
+    join = command(device, "join", "join a federation as a device node: train, score and personalize with ONNX "
+                                   "Runtime and numpy, no torch (runs Flower's flower-supernode)",
+                   "fedpeft device join --superlink SERVER:9092 --ca-cert tls/ca.crt --auth-key node/auth.key "
+                   "--key node/client.key --operator-key keys/operator.pub --data my-rows.csv --state device")
+    join.add_argument("--superlink", type=address, required=True, help="HOST:PORT of the SuperLink")
+    join.add_argument("--ca-cert", required=True, help="CA certificate that signed the SuperLink's")
+    join.add_argument("--auth-key", required=True, help="SuperNode authentication key, registered with the SuperLink "
+                                                        "(fedpeft deploy node-key)")
+    join.add_argument("--key", required=True, help="Ed25519 key that signs this device's deltas (enrolled in the "
+                                                   "run's keyring)")
+    join.add_argument("--operator-key", required=True, help="operator public key the training export must be signed with")
+    join.add_argument("--data", required=True, help="CSV or JSONL with text and label columns, an optional split "
+                                                    "column (train, val, test); never leaves the device")
+    join.add_argument("--state", required=True, help="folder that keeps the verified training export and template")
+    join.add_argument("--name", help="name of these rows (seeds their train/val/test cut; default the file's stem)")
+    join.add_argument("--seed-offset", type=Range(int, 0, 1_000_000), default=0,
+                      help="this node's place in the federation's seeds (as a partition id; default 0)")
+    join.add_argument("--port", type=PORT, default=9094, help="the SuperNode's local port for its ClientApp")
+    join.set_defaults(run=_device_join)
 
 
 def _train_defaults():
@@ -85,3 +116,27 @@ def _device_train(args: argparse.Namespace) -> None:
     print(f"personal adapter from v{record.version}: mean training loss {record.loss:.4f}; kept in "
           f"{device.folder / PERSONAL_DIR} (used by fedpeft predict --state; nothing was sent)")
 
+
+
+def _device_join(args: argparse.Namespace) -> None:
+    """Exec Flower's flower-supernode with this device's node config (`kind = "device"`): the
+    process becomes the node, so a supervisor's signals reach Flower directly."""
+    import os
+
+    from fedpeft.core.errors import ConfigError
+    from fedpeft.deploy.supernode import BIN, SuperNodeSettings
+
+    for flag, path in (("--ca-cert", args.ca_cert), ("--auth-key", args.auth_key), ("--key", args.key),
+                       ("--operator-key", args.operator_key), ("--data", args.data)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+    node_config = {"kind": "device", "cache-dir": str(Path(args.state).resolve() / "cache"),
+                   "key-file": str(Path(args.key).resolve()), "operator-key": str(Path(args.operator_key).resolve()),
+                   "data-file": str(Path(args.data).resolve()), "data-name": args.name or Path(args.data).stem,
+                   "partition-id": args.seed_offset}
+    settings = SuperNodeSettings(args.superlink, Path(args.ca_cert).resolve(), Path(args.auth_key).resolve(),
+                                 args.port, node_config)
+    argv = settings.command()
+    print(f"[fedpeft] device node: {argv[0]} --superlink {args.superlink} (state {args.state})", flush=True)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # its flwr-clientapp: this install's
+    os.execve(argv[0], argv, env)
