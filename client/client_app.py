@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from fedpeft.core.adapters.rank import limits
 from fedpeft.core.adapters.template import AdapterTemplate
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.privacy import noise_share
@@ -93,25 +94,34 @@ def prepare(msg: Message, context: Context, scoring: bool = False) -> tuple[Job,
     PyTorch, a device node refuses.)
     """
     job = Job.from_config(msg.content.config_records["config"])
+    cache, partition = _cache(context), _partition(context)
+    learner: Learner | None = None
     if _device_node(context):
         from fedpeft.device import client as device_client
 
-        trainer = device_client.trainer(_exports(context).path(job.base_id, job.template_id),
+        learner = device_client.trainer(_exports(context).path(job.base_id, job.template_id),
                                         identity.operator_key(dict(context.node_config)))
-        if scoring and trainer.inference is None:
+        if scoring and learner.inference is None:
             raise ConfigError("this device node's export has no graph to score adapters with (a language model)")
-        return job, Worker(trainer, _cache(context).load_template(job.template_id)), _device_data(job, context)
-    data = client_data(job.data, _partition(context))
-    if _partition(context) in job.device_partitions:
-        from fedpeft.device import client as device_client
+        data = _device_data(job, context)
+    else:
+        data = client_data(job.data, partition)
+        if partition in job.device_partitions:
+            from fedpeft.device import client as device_client
 
-        trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
-        if not (scoring and trainer.inference is None):
-            return job, Worker(trainer, _cache(context).load_template(job.template_id)), data
-    from .task import TorchLearner
+            trainer = device_client.trainer(Path(job.device_export), identity.operator_key())
+            learner = None if scoring and trainer.inference is None else trainer
+    if learner is None:
+        from .task import TorchLearner
 
-    session = runtime.session(_cache(context), job.base_id, job.template_id, pick_device(job.train.device))
-    return job, Worker(TorchLearner(session), session.template), data
+        session = runtime.session(cache, job.base_id, job.template_id, pick_device(job.train.device))
+        worker = Worker(TorchLearner(session), session.template)
+    else:
+        worker = Worker(learner, cache.load_template(job.template_id))
+    # a client that cannot afford the template's LoRA rank trains at its own (0: the template's)
+    rank = job.rank_for(partition, int(context.node_config.get("max-rank", 0)))
+    job = replace(job, train=replace(job.train, rank=rank if limits(rank, worker.template.init) else 0))
+    return job, worker, data
 
 
 def status(msg: Message, context: Context) -> Message:
@@ -163,7 +173,10 @@ def signed_update(msg: Message, context: Context, job: Job, worker: Worker, spli
     if job.dp_clip:  # distributed DP: this client's share of the noise, added before it signs
         delta = noise_share(delta, job.dp_clip, job.dp_noise_std, np.random.default_rng())
     binding = job.binding.for_round(server_round, tensors_id(global_arrays))
-    claim = DeltaClaim(binding, result.examples, {"train-loss": result.loss, "steps": result.steps})
+    metrics = {"train-loss": result.loss, "steps": result.steps}
+    if job.train.rank:  # trained below the template's rank: the server averages its columns accordingly
+        metrics["rank"] = job.train.rank
+    claim = DeltaClaim(binding, result.examples, metrics)
     key = identity.signing_key(dict(context.node_config), _partition(context))
     return Message(delta_content(key, claim, delta, job.encoding), reply_to=msg)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedpeft.core.adapters.rank import truncated
 from fedpeft.core.adapters.state import get_adapter_arrays, set_adapter_arrays
 from fedpeft.core.training import personalization
 from fedpeft.core.training.class_means import class_statistics
@@ -29,12 +30,12 @@ class TorchLearner:
 
     def train(self, arrays: Arrays, split: TextSplit, settings: TrainSettings) -> tuple[Arrays, TrainResult]:
         session = self.session
-        set_adapter_arrays(session.model, arrays)
+        set_adapter_arrays(session.model, truncated(arrays, settings.rank))
         result = train(session.model, session.base.task, session.base.tokenizer, split, settings)
         return get_adapter_arrays(session.model), result
 
     def evaluate(self, arrays: Arrays, split: TextSplit, settings: TrainSettings) -> EvalResult:
-        set_adapter_arrays(self.session.model, arrays)
+        set_adapter_arrays(self.session.model, truncated(arrays, settings.rank))
         return evaluate(self.session.model, self.session.base.task, self.session.base.tokenizer, split, settings)
 
     def class_sums(self, arrays: Arrays, split: TextSplit, settings: TrainSettings) -> Arrays:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -121,6 +122,7 @@ RANGES: dict[str, Range] = {
     "train.seed": SEED,
     "train.weight_decay": Range(float, 0, 1),
     "train.round_decay": Range(float, 0, 1, low_open=True),
+    "train.rank": Range(int, 0, 65_536),
     "personalization.epochs": Range(int, 0, 1000),
     "personalization.local_only_epochs": Range(int, 0, 1000),
     "personalization.clients": Range(int, 0, 100_000),
@@ -180,6 +182,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train.max_length": "tokenizer truncation: tokens per row",
     "train.optimizer": "adamw or sgd; the device trainer runs the same update in numpy",
     "train.weight_decay": "AdamW's weight decay (PyTorch's default)",
+    "train.rank": "LoRA rank every client trains at, below adapter.rank (devices that cannot afford the template's); 0: adapter.rank",
     "train.round_decay": "round r trains at learning_rate x round_decay^(r-1) (the centralized reference decays the same way); 1: constant",
     "train.device": "where PyTorch clients train: auto (a GPU when PyTorch sees one), cpu or cuda",
     "personalization.epochs": "epochs each client fine-tunes the global adapter on its own rows for the end-of-run report",
@@ -200,6 +203,7 @@ DESCRIPTIONS: dict[str, str] = {
     "simulation.attacks": "the attack kinds, rotating when several; empty: sign-flip",
     "simulation.attack_from_round": "the round the attackers begin (they behave until then)",
     "simulation.device_clients": "share of simulated clients that train as devices (ONNX Runtime training graph, numpy optimizer)",
+    "simulation.rank_mix": "devices of different sizes: LoRA rank -> share of simulated clients, e.g. `{ 2 = 0.5, 8 = 0.5 }`; {}: all at adapter.rank",
     "simulation.clients_per_gpu": "simulated clients training at once on one GPU (train.device cuda)",
     "privacy.mode": "client-level DP: off, central (the server clips and adds the noise) or distributed (each client does)",
     "privacy.clip": "L2 norm each accepted delta is clipped to",
@@ -293,6 +297,7 @@ class SimulationSection:
     attacks: list[str] = field(default_factory=list)  # kinds (simulations/attacks.py); empty: sign-flip
     attack_from_round: int = 1             # attackers behave until this round
     device_clients: float = 0.0            # share of simulated clients that train as devices (ONNX Runtime)
+    rank_mix: dict[str, Any] = field(default_factory=dict)  # LoRA rank -> share of simulated clients; {}: all adapter.rank
     clients_per_gpu: int = 4               # simulated clients training at once on one GPU (train.device cuda)
 
 
@@ -376,9 +381,43 @@ class FederationConfig:
                               f"({self.simulation.misbehaving}) must leave honest clients: their sum must be below 1")
         for kind in self.simulation.attacks:
             check_choice("simulation.attacks entry", kind, ATTACKS)
+        self._check_ranks()
         if self.model.task == "causal-lm" and "label-flip" in self.simulation.attacks:
             raise ConfigError("simulation.attacks: 'label-flip' flips class labels, and a causal LM "
                               "(model.task causal-lm) has none: use 'backdoor' or a model-poisoning attack")
+
+    def _check_ranks(self) -> None:
+        """train.rank and simulation.rank_mix: LoRA ranks up to adapter.rank, shares adding up
+        to 1, and the plain average that aggregates them column by column."""
+        mix = self.simulation.rank_mix
+        ranks = [self.train.rank] if self.train.rank else []
+        for key, share in mix.items():
+            if not str(key).isdigit() or isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0:
+                raise ConfigError(f"simulation.rank_mix must map LoRA ranks to positive shares, got {key!r} = {share!r}")
+            ranks.append(int(key))
+        if mix and abs(sum(mix.values()) - 1) > 1e-6:
+            raise ConfigError(f"simulation.rank_mix shares add up to {sum(mix.values()):g}, not 1")
+        if not ranks:
+            return
+        if self.adapter.method not in ("lora", "ffa-lora"):
+            raise ConfigError(f"train.rank and simulation.rank_mix apply to LoRA adapters, not {self.adapter.method}")
+        if not all(1 <= rank <= self.adapter.rank for rank in ranks):
+            raise ConfigError(f"LoRA ranks {sorted(ranks)} must lie in 1..adapter.rank ({self.adapter.rank})")
+        if mix and (self.federation.strategy != "fedavg" or self.privacy.mode != "off"):
+            raise ConfigError("simulation.rank_mix averages each LoRA column over the clients that trained it: it "
+                              "needs federation.strategy fedavg and privacy.mode off")
+
+    def rank_of_partitions(self, partitions: int) -> tuple[int, ...]:
+        """Each simulated partition's LoRA rank drawn from simulation.rank_mix (seeded by
+        run.seed; shares rounded, the remainder to the largest); () without a mix."""
+        mix = sorted(((int(rank), share) for rank, share in self.simulation.rank_mix.items()), reverse=True)
+        if not mix:
+            return ()
+        counts = [int(share * partitions) for _, share in mix]
+        counts[max(range(len(mix)), key=lambda i: mix[i][1])] += partitions - sum(counts)
+        drawn = [rank for (rank, _), count in zip(mix, counts) for _ in range(count)]
+        random.Random(f"{self.run.seed}/ranks").shuffle(drawn)
+        return tuple(rank if rank < self.adapter.rank else 0 for rank in drawn)
 
     def with_overrides(self, **overrides: Any) -> FederationConfig:
         """Apply CLI overrides given as `section.key=value` pairs (None means not given)."""

@@ -16,6 +16,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedpeft.core import allocator
+from fedpeft.core.adapters.rank import truncated, zero_outside
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.data import TextSplit, batches, training_batches
 from fedpeft.core.training.class_sums import ClassSums
@@ -125,7 +126,7 @@ class DeviceTrainer:
         """Train a copy of `arrays` (every adapter tensor; the method's frozen ones stay as
         they are) for `settings.epochs` passes, with dropout as PyTorch's train mode
         unless `dropout=False`."""
-        params = {k: np.array(v, np.float32) for k, v in arrays.items()}
+        params = {k: np.array(v, np.float32) for k, v in truncated(arrays, settings.rank).items()}
         if self.causal_lm:
             split = self._with_next_tokens(split)
         optimizer = optimizer_for(settings)
@@ -135,6 +136,7 @@ class DeviceTrainer:
             if not np.isfinite(loss):  # refused before anything is stored: the adapter the device has stays
                 raise ConfigError(f"training diverged (loss {loss}) at step {steps + 1}; try a lower learning rate")
             optimizer.step(params, gradients)
+            zero_outside(params, settings.rank)  # a client below the template's rank (core/adapters/rank.py)
             total += loss
             steps += 1
         return params, TrainResult(loss=total / max(steps, 1), steps=steps, examples=len(split))
@@ -162,7 +164,7 @@ class DeviceTrainer:
             raise ConfigError("scoring a language model's adapter on the device is not built: its export has no "
                               "next-word graph")
         loss_sum, correct = 0.0, 0
-        for logits, _, labels in self._forward(arrays, split, settings.max_length):
+        for logits, _, labels in self._forward(truncated(arrays, settings.rank), split, settings.max_length):
             shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
             loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum())

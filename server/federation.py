@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections import Counter
 import time
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
@@ -128,6 +129,11 @@ def prepare(config: FederationConfig, labels: tuple[str, ...], out: Path, resume
     operator_key = load_operator_key(Path(sec.operator_key))
     if config.simulation.device_clients > 0:
         job = _with_device_clients(job, config, package, template, out / DEVICE_EXPORT, operator_key)
+    if config.simulation.rank_mix:
+        job = replace(job, client_ranks=config.rank_of_partitions(num_partitions(job.data)))
+        drawn = Counter(rank or config.adapter.rank for rank in job.client_ranks)
+        print("[fedpeft] devices of different sizes: " + ", ".join(f"{n} clients at LoRA rank {r}" for r, n in
+              sorted(drawn.items())) + " (each column averaged over the clients that trained it)", flush=True)
     setup = RunSetup(config, list(labels), out, package, base, template, job, _enrolled_keys(sec.keyring),
                      operator_key, checkpoint)
     print(f"[fedpeft] base {package.base_id[:12]} ({config.model.quantization}, "

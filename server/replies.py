@@ -33,12 +33,17 @@ class BadReply(Exception):
         self.reason, self.detail = reason, detail
 
 
-def checked_metrics(metrics: Mapping, schema: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-    """Exactly the schema's keys, each a finite number in its range."""
-    if set(metrics) != set(schema):
-        raise BadReply("bad-metrics", f"keys {sorted(map(str, metrics))[:6]}, expected {sorted(schema)}")
+def checked_metrics(metrics: Mapping, schema: Mapping[str, tuple[float, float]],
+                    optional: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Exactly the schema's keys and any of the `optional` ones, each a finite number in its range."""
+    optional = optional or {}
+    if not set(schema) <= set(metrics) <= set(schema) | set(optional):
+        raise BadReply("bad-metrics", f"keys {sorted(map(str, metrics))[:6]}, expected {sorted(schema)}"
+                       + (f" and any of {sorted(optional)}" if optional else ""))
     clean = {}
-    for key, (low, high) in schema.items():
+    for key, (low, high) in {**schema, **optional}.items():
+        if key not in metrics:
+            continue
         value = metrics[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not low <= value <= high:

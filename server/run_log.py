@@ -49,6 +49,9 @@ class RunLog:
             "epsilon": traffic.epsilon,  # the run's so far (privacy on), else None
             "distrusted": traffic.distrusted,  # fltrust: accepted deltas given no weight, else None
             "distrusted_clients": traffic.distrusted_clients,  # fltrust: whose, else None
+            # mean bytes of an accepted reply per LoRA rank its client trained at ("full": the template's)
+            "bytes_up_by_rank": {str(rank or "full"): round(sum(sizes) / len(sizes))
+                                 for rank, sizes in sorted(traffic.bytes_up_by_rank.items())},
         }
 
     def evaluate_done(self, server_round: int, metrics: MetricRecord | None, rejected: dict[str, int]) -> None:

@@ -27,6 +27,7 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fedpeft.core.adapters.rank import trained_positions
 from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.config import PrivacySection
@@ -95,6 +96,7 @@ class RoundTraffic:
     distrusted: int | None = None  # fltrust: accepted deltas given no weight (pointing away from the root's)
     distrusted_clients: list[str] | None = None  # fltrust: who they came from (enrolled names)
     refused_global: str | None = None  # why the aggregate was not taken as the new global (global_problem)
+    bytes_up_by_rank: dict[int, list[int]] = field(default_factory=dict)  # LoRA rank (0: full) -> accepted replies' sizes
 
     def reject(self, client: str, rejection: RejectedDelta) -> None:
         self.rejected[rejection.reason] = self.rejected.get(rejection.reason, 0) + 1
@@ -162,7 +164,8 @@ class DeltaStrategyMixin:
         self.global_arrays = from_record(arrays)
         self.traffic = RoundTraffic(start_adapter=tensors_id(self.global_arrays))
         binding = self.binding.for_round(server_round, self.traffic.start_adapter)
-        self.expectation = RoundExpectation(binding, self.tensors, self.settings.encoding)
+        self.expectation = RoundExpectation(binding, self.tensors, self.settings.encoding,
+                                            optional_metrics=self.rank_metric())
         down = self.trained_only(arrays)
         messages = list(super().configure_train(server_round, down, config, grid))
         if self.ledger is not None and self.ledger.settings.mode == "distributed":
@@ -184,6 +187,19 @@ class DeltaStrategyMixin:
         self.expectation = RoundExpectation(binding, self.tensors, self.settings.encoding,
                                             max_norm=noisy_norm_bound(dp.clip, std, self.expectation.layout.count))
         return messages
+
+    @property
+    def full_rank(self) -> int:
+        """The template's LoRA rank (0: no LoRA tensors)."""
+        return max((shape[1] for name, (_, shape) in self.tensors.items() if ".lora_B." in name and len(shape) == 2),
+                   default=0)
+
+    def rank_metric(self) -> dict[str, tuple[float, float]]:
+        """A delta may say it was trained below the template's LoRA rank (core/adapters/rank.py)
+        where the round is a plain weighted average, which can average column by column; any
+        other aggregation refuses such a delta (bad-metrics) rather than average its zeros in."""
+        plain = self.streams_mean and self.ledger is None and self.root_update is None
+        return {"rank": (1.0, float(self.full_rank - 1))} if plain and self.full_rank > 1 else {}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -213,6 +229,7 @@ class DeltaStrategyMixin:
                 self.traffic.reject(client, rejection)
                 continue
             signers.add(delta.key_id)
+            self.traffic.bytes_up_by_rank.setdefault(int(delta.metrics.get("rank", 0)), []).append(size)
             self.signers[msg.metadata.src_node_id] = delta.client
             self.traffic.max_norm = max(self.traffic.max_norm, delta.norm)
             self.traffic.accepted += 1
@@ -288,7 +305,8 @@ class DeltaStrategyMixin:
         metric_sums: dict[str, float] = {}  # example-weighted, as Flower's FedAvg weights metrics
         for _, delta, count in accepted:
             for key, value in delta.metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + count * value
+                if key != "rank":  # a client's own size, not a quantity to average (bytes_up_by_rank counts it)
+                    metric_sums[key] = metric_sums.get(key, 0.0) + count * value
         metrics = MetricRecord({**{k: float(v / total) for k, v in metric_sums.items()}, "num-examples": total})
         if self.ledger is not None and self.ledger.settings.mode == "distributed":  # clipped and noised on the devices
             step = plain_mean([d.flat for _, d, _ in accepted], self.traffic.asked)
@@ -300,6 +318,8 @@ class DeltaStrategyMixin:
             step, trusts = trust_mean([d.flat for _, d, _ in accepted], root)
             self.traffic.distrusted = sum(t == 0 for t in trusts)
             self.traffic.distrusted_clients = [d.client for (_, d, _), t in zip(accepted, trusts) if t == 0]
+        elif any("rank" in delta.metrics for _, delta, _ in accepted):
+            step = self._column_mean(accepted)
         else:
             sums = np.zeros(layout.count, np.float64)  # float64 sums: no drift over many deltas
             scaled = np.empty(layout.count, np.float64)
@@ -307,6 +327,25 @@ class DeltaStrategyMixin:
                 sums += np.multiply(delta.flat, count, out=scaled, dtype=np.float64)
             step = sums / total
         return layout.split(layout.flatten(self.global_arrays) + step), metrics  # float64; aggregate_train casts back
+
+    def _column_mean(self, accepted: list[tuple[Message, VerifiedDelta, int]]) -> np.ndarray:
+        """Clients of different LoRA ranks: each position's weighted mean over the clients
+        whose rank trains it (FFA-LoRA's B column j over the clients of rank above j; the
+        head and every other tensor over all). What a client sends outside its rank is
+        ignored, not averaged in."""
+        layout = self.expectation.layout
+        shapes = {name: shape for name, (_, shape) in self.tensors.items()}
+        sums = np.zeros(layout.count, np.float64)
+        weights = np.zeros(layout.count, np.float64)
+        masks: dict[int, np.ndarray] = {}
+        for _, delta, count in accepted:
+            rank = int(delta.metrics.get("rank", 0))
+            if rank not in masks:
+                masks[rank] = (trained_positions(shapes, list(layout.names), rank) if rank
+                               else np.ones(layout.count, bool))
+            sums += np.where(masks[rank], delta.flat.astype(np.float64) * count, 0.0)
+            weights += masks[rank] * float(count)
+        return np.divide(sums, weights, out=np.zeros_like(sums), where=weights > 0)
 
     def _flower_aggregate(self, server_round: int, replies: Iterable[Message]) -> tuple[Arrays | None, MetricRecord | None]:
         """Any other Flower strategy, given `global + delta` over the trained tensors (what

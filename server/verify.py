@@ -74,6 +74,7 @@ class RoundExpectation:
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)
     max_norm: float = 0.0  # this round's bound (distributed DP: clip plus noise); only tightens the policy's
     metrics: Mapping[str, tuple[float, float]] = field(default_factory=lambda: TRAIN_METRICS)  # the header's, exactly
+    optional_metrics: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # ... and any of these ("rank")
 
     @cached_property
     def layout(self) -> DeltaLayout:
@@ -198,7 +199,7 @@ class DeltaVerifier:
         if not 1 <= header.num_examples <= self.policy.max_examples:
             raise RejectedDelta("bad-example-count", f"{header.num_examples}, allowed 1..{self.policy.max_examples}", client)
         try:
-            metrics = checked_metrics(header.metrics, expect.metrics)
+            metrics = checked_metrics(header.metrics, expect.metrics, expect.optional_metrics)
         except BadReply as exc:
             raise RejectedDelta("bad-metrics", exc.detail, client) from exc
         if (header.encoding, header.block_size) != (expect.encoding.kind, expect.encoding.block):

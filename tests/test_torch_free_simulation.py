@@ -1,4 +1,5 @@
-"""`fedpeft simulate --device-clients 1.0`: a fleet in which no client uses PyTorch.
+"""`fedpeft simulate --device-clients 1.0`: a fleet in which no client uses PyTorch (one
+of them below the template's LoRA rank).
 
 The simulation runs with tests/torch_blocker on PYTHONPATH: in Flower's client workers
 (Ray's default_worker.py) torch, transformers and peft raise ImportError; the server's
@@ -22,7 +23,9 @@ CLIENTS, ROUNDS = 3, 2
 
 def _simulate(tiny_bert_dir: Path, out: Path, device_clients: str, *extra: str) -> subprocess.CompletedProcess:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.toml").write_text('[security]\noperator_key = "keys/operator.key"\n')
+    # one of the three devices can afford LoRA rank 2 only (the template's is 8)
+    (out / "run.toml").write_text('[security]\noperator_key = "keys/operator.key"\n'
+                                  '[simulation]\nrank_mix = { 2 = 0.34, 8 = 0.66 }\n')
     cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
            "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--device-clients", device_clients,
            "--out", "result", *extra]
@@ -44,6 +47,8 @@ def test_every_client_works_without_torch_and_every_delta_is_accepted(torch_free
     assert len(summary["device_clients"]) == CLIENTS and f"{CLIENTS} of {CLIENTS} clients train as devices" in stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["accepted"] for r in rows] == [CLIENTS] * ROUNDS and not any(r["rejected"] for r in rows)
+    assert all(set(r["bytes_up_by_rank"]) == {"2", "full"} for r in rows)  # a rank-2 device's delta was accepted
+    assert "1 clients at LoRA rank 2, 2 clients at LoRA rank 8" in stdout
     assert summary["head_init"]["clients"] == CLIENTS  # round zero from the devices' evaluation graph
     assert not summary["head_init"]["refused"] and summary["head_init"]["no_reply"] == 0
     # every device scored the template, the global, personalized and local-only adapters

@@ -34,6 +34,8 @@ class Job:
     # Simulation: partitions that train as devices (ONNX Runtime) with this signed training export.
     device_partitions: tuple[int, ...] = ()
     device_export: str = ""
+    # Simulation: each partition's LoRA rank when below the template's (simulation.rank_mix; 0: full).
+    client_ranks: tuple[int, ...] = ()
     encoding: DeltaEncoding = field(default_factory=DeltaEncoding)  # how deltas travel up
     # privacy.mode distributed: clip the delta to dp_clip and add N(0, dp_noise_std^2) before signing
     # (the server sets the std per round, from the clients it asked: core/privacy.py).
@@ -52,6 +54,7 @@ class Job:
             "run-id": self.run_id,
             "device-partitions": json.dumps(list(self.device_partitions)),
             "device-export": self.device_export,
+            "client-ranks": json.dumps(list(self.client_ranks)),
             "delta-encoding": self.encoding.kind,
             "delta-block": self.encoding.block,
             "dp-clip": self.dp_clip,
@@ -71,11 +74,19 @@ class Job:
             run_id=str(config["run-id"]),
             device_partitions=tuple(int(p) for p in parse_json(str(config["device-partitions"]), "device-partitions")),
             device_export=str(config["device-export"]),
+            client_ranks=_ranks(str(config["client-ranks"])),
             encoding=DeltaEncoding(str(config["delta-encoding"]),
                                    _checked(config, "delta-block", RANGES["federation.delta_block"])),
             dp_clip=_checked(config, "dp-clip", DP_VALUE),
             dp_noise_std=_checked(config, "dp-noise-std", DP_VALUE),
         )
+
+    def rank_for(self, partition: int, node_limit: int = 0) -> int:
+        """The LoRA rank a client trains at: the smallest of train.rank, its simulated
+        partition's drawn rank and its node's own limit (`max-rank`); 0: the template's."""
+        drawn = self.client_ranks[partition] if partition < len(self.client_ranks) else 0
+        limits = [r for r in (self.train.rank, drawn, node_limit) if r > 0]
+        return min(limits, default=0)
 
     @property
     def binding(self) -> DeltaBinding:
@@ -93,6 +104,13 @@ def _checked(config: ConfigRecord, key: str, allowed: Range) -> int | float:
     value = config[key]
     allowed.check(f"the job's {key}", value)
     return value
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    values = parse_json(text, "client-ranks")
+    if not isinstance(values, list) or not all(type(v) is int and 0 <= v <= 65_536 for v in values):
+        raise ConfigError("the job's client-ranks must be a list of LoRA ranks")
+    return tuple(values)
 
 
 def _train_settings(text: str) -> TrainSettings:

@@ -16,6 +16,7 @@ import numpy as np
 from .data import ClientData, TextSplit
 from .job import Job
 from fedpeft.core.adapters.delta import compute_delta
+from fedpeft.core.adapters.rank import restored_outside
 
 from .settings import EvalResult, TrainResult, TrainSettings
 
@@ -39,8 +40,10 @@ class Learner(Protocol):
 
 def local_update(learner: Learner, job: Job, split: TextSplit, global_arrays: Arrays,
                  seed: int) -> tuple[Arrays, TrainResult]:
-    """Train from the global adapter on `split`; the delta of the trained tensors, and the pass's report."""
+    """Train from the global adapter on `split`; the delta of the trained tensors, and the pass's
+    report. A client below the template's rank (`job.train.rank`) sends zero where it did not train."""
     after, result = learner.train(global_arrays, split, replace(job.train, seed=seed))
+    after = restored_outside(after, global_arrays, job.train.rank)
     return compute_delta(after, global_arrays, learner.trained), result
 
 

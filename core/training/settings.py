@@ -19,6 +19,7 @@ class TrainSettings:
     weight_decay: float = 0.01  # AdamW's (PyTorch's default)
     device: str = "auto"  # PyTorch clients: auto | cpu | cuda (core/training/accelerator.py)
     round_decay: float = 1.0  # round r trains at learning_rate x round_decay^(r-1); 1: the same every round
+    rank: int = 0  # a client's LoRA rank when below the template's (core/adapters/rank.py); 0: the template's
 
     def for_round(self, server_round: int) -> TrainSettings:
         """The settings a client trains with in `server_round` (1-based): the decayed rate."""
