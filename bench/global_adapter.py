@@ -31,7 +31,8 @@ DATASETS = {"synthetic": ROOT / "simulations" / "default.toml", "debian": ROOT /
 # means the same whatever the shipped defaults are.
 BASE = {"federation.head_init": "class-means", "federation.strategy": "fedavg", "federation.strategy_options": {},
         "personalization.best_epoch": False, "train.epochs": 1, "train.learning_rate": 1e-2, "train.round_decay": 1.0,
-        "adapter.method": "ffa-lora", "adapter.rank": 8, "adapter.alpha": 16, "simulation.device_clients": 0.0}
+        "adapter.method": "ffa-lora", "adapter.rank": 8, "adapter.alpha": 16, "simulation.device_clients": 0.0,
+        "train.rank": 0, "simulation.rank_mix": {}}
 VARIANTS: dict[str, dict[str, object]] = {
     "template-head": {**BASE, "federation.head_init": "none"},  # the defaults before round zero
     "class-means-head": BASE,
@@ -45,6 +46,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "class-means+rank-16": {**BASE, "adapter.rank": 16, "adapter.alpha": 32},
     # every client a device: ONNX Runtime and numpy train, score and personalize, no PyTorch
     "class-means+devices": {**BASE, "simulation.device_clients": 1.0},
+    # devices of different sizes (core/adapters/rank.py): every client at LoRA rank 2 of the rank-8
+    # template, and half at 2, half at 8, each column averaged over the clients that trained it
+    "class-means+all-rank-2": {**BASE, "train.rank": 2},
+    "class-means+ranks-2-and-8": {**BASE, "simulation.rank_mix": {"2": 0.5, "8": 0.5}},
 }
 
 
@@ -72,7 +77,9 @@ def measure(work: Path, variant: str, dataset: str, seed: int) -> dict:
             "centralized": summary["centralized_accuracy"],
             "gap": summary["centralized_accuracy"] - summary["global_accuracy"],
             "seconds": int((work / f"{name}.seconds").read_text()),
-            "bytes_up_round": summary["bytes_up_per_client_round"], "bytes_up_round_zero": head.get("bytes_up_per_client", 0)}
+            "bytes_up_round": summary["bytes_up_per_client_round"], "bytes_up_round_zero": head.get("bytes_up_per_client", 0),
+            "bytes_up_by_rank": {rank: round(sum(r["bytes_up_by_rank"][rank] for r in rows) / len(rows))
+                                 for rank in rows[-1].get("bytes_up_by_rank", {})}}
 
 
 def table(rows: list[dict]) -> str:

@@ -214,3 +214,22 @@ def torch_free_environment(folder: Path) -> Path:
                           f"exec '{Path(sys.executable).parent / program}' \"$@\"\n")
         script.chmod(0o755)
     return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_training_export(tiny_package, tmp_path_factory) -> dict:
+    """A run's training export of the tiny BERT's default template (what device clients and
+    nodes train and score with), the base and template it was made from, and its key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedpeft.core.adapters.spec import TemplateSpec
+    from fedpeft.core.adapters.template import create_template
+    from fedpeft.core.training.data import client_data
+    from fedpeft.export.exporter import export_training
+
+    base = load_base(tiny_package, num_labels=len(synthetic_data.LABELS))
+    template = create_template(base.model, base.task, TemplateSpec(), list(synthetic_data.LABELS))
+    key = Ed25519PrivateKey.generate()
+    folder = tmp_path_factory.mktemp("training-export") / "export"
+    manifest = export_training(tiny_package, template, folder, key, client_data(DATA, 0).train, 32)
+    return {"base": base, "template": template, "key": key, "folder": folder, "manifest": manifest}

@@ -1,6 +1,8 @@
 """The light device install, built for real: pip installs fedpeft without its dependencies
 plus device/requirements.txt into a fresh environment with no torch, then that
-environment pulls a release, personalizes it and predicts. Slow (pip downloads): marked."""
+environment pulls a release, personalizes it and predicts; with flwr added, it holds what
+a device node runs (the ClientApp, `fedpeft device join`) and still no torch. Slow (pip
+downloads): marked."""
 
 from __future__ import annotations
 
@@ -64,3 +66,17 @@ def test_a_device_environment_without_torch_pulls_trains_and_predicts(trained_ex
     assert outputs[2].split("\t")[0] in LABELS
     record = json.loads((tmp_path / "device" / "personal" / "personal.json").read_text())
     assert record["release_id"] == release.release_id and record["examples"] == len(train)
+
+    # a device node: flwr (no simulation extra) beside the light install
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "flwr==1.41.*"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    node = subprocess.run([str(python), "-c", "import sys, fedpeft.client.client_app, fedpeft.device.export_cache, "
+                           "fedpeft.device.trainer; print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray') "
+                           "if m in sys.modules))"], capture_output=True, text=True, timeout=300)
+    assert node.returncode == 0 and node.stdout.strip() == "[]", node.stderr[-3000:]
+    for heavy in ("torch", "transformers", "peft", "ray"):
+        assert subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
+    assert (env / "bin" / "flower-supernode").is_file() and (env / "bin" / "flwr-clientapp").is_file()
+    joined = subprocess.run([str(fedpeft), "device", "join", "--help"], capture_output=True, text=True, timeout=120)
+    assert joined.returncode == 0 and "--superlink" in joined.stdout

@@ -14,8 +14,6 @@ from conftest import DATA
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, RecordDict
 
-from fedpeft.core.adapters.spec import TemplateSpec
-from fedpeft.core.adapters.template import create_template
 from fedpeft.core.errors import DataError, IntegrityError
 from fedpeft.core.training import synthetic_data
 from fedpeft.core.training.data import client_data, own_data
@@ -27,19 +25,12 @@ OTHER_ID = "ab" * 32
 
 
 @pytest.fixture(scope="module")
-def sent(tiny_package, tmp_path_factory):
+def sent(tiny_training_export, tiny_package):
     """A run's training export as the install message carries it, and what it was made for."""
-    from fedpeft.core.base.model import load_base
-    from fedpeft.export.exporter import export_training
-
-    base = load_base(tiny_package, num_labels=len(synthetic_data.LABELS))
-    template = create_template(base.model, base.task, TemplateSpec(), list(synthetic_data.LABELS))
-    key = Ed25519PrivateKey.generate()
-    folder = tmp_path_factory.mktemp("device-node") / "export"
-    export_training(tiny_package, template, folder, key, client_data(DATA, 0).train, 32)
-    content = install_content(template, None, folder)
-    return {"files": export_from_content(content), "base": tiny_package.base_id, "template": template.template_id,
-            "key": key.public_key()}
+    made = tiny_training_export
+    content = install_content(made["template"], None, made["folder"])
+    return {"files": export_from_content(content), "base": tiny_package.base_id,
+            "template": made["template"].template_id, "key": made["key"].public_key()}
 
 
 def test_a_verified_export_is_stored_once_and_found_again(sent, tmp_path):

@@ -7,34 +7,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import DATA
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedpeft.client.runtime import Session
 from fedpeft.client.task import TorchLearner
-from fedpeft.core.adapters.spec import TemplateSpec
-from fedpeft.core.adapters.template import create_template
-from fedpeft.core.training import synthetic_data
 from fedpeft.core.training.class_sums import COUNTS, SUMS
 from fedpeft.core.training.data import client_data
 from fedpeft.core.training.settings import TrainSettings
 from fedpeft.device.trainer import DeviceTrainer
-from fedpeft.export.exporter import EVAL_FILE, TRAINING_FILE, export_training
+from fedpeft.export.exporter import EVAL_FILE, TRAINING_FILE
 
 SETTINGS = TrainSettings(max_length=32)
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_package, tmp_path_factory):
+def pair(tiny_training_export):
     """A PyTorch learner and the device trainer of one training export of the same template."""
-    from fedpeft.core.base.model import load_base
-
-    base = load_base(tiny_package, num_labels=len(synthetic_data.LABELS))
-    template = create_template(base.model, base.task, TemplateSpec(), list(synthetic_data.LABELS))
-    key = Ed25519PrivateKey.generate()
-    folder = tmp_path_factory.mktemp("device-scoring") / "export"
-    manifest = export_training(tiny_package, template, folder, key, client_data(DATA, 0).train, SETTINGS.max_length)
+    made = tiny_training_export
+    base, template = made["base"], made["template"]
     torch_learner = TorchLearner(Session(base, template, template.attach(base.model)))
-    return torch_learner, DeviceTrainer(folder, key.public_key()), template, manifest, folder
+    return (torch_learner, DeviceTrainer(made["folder"], made["key"].public_key()), template, made["manifest"],
+            made["folder"])
 
 
 def _moved(arrays: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:

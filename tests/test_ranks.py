@@ -11,7 +11,6 @@ import pytest
 from conftest import DATA
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedpeft.core.adapters.rank import restored_outside, trained_positions, truncated
 from fedpeft.core.config import load_config
@@ -24,6 +23,7 @@ from fedpeft.core.wire.envelope import DELTA_RECORD, ENVELOPE_RECORD, DeltaBindi
 from fedpeft.core.wire.records import from_record, to_record
 from fedpeft.server.strategy import StrategySettings, build_strategy
 from fedpeft.server.verify import DeltaVerifier, VerifyPolicy
+from test_strategy import _flower_run, _Nodes  # noqa: F401  (_flower_run: the autouse fixture that sets up a Flower run)
 
 A, B, HEAD = "m.lora_A.default.weight", "m.lora_B.default.weight", "classifier.modules_to_save.default.weight"
 RANK = 4
@@ -32,13 +32,6 @@ GLOBAL = {A: np.arange(RANK * 3, dtype=np.float32).reshape(RANK, 3), B: np.ones(
 TRAINED = (B, HEAD)  # FFA-LoRA: A frozen
 BINDING, ROUND = DeltaBinding("run", "b" * 64, "t" * 64), 1
 KEYS = [Ed25519PrivateKey.generate() for _ in range(3)]
-
-
-@pytest.fixture(autouse=True)
-def _flower_run():
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
 
 
 def test_a_lower_rank_runs_the_first_columns_and_leaves_the_rest_where_they_were():
@@ -59,11 +52,6 @@ def _signed(delta: dict[str, np.ndarray], key: Ed25519PrivateKey, rank: int | No
     encoded = EncodedDelta.of(delta, DeltaEncoding())
     content = RecordDict({DELTA_RECORD: encoded.record(), ENVELOPE_RECORD: envelope_record(sign_delta(key, claim, encoded))})
     return Message(content, dst_node_id=0, message_type="train")
-
-
-class _Nodes:
-    def get_node_ids(self):
-        return [1, 2, 3]
 
 
 def _strategy(name: str = "fedavg", **options):
