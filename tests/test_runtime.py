@@ -78,6 +78,6 @@ def test_status_and_install_need_no_torch(tmp_path, tiny_package, tiny_base):
                            tiny_package.base_id, template.template_id], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     replies = json.loads(proc.stdout.splitlines()[-1])
-    assert replies["before"] == {"has-base": False, "has-template": False}
-    assert replies["after"] == {"has-base": True, "has-template": True}
+    assert replies["before"] == {"has-base": False, "has-template": False, "device": False}
+    assert replies["after"] == {"has-base": True, "has-template": True, "device": False}
     assert NodeCache(tmp_path / "node").load(tiny_package.base_id).base_id == tiny_package.base_id
