@@ -11,8 +11,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedpeft.core.adapters.spec import TemplateSpec
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.settings import TrainSettings
@@ -436,6 +434,8 @@ class FederationConfig:
         values = asdict(self)
         for name in SEEDED_SECTIONS:
             del values[name]["seed"]
+        import tomli_w  # here, not at the top: a device's light install reads configs but never writes one
+
         return tomli_w.dumps({name: {k: v for k, v in body.items() if v is not None} for name, body in values.items()})
 
     def data_spec(self, labels: tuple[str, ...] = ()) -> DataSpec:

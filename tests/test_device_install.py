@@ -73,7 +73,7 @@ def test_a_device_environment_without_torch_pulls_trains_and_predicts(trained_ex
     assert proc.returncode == 0, proc.stderr[-3000:]
     node = subprocess.run([str(python), "-c", "import sys, fedpeft.client.client_app, fedpeft.device.export_cache, "
                            "fedpeft.device.trainer; print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray') "
-                           "if m in sys.modules))"], capture_output=True, text=True, timeout=300)
+                           "if m in sys.modules))"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert node.returncode == 0 and node.stdout.strip() == "[]", node.stderr[-3000:]
     for heavy in ("torch", "transformers", "peft", "ray"):
         assert subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True).returncode != 0, heavy
