@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedpeft.core.trust.json_reader import parse_json_object
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("status", "train", "evaluate", "class_means", "personalize")
 
@@ -93,7 +95,7 @@ def child(kind: str, work: Path) -> None:
     from fedpeft.core.wire.records import to_record
 
     imported = time.perf_counter()
-    spec = json.loads((work / "message.json").read_text())
+    spec = parse_json_object((work / "message.json").read_text(), "message.json")
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     job_config = Job.from_config(ConfigRecord(spec["job"])).to_config()
     from safetensors.numpy import load_file
@@ -161,7 +163,7 @@ def main() -> None:
             wall = time.perf_counter() - begin
             if proc.returncode != 0:
                 raise SystemExit(f"{kind} failed: {proc.stderr[-3000:]}")
-            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            report = parse_json_object(proc.stdout.strip().splitlines()[-1], f"the {kind} child's report")
             assert not report["torch"]
             runs.append({**report, "wall_s": wall})
         median = {key: statistics.median(r[key] for r in runs) for key in ("wall_s", "import_s", "work_s", "peak_mb")}
