@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedpeft.core.trust.json_reader import parse_json_object
+
 THREADS = 2
 SHAPES = [(1, 64), (8, 64), (1, 128), (8, 128)]
 LONG_TEXT = ("the match went to extra time and the striker scored a late goal while the fans sang in the rain "
@@ -66,7 +68,7 @@ def torch_stepper(adapter: Path, in_memory_quantization: bool):
     from fedpeft.core.trust.release import Release
 
     torch.set_num_threads(THREADS)
-    release = Release("", json.loads((adapter / "release.json").read_text()))
+    release = Release("", parse_json_object((adapter / "release.json").read_text(), "release.json"))
     config = load_config(None)
     package = BasePackage.from_pretrained(config.model.folder(), get_task("seq-cls"), config.model.quantization)
     base = load_base(package, len(release.labels), in_memory_quantization=in_memory_quantization)
@@ -195,7 +197,8 @@ def main() -> None:
         for kind in ("onnx", "torch-int8", "torch-fp32"):
             proc = subprocess.run([sys.executable, __file__, "--memory", kind, "--export", str(export),
                                    "--adapter", str(adapter), "--key", str(key_path)], capture_output=True, text=True)
-            result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-500:]
+            result = (parse_json_object(proc.stdout.strip().splitlines()[-1], f"the {kind} child's report")
+                      if proc.returncode == 0 else proc.stderr[-500:])
             print(f"  {kind}: {result}")
 
         manifest = trainer.manifest

@@ -27,7 +27,7 @@ from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedpeft.core.adapters.rank import trained_positions
+from fedpeft.core.adapters.rank import full_rank, trained_positions
 from fedpeft.core.adapters.state import Arrays
 from fedpeft.core.choices import STRATEGIES, check_choice
 from fedpeft.core.config import PrivacySection
@@ -188,18 +188,13 @@ class DeltaStrategyMixin:
                                             max_norm=noisy_norm_bound(dp.clip, std, self.expectation.layout.count))
         return messages
 
-    @property
-    def full_rank(self) -> int:
-        """The template's LoRA rank (0: no LoRA tensors)."""
-        return max((shape[1] for name, (_, shape) in self.tensors.items() if ".lora_B." in name and len(shape) == 2),
-                   default=0)
-
     def rank_metric(self) -> dict[str, tuple[float, float]]:
         """A delta may say it was trained below the template's LoRA rank (core/adapters/rank.py)
         where the round is a plain weighted average, which can average column by column; any
         other aggregation refuses such a delta (bad-metrics) rather than average its zeros in."""
         plain = self.streams_mean and self.ledger is None and self.root_update is None
-        return {"rank": (1.0, float(self.full_rank - 1))} if plain and self.full_rank > 1 else {}
+        rank = full_rank({name: shape for name, (_, shape) in self.tensors.items()})
+        return {"rank": (1.0, float(rank - 1))} if plain and rank > 1 else {}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

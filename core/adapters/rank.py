@@ -29,63 +29,71 @@ def _axis(name: str) -> int | None:
     return None
 
 
-def full_rank(arrays: Mapping[str, np.ndarray]) -> int:
-    """The template's rank R (0 for an adapter without LoRA tensors)."""
-    return max((v.shape[1] for n, v in arrays.items() if _axis(n) == 1 and v.ndim == 2), default=0)
+def _outside(name: str, shape: tuple[int, ...], rank: int) -> tuple[slice, ...] | None:
+    """The index of what a rank-`rank` client does not train in this tensor (a LoRA B's
+    columns or A's rows from `rank` on); None where it trains all of it."""
+    axis = _axis(name)
+    if axis is None or len(shape) != 2 or not 0 < rank < shape[axis]:
+        return None
+    return (slice(None), slice(rank, None)) if axis == 1 else (slice(rank, None),)
+
+
+def held_at_zero(name: str, shape: tuple[int, ...], rank: int) -> tuple[slice, ...] | None:
+    """The part of this tensor a rank-`rank` client's forward pass keeps at zero: a LoRA B's
+    columns from `rank` on (their products with A's rows vanish with them); None: nothing."""
+    return _outside(name, shape, rank) if _axis(name) == 1 else None
+
+
+def full_rank(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The template's rank R from its tensors' shapes (0 for an adapter without LoRA tensors)."""
+    return max((shape[1] for name, shape in shapes.items() if _axis(name) == 1 and len(shape) == 2), default=0)
 
 
 def limits(rank: int, arrays: Mapping[str, np.ndarray]) -> bool:
     """Whether training at `rank` leaves part of these LoRA tensors out (0: the full rank)."""
-    return 0 < rank < full_rank(arrays)
+    return 0 < rank < full_rank({name: value.shape for name, value in arrays.items()})
 
 
 def truncated(arrays: Mapping[str, np.ndarray], rank: int) -> Arrays:
-    """`arrays` as a rank-`rank` client runs them: every LoRA B's columns from `rank` on zero
-    (their products with A's rows from `rank` on vanish with them)."""
-    if not limits(rank, arrays):
-        return dict(arrays)
+    """`arrays` as a rank-`rank` client runs them (`held_at_zero` set to zero)."""
     out = dict(arrays)
     for name, value in arrays.items():
-        if _axis(name) == 1:
+        index = held_at_zero(name, value.shape, rank)
+        if index is not None:
             out[name] = np.array(value, copy=True)
-            out[name][:, rank:] = 0
+            out[name][index] = 0
     return out
 
 
 def zero_outside(arrays: Mapping[str, np.ndarray], rank: int) -> None:
-    """In place, after each training step: B's columns from `rank` on back to zero, so the
-    forward pass stays the rank-`rank` adapter (weight decay or a stray gradient cannot grow them)."""
+    """In place, after each training step: `held_at_zero` back to zero, so the forward pass
+    stays the rank-`rank` adapter (weight decay or a stray gradient cannot grow it)."""
     for name, value in arrays.items():
-        if _axis(name) == 1 and 0 < rank < value.shape[1]:
-            value[:, rank:] = 0
+        index = held_at_zero(name, value.shape, rank)
+        if index is not None:
+            value[index] = 0
 
 
 def restored_outside(after: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray], rank: int) -> Arrays:
-    """`after` with every position a rank-`rank` client does not train (B's columns and A's
-    rows from `rank` on) put back to `before`: its delta is zero there."""
-    if not limits(rank, before):
-        return dict(after)
+    """`after` with every position a rank-`rank` client does not train put back to `before`:
+    its delta is zero there."""
     out = dict(after)
-    for name, axis in ((n, _axis(n)) for n in after):
-        if axis is not None and name in before:
-            value = np.array(after[name], copy=True)
-            index = (slice(None), slice(rank, None)) if axis == 1 else (slice(rank, None),)
-            value[index] = before[name][index]
-            out[name] = value
+    for name, value in after.items():
+        index = _outside(name, value.shape, rank) if name in before else None
+        if index is not None:
+            out[name] = np.array(value, copy=True)
+            out[name][index] = before[name][index]
     return out
 
 
 def trained_positions(shapes: Mapping[str, tuple[int, ...]], names: list[str], rank: int) -> np.ndarray:
     """A flat boolean mask over `names` (in order, `shapes` each) of the positions a rank-`rank`
-    client trains: all but LoRA B's columns and A's rows from `rank` on."""
+    client trains: all but `_outside`."""
     parts = []
     for name in names:
         mask = np.ones(shapes[name], bool)
-        axis = _axis(name)
-        if axis is not None and len(shapes[name]) == 2:
-            if axis == 1:
-                mask[:, rank:] = False
-            else:
-                mask[rank:, :] = False
+        index = _outside(name, tuple(shapes[name]), rank)
+        if index is not None:
+            mask[index] = False
         parts.append(mask.ravel())
     return np.concatenate(parts) if parts else np.zeros(0, bool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fedpeft.core.adapters.rank import held_at_zero
 from fedpeft.core.base.tasks import Task
 
 from .data import TextSplit, batches, training_batches
@@ -26,9 +27,9 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.SGD(params, lr=settings.learning_rate) if settings.optimizer == "sgd"
                  else torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay))
-    # a client below the template's rank: B's columns from settings.rank on stay zero (core/adapters/rank.py)
-    limited = [p for n, p in model.named_parameters()
-               if p.requires_grad and ".lora_B." in n and p.dim() == 2 and 0 < settings.rank < p.shape[1]]
+    # a client below the template's rank: what its forward pass holds at zero stays zero (core/adapters/rank.py)
+    limited = [(p, index) for n, p in model.named_parameters()
+               if p.requires_grad and (index := held_at_zero(n, tuple(p.shape), settings.rank)) is not None]
     torch.manual_seed(settings.seed)
     model.train(dropout)
     total, steps = 0.0, 0
@@ -38,8 +39,8 @@ def train(model: torch.nn.Module, task: Task, tokenizer, split: TextSplit, setti
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for parameter in limited:
-                parameter[:, settings.rank:] = 0
+            for parameter, index in limited:
+                parameter[index] = 0
         total += float(loss.detach())
         steps += 1
     model.eval()
