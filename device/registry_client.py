@@ -82,16 +82,45 @@ class RegistryClient:
         """The registry id a publish request must name."""
         return self._call("Identity", pb.IdentityRequest()).registry_id
 
-    def promote(self, statement: bytes, signature: bytes) -> pb.PromoteReply:
-        return self._call("Promote", pb.PromoteRequest(promotion=pb.SignedManifest(manifest=statement,
-                                                                                   signature=signature)))
+    def promote(self, statement: bytes, signature: bytes, channel_role: pb.RoleMetadata | None = None) -> pb.PromoteReply:
+        return self._call("Promote", pb.PromoteRequest(promotion=pb.SignedManifest(manifest=statement, signature=signature),
+                                                       channel_role=channel_role))
+
+    def metadata_reply(self, role: str, version: int = 0) -> pb.MetadataReply:
+        """TUF metadata of `role` at `version` (0: the newest), with root v1's endorsement."""
+        return self._call("GetMetadata", pb.MetadataRequest(role=role, version=version))
+
+    def metadata(self, role: str, version: int = 0) -> bytes:
+        return self.metadata_reply(role, version).metadata
+
+    def has_tuf(self) -> bool:
+        """Whether the registry keeps TUF metadata (it has a root)."""
+        try:
+            self.metadata("root")
+        except RegistryError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def put_metadata(self, batch: list[tuple[str, bytes]]) -> list[tuple[str, int]]:
+        """Send operator-signed (role, metadata) to be applied together; [(role, version)] back."""
+        reply = self._call("PutMetadata", pb.PutMetadataRequest(
+            roles=[pb.RoleMetadata(role=role, metadata=body) for role, body in batch]))
+        from tuf.api.metadata import Metadata  # the operator's side only: devices never upload
+
+        versions = {role: Metadata.from_bytes(body).signed.version for role, body in batch}
+        return [(role.role, versions.get(role.role, 0)) for role in reply.roles]
 
     def publish(self, request: tuple[bytes, bytes], release: tuple[bytes, bytes], blobs: dict[str, Path],
-                progress: Callable[[int], None] | None = None) -> pb.PublishReply:
+                progress: Callable[[int], None] | None = None,
+                channel_role: pb.RoleMetadata | None = None) -> pb.PublishReply:
         """Send a signed publish request (statement, signature), the signed release it names
-        (release.json, release.sig) and the files (by SHA-256) the registry does not hold yet."""
+        (release.json, release.sig), on a TUF registry the channel role's next metadata, and
+        the files (by SHA-256) the registry does not hold yet."""
         start = pb.PublishStart(request=pb.SignedManifest(manifest=request[0], signature=request[1]),
-                                release=pb.SignedManifest(manifest=release[0], signature=release[1]))
+                                release=pb.SignedManifest(manifest=release[0], signature=release[1]),
+                                channel_role=channel_role)
 
         def messages() -> Iterator[pb.PublishRequest]:
             yield pb.PublishRequest(start=start)
@@ -106,6 +135,14 @@ class RegistryClient:
                         if progress:
                             progress(sent)
         return self._call("Publish", messages())
+
+    def blob(self, sha256: str) -> Iterator[bytes]:
+        """A blob's bytes chunk by chunk, from its start (the caller bounds how much it reads)."""
+        try:
+            for chunk in self.stub.FetchBlob(pb.FetchRequest(sha256=sha256), timeout=self.timeout_s):
+                yield chunk.data
+        except grpc.RpcError as error:
+            raise RegistryError("FetchBlob", error) from error
 
     def fetch_blob(self, sha256: str, size: int, part: Path,
                    progress: Callable[[int, int], None] | None = None) -> Download:

@@ -9,6 +9,11 @@ downloaded file must match its signed size and SHA-256. Until all of that holds,
 nothing the device uses changes. Imports no torch: ONNX devices apply the release's
 `.onnx_adapter` with export/predict.py; PyTorch ones load the PEFT folder.
 
+On a TUF registry (device/tuf_trust.py) the channel's release comes from the channel
+role's signed metadata instead of the registry's word, and "the operator key" is whichever
+key the newest trusted root names for targets (rotations and revocations followed); every
+check above still applies to what TUF hands over.
+
 The slot's folder is writable by others too, so nothing in it is followed out of it:
 state.json's folder names are checked (device/slot_state.py), and every file and folder
 the slot reads or writes under it must be a regular file or a real folder, never a link
@@ -32,10 +37,13 @@ from fedpeft.core.errors import IntegrityError
 from fedpeft.core.trust.atomic import staged_folder, write_atomic
 from fedpeft.core.trust.files import file_sha256, plain_files, plain_folder, regular_file_size
 from fedpeft.core.trust.release import RELEASE_NAME, Release, check_channel, check_release, verify_release
-from fedpeft.core.trust.signed_files import ManifestError
+from fedpeft.core.trust.signed_files import ManifestError, read_file, signer_of
 
 from .registry_client import RegistryClient
 from .slot_state import STATE_FILE, load_state, release_folder_name, state_bytes
+from .tuf_trust import TufChannel
+
+TUF_FOLDER = "tuf"  # python-tuf's trusted metadata (root history, timestamp, snapshot, targets, channels)
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,48 @@ class Device:
     """The adapter slot of one device in `folder`:
     state.json, releases/v<version>-<id>/ (current and previous), downloads/ (partial)."""
 
-    def __init__(self, folder: Path, operator_key: Ed25519PublicKey, base_id: str, channel: str = "stable") -> None:
+    def __init__(self, folder: Path, operator_key: Ed25519PublicKey, base_id: str, channel: str = "stable",
+                 trusted_root: bytes | None = None) -> None:
+        """`trusted_root`: the TUF root.json this device is provisioned with; without it the
+        device trusts `operator_key` alone until a registry offers TUF metadata the operator
+        key endorses, and keeps TUF from then on (tuf/)."""
         self.folder, self.operator_key, self.base_id = Path(folder), operator_key, base_id
         self.channel = check_channel(channel)
         self.releases, self.downloads = self.folder / "releases", self.folder / "downloads"
+        self.tuf, self.trusted_root = self.folder / TUF_FOLDER, trusted_root
         self.state = load_state(self.folder, base_id)
+        self._operator_keys: dict[str, Ed25519PublicKey] | None = None  # on TUF: the keys root names for targets
+
+    def _signing_key(self, signature: bytes) -> Ed25519PublicKey:
+        """The key release.sig must verify with: the operator key, or on TUF the targets key
+        of the newest trusted root it names (a revoked or unknown key is refused)."""
+        if self._operator_keys is None:
+            return self.operator_key
+        signer, _ = signer_of(signature, RELEASE_NAME)
+        key = self._operator_keys.get(signer)
+        if key is None:
+            raise ManifestError("revoked-key", f"release.sig is signed by key {signer[:12]}, which the trusted TUF "
+                                               "root does not name for targets (revoked, or never an operator key)")
+        return key
+
+    def _offer(self, client: RegistryClient, now: datetime | None) -> tuple[bytes, bytes] | None:
+        """(release.json, release.sig) of the channel's release if it is newer than the
+        installed one; None: not modified. On TUF (provisioned, or moved there now because
+        the registry serves a root the operator key endorsed) python-tuf verifies the
+        channel's metadata first; otherwise the registry's answer is all there is."""
+        if TufChannel.provisioned(self.tuf) or self.trusted_root is not None:
+            trust = TufChannel(self.tuf, client, None if TufChannel.provisioned(self.tuf) else self.trusted_root)
+        elif client.has_tuf():
+            trust = TufChannel.migrate(self.tuf, client, self.operator_key)
+        else:
+            signed = client.latest(self.base_id, self.channel, self.version)
+            return None if signed is None else (signed.manifest, signed.signature)
+        self._operator_keys = trust.operator_keys()
+        offered = trust.release(self.base_id, self.channel)
+        if offered is None:
+            raise ManifestError("not-listed", f"the {self.channel} channel lists no release of base {self.base_id[:12]}")
+        release = check_release(*offered, self._signing_key(offered[1]), base_id=self.base_id, now=now)
+        return offered if release.version > self.version else None
 
     def _release_folder(self, entry: dict) -> Path:
         """An installed release's folder once it and everything in it is plain: a real
@@ -83,7 +128,7 @@ class Device:
 
     def check(self, manifest: bytes, signature: bytes, now: datetime | None = None) -> Release:
         """The release if this device may install it; ManifestError names the refusal."""
-        release = check_release(manifest, signature, self.operator_key, base_id=self.base_id, now=now)
+        release = check_release(manifest, signature, self._signing_key(signature), base_id=self.base_id, now=now)
         if release.release_id in self.state["seen"]:
             raise ManifestError("replayed", f"release v{release.version} ({release.release_id[:12]}) was installed "
                                             "before; a registry offering it again is replaying it")
@@ -100,7 +145,9 @@ class Device:
         if entry is None:
             return None
         try:
-            release = verify_release(self._release_folder(entry), self.operator_key, base_id=self.base_id, now=now)
+            folder = self._release_folder(entry)
+            key = self._signing_key(read_file(folder, f"{RELEASE_NAME}.sig"))
+            release = verify_release(folder, key, base_id=self.base_id, now=now)
         except ManifestError as error:
             if error.reason != "expired":
                 raise
@@ -115,11 +162,12 @@ class Device:
              now: datetime | None = None) -> PullResult:
         """Install the channel's release if it is newer and checks out; ManifestError names a refusal,
         including an installed release that has expired while the registry offers nothing newer."""
-        signed = client.latest(self.base_id, self.channel, self.version)
-        if signed is None:
+        offered = self._offer(client, now)
+        if offered is None:
             self.current_release(now)
             return PullResult("not-modified", self.version, self.state["current"] and self.state["current"]["release_id"])
-        release = self.check(signed.manifest, signed.signature, now)
+        manifest, signature = offered
+        release = self.check(manifest, signature, now)
         received = resumed = 0
         for name, entry in release.files.items():
             part = self._part(entry["sha256"])
@@ -132,7 +180,7 @@ class Device:
             if file_sha256(part, follow_links=False) != entry["sha256"]:
                 part.unlink()
                 raise ManifestError("file-mismatch", f"{name}: downloaded bytes differ from the signed SHA-256")
-        self._install(release, signed.manifest, signed.signature)
+        self._install(release, manifest, signature)
         return PullResult("installed", release.version, release.release_id, received, resumed)
 
     def _reuse_local(self, name: str, sha256: str, part: Path) -> None:
@@ -157,7 +205,7 @@ class Device:
                 shutil.copyfile(self._part(entry["sha256"]), staging / file_name)
             (staging / f"{RELEASE_NAME}.json").write_bytes(manifest)
             (staging / f"{RELEASE_NAME}.sig").write_bytes(signature)
-            verify_release(staging, self.operator_key, base_id=self.base_id)  # files and tensors, once assembled
+            verify_release(staging, self._signing_key(signature), base_id=self.base_id)  # files and tensors, assembled
         entry = {"version": release.version, "release_id": release.release_id, "folder": name}
         self._save({**self.state, "current": entry, "previous": self.state["current"],
                     "floor": max(self.state["floor"], release.version),

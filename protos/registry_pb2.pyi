@@ -25,12 +25,22 @@ class BlobChunk(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PublishStart(_message.Message):
-    __slots__ = ("request", "release")
+    __slots__ = ("request", "release", "channel_role")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ROLE_FIELD_NUMBER: _ClassVar[int]
     request: SignedManifest
     release: SignedManifest
-    def __init__(self, request: _Optional[_Union[SignedManifest, _Mapping]] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+    channel_role: RoleMetadata
+    def __init__(self, request: _Optional[_Union[SignedManifest, _Mapping]] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ..., channel_role: _Optional[_Union[RoleMetadata, _Mapping]] = ...) -> None: ...
+
+class RoleMetadata(_message.Message):
+    __slots__ = ("role", "metadata")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    metadata: bytes
+    def __init__(self, role: _Optional[str] = ..., metadata: _Optional[bytes] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
     __slots__ = ("start", "chunk")
@@ -111,10 +121,40 @@ class FetchRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("promotion",)
+    __slots__ = ("promotion", "channel_role")
     PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ROLE_FIELD_NUMBER: _ClassVar[int]
     promotion: SignedManifest
-    def __init__(self, promotion: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+    channel_role: RoleMetadata
+    def __init__(self, promotion: _Optional[_Union[SignedManifest, _Mapping]] = ..., channel_role: _Optional[_Union[RoleMetadata, _Mapping]] = ...) -> None: ...
+
+class MetadataRequest(_message.Message):
+    __slots__ = ("role", "version")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    version: int
+    def __init__(self, role: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class MetadataReply(_message.Message):
+    __slots__ = ("metadata", "endorsement")
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENDORSEMENT_FIELD_NUMBER: _ClassVar[int]
+    metadata: bytes
+    endorsement: SignedManifest
+    def __init__(self, metadata: _Optional[bytes] = ..., endorsement: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+
+class PutMetadataRequest(_message.Message):
+    __slots__ = ("roles",)
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    roles: _containers.RepeatedCompositeFieldContainer[RoleMetadata]
+    def __init__(self, roles: _Optional[_Iterable[_Union[RoleMetadata, _Mapping]]] = ...) -> None: ...
+
+class PutMetadataReply(_message.Message):
+    __slots__ = ("roles",)
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    roles: _containers.RepeatedCompositeFieldContainer[RoleMetadata]
+    def __init__(self, roles: _Optional[_Iterable[_Union[RoleMetadata, _Mapping]]] = ...) -> None: ...
 
 class PromoteReply(_message.Message):
     __slots__ = ("release_id", "channel", "version")

@@ -64,6 +64,16 @@ class RegistryStub:
                 request_serializer=fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.SerializeToString,
                 response_deserializer=fedpeft_dot_protos_dot_registry__pb2.IdentityReply.FromString,
                 _registered_method=True)
+        self.GetMetadata = channel.unary_unary(
+                '/fedpeft.registry.Registry/GetMetadata',
+                request_serializer=fedpeft_dot_protos_dot_registry__pb2.MetadataRequest.SerializeToString,
+                response_deserializer=fedpeft_dot_protos_dot_registry__pb2.MetadataReply.FromString,
+                _registered_method=True)
+        self.PutMetadata = channel.unary_unary(
+                '/fedpeft.registry.Registry/PutMetadata',
+                request_serializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.SerializeToString,
+                response_deserializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -105,6 +115,18 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetadata(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutMetadata(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +159,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Identity,
                     request_deserializer=fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.FromString,
                     response_serializer=fedpeft_dot_protos_dot_registry__pb2.IdentityReply.SerializeToString,
+            ),
+            'GetMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetadata,
+                    request_deserializer=fedpeft_dot_protos_dot_registry__pb2.MetadataRequest.FromString,
+                    response_serializer=fedpeft_dot_protos_dot_registry__pb2.MetadataReply.SerializeToString,
+            ),
+            'PutMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutMetadata,
+                    request_deserializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.FromString,
+                    response_serializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +333,60 @@ class Registry:
             '/fedpeft.registry.Registry/Identity',
             fedpeft_dot_protos_dot_registry__pb2.IdentityRequest.SerializeToString,
             fedpeft_dot_protos_dot_registry__pb2.IdentityReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedpeft.registry.Registry/GetMetadata',
+            fedpeft_dot_protos_dot_registry__pb2.MetadataRequest.SerializeToString,
+            fedpeft_dot_protos_dot_registry__pb2.MetadataReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedpeft.registry.Registry/PutMetadata',
+            fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.SerializeToString,
+            fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -169,8 +169,9 @@ def check_promotion(payload: bytes, signature: bytes, public_key: Ed25519PublicK
     statement = check_signed(payload, signature, public_key, PROMOTION_TYPE, now, "promotion")
     try:
         check_channel(statement["channel"])
-        if not (isinstance(statement["release_id"], str) and isinstance(statement["version"], int)):
-            raise ValueError("release_id and version")
+        if not (isinstance(statement["release_id"], str) and isinstance(statement["version"], int)
+                and isinstance(statement["base_id"], str)):
+            raise ValueError("release_id, version and base_id")
         datetime.fromisoformat(statement["created"])
     except (KeyError, ValueError, TypeError) as exc:
         raise ManifestError("malformed", f"promotion statement: {exc}") from exc

@@ -11,6 +11,7 @@ from fedpeft.core.errors import ConfigError
 
 from .common import (
     PORT,
+    TIMESTAMP_VALID,
     PUBLISH_DEADLINE,
     VERSION,
     channel,
@@ -37,6 +38,10 @@ def add_commands(commands) -> None:
     serve.add_argument("--insecure", action="store_true", help="plaintext; for a trusted laptop only")
     serve.add_argument("--publish-deadline", type=PUBLISH_DEADLINE, default=300.0,
                        help="seconds a publish stream may take before it is cut and its files discarded")
+    serve.add_argument("--tuf", help="serve TUF metadata: the registry/ folder `fedpeft keys tuf-init` wrote "
+                                     "(online snapshot and timestamp keys, the first metadata)")
+    serve.add_argument("--timestamp-valid", type=TIMESTAMP_VALID, default=600.0,
+                       help="seconds a TUF timestamp stays valid (re-signed at half; devices refuse a staler one)")
     serve.set_defaults(run=_registry_serve)
     pub = command(registry, "publish", "publish a signed adapter folder as the next version of its base",
                   "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "
@@ -81,7 +86,8 @@ def _registry_serve(args: argparse.Namespace) -> None:
     run(ServeSettings(store=Path(args.store), operators=Path(args.operators), host=listen, port=args.port,
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure,
-                      publish_deadline=args.publish_deadline))
+                      publish_deadline=args.publish_deadline, tuf=Path(args.tuf) if args.tuf else None,
+                      timestamp_valid=args.timestamp_valid))
 
 
 def _registry_publish(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedpeft.core.errors import ConfigError
+from fedpeft.core.trust.hashing import sha256_hex
 from fedpeft.core.trust.json_reader import JSONRefused, parse_json_object
 from fedpeft.core.trust.release import (
     ADAPTER_FILES,
@@ -31,6 +32,7 @@ from fedpeft.device.registry_client import RegistryClient
 from fedpeft.protos import registry_pb2 as pb
 
 from .publish_request import sign_publish_request
+from .tuf_operator import channel_update
 
 BEFORE_ANY_EXPIRY = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -40,6 +42,21 @@ def releases(client: RegistryClient, key: Ed25519PrivateKey, base_id: str) -> li
     an old release is still a valid source of weights for a rollback)."""
     return [check_release(e.release.manifest, e.release.signature, key.public_key(), base_id=base_id,
                           now=BEFORE_ANY_EXPIRY) for e in client.releases(base_id)]
+
+
+def latest(client: RegistryClient, base_id: str) -> tuple[int, str | None]:
+    """(version, release id) of the newest release of a base the registry lists, read with
+    the guarded JSON reader and not verified: a publish only needs a number above it (the
+    registry refuses any other), and a release signed with a key since rotated still counts."""
+    newest: tuple[int, str | None] = (0, None)
+    for entry in client.releases(base_id):
+        try:
+            version = parse_json_object(entry.release.manifest, "listed release.json")["version"]
+        except (JSONRefused, KeyError):
+            continue
+        if isinstance(version, int) and version > newest[0]:
+            newest = (version, sha256_hex(entry.release.manifest))
+    return newest
 
 
 def describe(entry: pb.ReleaseEntry) -> str:
@@ -62,24 +79,38 @@ def _shown(value: object, width: int = 12) -> str:
     return text if text.isprintable() else ascii(text)
 
 
-def promote(client: RegistryClient, key: Ed25519PrivateKey, release: Release, channel: str) -> pb.PromoteReply:
-    return client.promote(*sign_promotion(key, release, channel))
+def promote(client: RegistryClient, key: Ed25519PrivateKey, release: Release, channel: str,
+            channel_keys: list[Ed25519PrivateKey] = ()) -> pb.PromoteReply:
+    """Make `release` current in `channel`: a signed promotion, and on a TUF registry the
+    channel role's next version signed with `channel_keys`."""
+    role = None
+    if client.has_tuf():
+        stored = next((e.release for e in client.releases(release.base_id)
+                       if sha256_hex(e.release.manifest) == release.release_id), None)
+        if stored is None:
+            raise ConfigError(f"the registry does not hold release {release.release_id[:12]}")
+        role = channel_update(client, list(channel_keys), channel, release, (stored.manifest, stored.signature))
+    return client.promote(*sign_promotion(key, release, channel), channel_role=role)
 
 
 def send(client: RegistryClient, key: Ed25519PrivateKey, release: Release, signed: tuple[bytes, bytes], channel: str,
-         blobs: dict[str, Path]) -> pb.PublishReply:
+         blobs: dict[str, Path], channel_keys: list[Ed25519PrivateKey] = ()) -> pb.PublishReply:
     """Publish a signed release (release.json, release.sig bytes) into `channel` with a fresh
-    publish request for this registry, sending `blobs` (by SHA-256)."""
-    return client.publish(sign_publish_request(key, client.identity(), release, channel), signed, blobs)
+    publish request for this registry (and on a TUF registry the channel role's next
+    version, signed with `channel_keys`), sending `blobs` (by SHA-256)."""
+    role = channel_update(client, list(channel_keys), channel, release, signed) if client.has_tuf() else None
+    return client.publish(sign_publish_request(key, client.identity(), release, channel), signed, blobs,
+                          channel_role=role)
 
 
 def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, channel: str, *,
-            onnx_adapter: Path | None = None, valid_days: float = 30.0) -> Release:
+            onnx_adapter: Path | None = None, valid_days: float = 30.0,
+            channel_keys: list[Ed25519PrivateKey] = ()) -> Release:
     """Publish the adapter folder of a signed release (e.g. a run's `adapter/`) as the
     base's next version, with an `fedpeft export --onto` folder's .onnx_adapter if given,
     and make it the current release of `channel`."""
     source = verify_release(adapter, key.public_key())
-    published = releases(client, key, source.base_id)
+    version, parent = latest(client, source.base_id)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         for name in ADAPTER_FILES:
@@ -94,27 +125,28 @@ def publish(client: RegistryClient, key: Ed25519PrivateKey, adapter: Path, chann
             if onnx_manifest.get("release_id") != source.release_id:
                 raise ConfigError(f"{onnx_adapter} was exported from release {str(onnx_manifest.get('release_id'))[:12]}, "
                                   f"not from {adapter}'s {source.release_id[:12]}")
-        release = sign_release(staging, key, version=max((r.version for r in published), default=0) + 1,
+        release = sign_release(staging, key, version=version + 1,
                                base_id=source.base_id, template_id=source.template_id, method=source.method,
-                               labels=source.labels, parent=published[-1].release_id if published else None,
+                               labels=source.labels, parent=parent,
                                metrics=source.manifest.get("metrics", {}), valid_days=valid_days)
         signed = read_file(staging, f"{RELEASE_NAME}.json"), read_file(staging, f"{RELEASE_NAME}.sig")
         blobs = {entry["sha256"]: staging / name for name, entry in release.files.items()}
-        send(client, key, release, signed, channel, blobs)
+        send(client, key, release, signed, channel, blobs, channel_keys)
     return release
 
 
 def rollback(client: RegistryClient, key: Ed25519PrivateKey, base_id: str, to_version: int, channel: str, *,
-             valid_days: float = 30.0) -> Release:
+             valid_days: float = 30.0, channel_keys: list[Ed25519PrivateKey] = ()) -> Release:
     """Publish the weights of release `to_version` again as a new, higher version and make
     it current in `channel`: devices move back without their anti-rollback floor moving."""
     published = releases(client, key, base_id)
     target = next((r for r in published if r.version == to_version), None)
     if target is None:
         raise ConfigError(f"no release v{to_version} of base {base_id[:12]}; published: {[r.version for r in published]}")
-    manifest = {**target.manifest, "version": published[-1].version + 1, "parent": published[-1].release_id,
+    version, parent = latest(client, base_id)
+    manifest = {**target.manifest, "version": version + 1, "parent": parent,
                 "rollback_of": target.release_id, **validity(valid_days)}
     payload, signature = sign_manifest(manifest, key)
     release = check_release(payload, signature, key.public_key())
-    send(client, key, release, (payload, signature), channel, {})  # the registry holds every blob already
+    send(client, key, release, (payload, signature), channel, {}, channel_keys)  # the registry holds every blob
     return release

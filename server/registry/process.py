@@ -30,9 +30,12 @@ class RegistryProcess:
                    "--operators", str(self.operators), "--port", str(self.port),
                    "--tls-cert", str(self.tls / "server.pem"), "--tls-key", str(self.tls / "server.key"), *self.extra]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        first = self.process.stdout.readline()
-        if "listening on" not in first:
-            raise RuntimeError(f"registry did not start: {first}{self.process.stdout.read()}")
+        before = []  # what the registry logged before its banner (taking in TUF metadata, say)
+        while "listening on" not in (first := self.process.stdout.readline()):
+            if not first:
+                raise RuntimeError(f"registry did not start: {''.join(before)}")
+            before.append(first)
+        self.log.extend(before)
         self.banner = first
         self.port = int(first.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
         threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()

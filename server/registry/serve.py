@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -13,11 +14,13 @@ import grpc
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.keys import Keyring
 from fedpeft.core.trust.tls import read_pem
+from fedpeft.core.trust.tuf_roles import TIMESTAMP_EXPIRY
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
-from .service import PUBLISH_DEADLINE_S, RegistryService
-from .store import RegistryStore
+from .service import PUBLISH_DEADLINE_S, RegistryService, log
+from .store import RegistryStore, StoreError
+from .tuf_repository import OnlineKeys, TufRepository
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class ServeSettings:
     tls_key: Path | None = None
     insecure: bool = False      # plaintext, for a laptop only; must be asked for
     publish_deadline: float = PUBLISH_DEADLINE_S  # seconds a publish stream may take
+    tuf: Path | None = None     # `fedpeft keys tuf-init`'s registry/ folder: online keys + the first metadata
+    timestamp_valid: float = TIMESTAMP_EXPIRY.total_seconds()  # seconds a TUF timestamp is valid (re-signed at half)
 
 
 def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -48,9 +53,11 @@ async def serve(settings: ServeSettings) -> None:
         raise ConfigError(f"{settings.operators} lists no operator key; enroll one with `fedpeft keys enroll`")
     credentials = _credentials(settings)
     store = RegistryStore(settings.store)
+    tuf = _tuf_repository(settings, store)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(store, operators, settings.publish_deadline), server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(store, operators, settings.publish_deadline, tuf),
+                                                     server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
@@ -59,15 +66,52 @@ async def serve(settings: ServeSettings) -> None:
     # One line a supervisor (or a test) can wait for; the port matters when 0 was asked.
     print(f"[fedpeft] registry listening on {settings.host}:{port} ({'TLS' if credentials else 'INSECURE'}), "
           f"store {settings.store} (registry id {store.registry_id}), {len(store.releases())} release(s), "
-          f"{len(operators.keys)} operator key(s)",
+          f"{len(operators.keys)} operator key(s), TUF {_tuf_mode(tuf)}",
           flush=True)
+    refresher = asyncio.create_task(_keep_fresh(tuf)) if tuf.online else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if refresher:
+        refresher.cancel()
     await server.stop(grace=5)
     store.close()
+
+
+def _tuf_repository(settings: ServeSettings, store: RegistryStore) -> TufRepository:
+    """With --tuf: the online keys, and the first metadata taken in if the store has none.
+    Without: a store's TUF metadata is served as it is (a mirror that re-signs nothing)."""
+    if settings.tuf is None:
+        return TufRepository(store, None)
+    folder = Path(settings.tuf)
+    if not (folder / "timestamp.key").is_file() or not (folder / "metadata").is_dir():
+        raise ConfigError(f"--tuf {folder}: give the registry/ folder `fedpeft keys tuf-init` wrote "
+                          "(snapshot.key, timestamp.key, metadata/)")
+    tuf = TufRepository(store, OnlineKeys.load(folder), timedelta(seconds=settings.timestamp_valid))
+    try:
+        tuf.initialize(folder / "metadata")  # the banner's first line says it is on; nothing is logged before it
+    except (OSError, StoreError) as exc:
+        raise ConfigError(f"--tuf {folder}: cannot take in its metadata: {exc}") from exc
+    return tuf
+
+
+def _tuf_mode(tuf: TufRepository) -> str:
+    if not tuf.enabled:
+        return "off"
+    return f"on, channels {','.join(tuf.channels())}" + ("" if tuf.online else " (mirror: no online keys)")
+
+
+async def _keep_fresh(tuf: TufRepository) -> None:
+    """Re-sign timestamp (and snapshot) before they expire, checking four times per timestamp validity."""
+    while True:
+        await asyncio.sleep(max(0.5, tuf.timestamp_valid.total_seconds() / 4))
+        try:
+            if tuf.refresh():
+                log.info("registry: TUF timestamp re-signed")
+        except Exception:  # a failed re-sign must not stop the schedule; devices refuse a stale timestamp anyway
+            log.exception("registry: TUF timestamp could not be re-signed")
 
 
 def run(settings: ServeSettings) -> None:

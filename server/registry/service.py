@@ -30,6 +30,7 @@ from fedpeft.protos import registry_pb2_grpc
 
 from .publish_request import PublishOrder, check_publish_request
 from .store import BlobWriter, ChannelMove, RegistryStore, StoredRelease, StoreError
+from .tuf_repository import TufRepository
 
 log = logging.getLogger("fedpeft.registry")
 MAX_PUBLISHES = 4         # publish streams at once; each holds at most one writer per file its release lists
@@ -46,6 +47,10 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "too-slow": grpc.StatusCode.DEADLINE_EXCEEDED, "no-request": grpc.StatusCode.PERMISSION_DENIED,
     "wrong-registry": grpc.StatusCode.PERMISSION_DENIED, "wrong-release": grpc.StatusCode.PERMISSION_DENIED,
     "replayed-request": grpc.StatusCode.ALREADY_EXISTS, "not-yet-valid": grpc.StatusCode.FAILED_PRECONDITION,
+    "bad-metadata": grpc.StatusCode.INVALID_ARGUMENT, "below-threshold": grpc.StatusCode.PERMISSION_DENIED,
+    "unknown-role": grpc.StatusCode.PERMISSION_DENIED, "outside-channel": grpc.StatusCode.PERMISSION_DENIED,
+    "online-key-mismatch": grpc.StatusCode.FAILED_PRECONDITION, "read-only": grpc.StatusCode.FAILED_PRECONDITION,
+    "no-tuf": grpc.StatusCode.FAILED_PRECONDITION, "tuf-required": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -54,8 +59,10 @@ def _signed(stored: StoredRelease) -> pb.SignedManifest:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore, operators: Keyring, publish_deadline: float = PUBLISH_DEADLINE_S) -> None:
+    def __init__(self, store: RegistryStore, operators: Keyring, publish_deadline: float = PUBLISH_DEADLINE_S,
+                 tuf: TufRepository | None = None) -> None:
         self.store, self.operators, self.publish_deadline = store, operators, publish_deadline
+        self.tuf = tuf or TufRepository(store, None)
         self.publishing = 0  # streams in Publish now (handlers share one event loop: a plain count)
 
     def _operator_key(self, signature: bytes, what: str) -> EnrolledKey:
@@ -74,6 +81,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         try:
             start = await self._first_message(messages)
             operator, order, release = self._authorize(start)
+            channel_change = self._channel_change(start.channel_role, order.channel, release.base_id, release.release_id)
             if self.publishing >= MAX_PUBLISHES:
                 raise StoreError("busy", f"{MAX_PUBLISHES} publishes are running; try again later")
             self.store.claim(order.request_id, order.valid_until)  # no await since the count: nobody slips in
@@ -99,7 +107,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                     writer.finish()
                 self.store.add_release(release, start.release.manifest, start.release.signature,
                                        ChannelMove(order.channel, order.created, start.request.manifest,
-                                                   start.request.signature))
+                                                   start.request.signature), then=channel_change)
         except TimeoutError:
             await self._refuse(context, "Publish", StoreError("too-slow", f"the publish stream took more than "
                                                                           f"{self.publish_deadline:g} s"))
@@ -142,6 +150,20 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self.store.check_unclaimed(order.request_id)
         self.store.check_new(release)  # a replayed or stale release opens no file
         return operator, order, release
+
+    def _channel_change(self, role: pb.RoleMetadata, channel: str, base_id: str, release_id: str):
+        """On a TUF registry, what stores the channel role's metadata that a publish or
+        promotion must carry (checked now, and again inside the transaction); None elsewhere."""
+        if not self.tuf.enabled:
+            if role.metadata:
+                raise StoreError("no-tuf", "this registry keeps no TUF metadata; send the change without it")
+            return None
+        if not role.metadata or role.role != channel:
+            raise StoreError("tuf-required", f"this registry keeps TUF metadata: the change must carry {channel}'s "
+                                             "next metadata, signed with that channel's key")
+        batch, must_list = [(role.role, role.metadata)], (channel, base_id, release_id)
+        self.tuf.check(batch, must_list)  # refused before any file is opened
+        return self.tuf.stage(batch, must_list)
 
     async def List(self, request: pb.ListRequest, context) -> pb.ListReply:
         """One page of releases; `next_page_token` ("BASE_ID:VERSION" of the last one) asks for the next."""
@@ -194,7 +216,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             signed = request.promotion
             operator = self._operator_key(signed.signature, "promotion")
             statement = check_promotion(signed.manifest, signed.signature, operator.public_key)
-            stored = self.store.promote(statement, signed.manifest, signed.signature)
+            channel_change = self._channel_change(request.channel_role, statement["channel"], statement["base_id"],
+                                                  statement["release_id"])
+            stored = self.store.promote(statement, signed.manifest, signed.signature, then=channel_change)
         except (StoreError, ManifestError) as error:
             await self._refuse(context, "Promote", error)
         log.info("registry: %s now serves v%d (%s) of base %s, promoted by %s", statement["channel"], stored.version,
@@ -206,3 +230,28 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         requests from being accepted by another)."""
         return pb.IdentityReply(registry_id=self.store.registry_id)
 
+
+    async def GetMetadata(self, request: pb.MetadataRequest, context) -> pb.MetadataReply:
+        """TUF metadata by role and version (0: the newest); NOT_FOUND when there is none
+        (python-tuf's updater reads that as "no newer root")."""
+        body = self.tuf.get(request.role[:64], request.version)
+        if body is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.role[:64]!r} metadata"
+                                                           f"{f' v{request.version}' if request.version else ''}")
+        reply = pb.MetadataReply(metadata=body)
+        endorsement = self.tuf.endorsement()
+        if request.role == "root" and request.version == 1 and endorsement:
+            reply.endorsement.CopyFrom(pb.SignedManifest(manifest=endorsement[0], signature=endorsement[1]))
+        return reply
+
+    async def PutMetadata(self, request: pb.PutMetadataRequest, context) -> pb.PutMetadataReply:
+        """Operator-signed root, targets or channel metadata (a key rotation, a revocation, a
+        channel's re-signing), applied together once they verify (server/registry/tuf_repository.py)."""
+        try:
+            if not self.tuf.enabled:
+                raise StoreError("no-tuf", "this registry keeps no TUF metadata (serve it with --tuf)")
+            accepted = self.tuf.apply([(role.role[:64], role.metadata) for role in request.roles])
+        except StoreError as error:
+            await self._refuse(context, "PutMetadata", error)
+        log.info("registry: metadata %s from %s", ", ".join(f"{r} v{v}" for r, v in accepted), context.peer())
+        return pb.PutMetadataReply(roles=[pb.RoleMetadata(role=role) for role, _ in accepted])

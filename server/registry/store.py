@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS promotions (
     statement BLOB NOT NULL, signature BLOB NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS publish_requests (request_id TEXT PRIMARY KEY, valid_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tuf_metadata (role TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (role, version));
 """
 
 
@@ -169,23 +171,41 @@ class RegistryStore:
     def claim(self, request_id: str, valid_until: datetime) -> None:
         """Remember a publish request until it expires (it is refused as expired after that),
         so that it opens one publish stream, even across restarts."""
-        with self._transaction():
+        with self.transaction():
             self.db.execute("DELETE FROM publish_requests WHERE valid_until < ?", (datetime.now(UTC).timestamp(),))
             self.check_unclaimed(request_id)
             self.db.execute("INSERT INTO publish_requests VALUES (?, ?)", (request_id, valid_until.timestamp()))
 
-    def add_release(self, release: Release, manifest: bytes, signature: bytes, move: ChannelMove | None = None) -> None:
-        """Index a verified release whose blobs are all stored, and point `move`'s channel at
-        it, in one transaction; versions only go up per base."""
+    def put_bytes(self, data: bytes) -> str:
+        """Store small bytes (a release.json, a release.sig) as a blob: TUF devices fetch them
+        by SHA-256 like any other target file. Returns the SHA-256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(sha256):
+            writer = self.new_blob(sha256, len(data))
+            try:
+                writer.write(0, data)
+                writer.finish()
+            finally:
+                writer.discard()
+        return sha256
+
+    def add_release(self, release: Release, manifest: bytes, signature: bytes, move: ChannelMove | None = None,
+                    then: Callable[[], None] | None = None) -> None:
+        """Index a verified release whose blobs are all stored, point `move`'s channel at it
+        and run `then` (the channel's TUF metadata), in one transaction; versions only go up per base."""
         missing = [name for name, entry in release.files.items() if not self.has_blob(entry["sha256"])]
         if missing:
             raise StoreError("missing-blob", f"release v{release.version} lists files the registry lacks: {missing}")
-        with self._transaction():
+        self.put_bytes(manifest)
+        self.put_bytes(signature)
+        with self.transaction():
             self.check_new(release)
             self.db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (
                 release.release_id, release.base_id, release.version, manifest, signature, _now()))
             if move is not None:
                 self._move(release.base_id, release.release_id, move)
+            if then is not None:
+                then()
 
     def releases(self, base_id: str = "", release_id: str = "", after: tuple[str, int] = ("", 0),
                  limit: int = -1) -> list[StoredRelease]:
@@ -208,16 +228,20 @@ class RegistryStore:
                               (base_id, channel)).fetchone()
         return self.release(row[0]) if row else None
 
-    def promote(self, statement: dict, payload: bytes, signature: bytes) -> StoredRelease:
+    def promote(self, statement: dict, payload: bytes, signature: bytes,
+                then: Callable[[], None] | None = None) -> StoredRelease:
         """Point a channel at a release, given a verified promotion statement that is newer
-        than the last one applied to that channel (an older one is a replay)."""
-        with self._transaction():
+        than the last one applied to that channel (an older one is a replay), and run `then`
+        (the channel's TUF metadata) in the same transaction."""
+        with self.transaction():
             stored = self.release(statement["release_id"])
             if stored is None or stored.version != statement["version"] or stored.base_id != statement["base_id"]:
                 raise StoreError("unknown-release", f"no release {statement['release_id'][:12]} "
                                                     f"v{statement['version']} of base {statement['base_id'][:12]}")
             self._move(stored.base_id, stored.release_id,
                        ChannelMove(statement["channel"], statement["created"], payload, signature))
+            if then is not None:
+                then()
         return stored
 
     def _move(self, base_id: str, release_id: str, move: ChannelMove) -> None:
@@ -234,7 +258,7 @@ class RegistryStore:
                         (base_id, move.channel, release_id, move.created))
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
         self.db.execute("BEGIN IMMEDIATE")
         try:

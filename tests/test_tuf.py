@@ -1,0 +1,361 @@
+"""Device updates on TUF: a real registry process on 127.0.0.1 over TLS serving python-tuf
+metadata, devices following channels through python-tuf's updater, and TUF's attack list
+(key rotation, revocation, threshold, channel mix-up, freeze, rollback, mix-and-match) each
+refused by name, on the registry when it is asked to store it and on the device when a
+compromised registry (one holding the online keys) serves it anyway."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tuf.api.metadata import Metadata
+
+from fedpeft.core.adapters.spec import TemplateSpec
+from fedpeft.core.adapters.template import create_template
+from fedpeft.core.base.tasks import get_task
+from fedpeft.core.errors import ConfigError
+from fedpeft.core.training.synthetic_data import LABELS
+from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.release import sign_promotion
+from fedpeft.core.trust.signed_files import ManifestError
+from fedpeft.core.trust.tls import write_tls_files
+from fedpeft.core.trust.tuf_roles import sign, sign_endorsement, with_release
+from fedpeft.device.registry_client import RegistryClient, RegistryError
+from fedpeft.device.slot import Device
+from fedpeft.protos import registry_pb2 as pb
+from fedpeft.server.registry import operator
+from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.store import RegistryStore
+from fedpeft.server.registry.tuf_operator import init_repository, rotate
+from fedpeft.server.registry.tuf_repository import OnlineKeys, TufRepository
+
+from conftest import release_adapter
+
+grpc = pytest.importorskip("grpc")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_package):
+    """Operator keys (the second one for rotation), TLS, a TUF repository's keys and first
+    metadata, and three signed adapter folders of the tiny base."""
+    root = tmp_path_factory.mktemp("tuf-world")
+    for name in ("operator", "operator-2", "stable-2"):
+        new_key_pair(root / f"{name}.key")
+    operators = Keyring(root / "operators.json")
+    operators.enroll("ops", load_public_key(root / "operator.pub"))
+    operators.enroll("ops-2", load_public_key(root / "operator-2.pub"))
+    operators.save()
+    write_tls_files(root / "tls", ["127.0.0.1"])
+    key = load_private_key(root / "operator.key")
+    tuf = init_repository(root / "tuf", key)
+    from fedpeft.core.base.model import load_base
+
+    base = load_base(tiny_package, num_labels=len(LABELS))
+    template = create_template(base.model, get_task("seq-cls"), TemplateSpec("lora", 4, 8), list(LABELS))
+    for index in (1, 2, 3):
+        arrays = {n: (v + np.float32(index)).astype(np.float32) for n, v in template.init.items()}
+        signer = load_private_key(root / ("operator-2.key" if index == 3 else "operator.key"))
+        release_adapter(root / f"adapter-{index}", base, template, arrays, signer)
+    return {"root": root, "tuf": tuf, "key": key, "base_id": tiny_package.base_id}
+
+
+def _key(world, name: str):
+    folder = world["tuf"].offline if (world["tuf"].offline / f"{name}.key").exists() else world["root"]
+    return load_private_key(folder / f"{name}.key")
+
+
+@pytest.fixture
+def registry(tmp_path, world):
+    process = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls",
+                              extra=("--tuf", str(world["tuf"].registry))).start()
+    yield process
+    process.stop()
+
+
+def _client(registry, world) -> RegistryClient:
+    return RegistryClient(registry.address, world["root"] / "tls" / "ca.crt", timeout_s=30)
+
+
+def _device(folder: Path, world, channel: str = "stable", provisioned: bool = True) -> Device:
+    return Device(folder, world["key"].public_key(), world["base_id"], channel,
+                  trusted_root=world["tuf"].root.read_bytes() if provisioned else None)
+
+
+def _publish(client, world, index: int, channel: str = "stable", signer: str = "operator"):
+    return operator.publish(client, _key(world, signer), world["root"] / f"adapter-{index}", channel,
+                            channel_keys=[_key(world, channel)])
+
+
+def _refused(device: Device, client, reason: str) -> ManifestError:
+    """The pull is refused by `reason` and the device's state is what it was."""
+    before = dict(device.state)
+    with pytest.raises(ManifestError) as refused:
+        device.pull(client)
+    assert refused.value.reason == reason, refused.value
+    assert device.state == before
+    return refused.value
+
+
+def _store_refuses(client, batch, reason: str) -> None:
+    with pytest.raises(RegistryError) as refused:
+        client.put_metadata(batch)
+    assert f"{reason}:" in str(refused.value), refused.value
+
+
+def _compromise(registry, world, rows: list[tuple[str, int, bytes]]) -> None:
+    """What a compromised registry (it holds the online keys) can do: store any bytes as a
+    role's metadata and re-sign snapshot and timestamp over them."""
+    store = RegistryStore(registry.root / "store")
+    repository = TufRepository(store, OnlineKeys.load(world["tuf"].registry))
+    with store.transaction():
+        for role, version, body in rows:
+            store.db.execute("INSERT OR REPLACE INTO tuf_metadata VALUES (?, ?, ?)", (role, version, body))
+        repository._resign(snapshot=True)  # noqa: SLF001 (the attacker's own signing)
+    store.close()
+
+
+def _channel_role(client, world, channel: str, release, signed_with: str, path_channel: str | None = None) -> bytes:
+    """`channel`'s next metadata pointing at `release`, listed under `path_channel`'s paths."""
+    listed = client.releases(world["base_id"])
+    stored = next(e.release for e in listed if e.release.manifest and release.release_id in _ids(e))
+    role = with_release(Metadata.from_bytes(client.metadata(channel)), path_channel or channel, world["base_id"],
+                        stored.manifest, stored.signature, release.version, release.release_id)
+    return sign(role, [_key(world, signed_with)])
+
+
+def _ids(entry) -> str:
+    from fedpeft.core.trust.hashing import sha256_hex
+
+    return sha256_hex(entry.release.manifest)
+
+
+def test_devices_follow_their_channel_through_tuf(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        stable, canary = _device(tmp_path / "stable", world), _device(tmp_path / "canary", world, "canary")
+        v1 = _publish(client, world, 1, "canary")
+        _refused(stable, client, "not-listed")
+        assert canary.pull(client).version == 1
+        operator.promote(client, world["key"], v1, "stable", channel_keys=[_key(world, "stable")])
+        first = stable.pull(client)
+        assert (first.status, first.version, first.release_id) == ("installed", 1, v1.release_id)
+        assert stable.pull(client).status == "not-modified"
+        _publish(client, world, 2, "canary")
+        assert canary.pull(client).version == 2 and stable.pull(client).status == "not-modified"
+        assert (tmp_path / "stable" / "tuf" / "root_history" / "1.root.json").is_file()
+        # a promotion without the channel's metadata, or signed with another channel's key, moves nothing
+        with pytest.raises(RegistryError, match="tuf-required"):
+            client.promote(*sign_promotion(world["key"], v1, "canary"))
+        with pytest.raises(ConfigError, match="not signed by the key"):  # the operator's side checks first
+            operator.promote(client, world["key"], v1, "canary", channel_keys=[_key(world, "stable")])
+        wrong = pb.RoleMetadata(role="canary", metadata=_channel_role(client, world, "canary", v1, "stable"))
+        with pytest.raises(RegistryError, match="below-threshold"):
+            client.promote(*sign_promotion(world["key"], v1, "canary"), channel_role=wrong)
+        assert canary.pull(client).status == "not-modified" and canary.version == 2
+
+
+def test_rotating_the_operator_key_and_revoking_the_old_one(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        _publish(client, world, 1)
+        assert device.pull(client).version == 1
+        roots = [_key(world, "root-1"), _key(world, "root-2")]
+        rotate(client, "targets", add=[_key(world, "operator-2")], remove=[world["key"].public_key()],
+               delegator_keys=roots, role_keys=[world["key"]])
+        # the device follows the rotation with no new provisioning: v3 is signed by the new key
+        v3 = operator.publish(client, _key(world, "operator-2"), world["root"] / "adapter-3", "stable",
+                              channel_keys=[_key(world, "stable")])
+        assert device.pull(client).release_id == v3.release_id
+        # a release signed by the revoked key is refused, even when its channel lists it
+        newer = _device(tmp_path / "other", world)
+        _publish(client, world, 2)
+        assert _refused(newer, client, "revoked-key")
+        assert _refused(device, client, "revoked-key")
+
+
+def test_rotating_a_channel_key(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        v1 = _publish(client, world, 1)
+        assert device.pull(client).version == 1
+        rotate(client, "stable", add=[_key(world, "stable-2")], remove=[_key(world, "stable").public_key()],
+               delegator_keys=[world["key"]], role_keys=[_key(world, "stable")])
+        v2 = operator.publish(client, world["key"], world["root"] / "adapter-2", "stable",
+                              channel_keys=[_key(world, "stable-2")])
+        assert device.pull(client).release_id == v2.release_id
+        # the old stable key moves nothing any more: refused by the registry...
+        _store_refuses(client, [("stable", _channel_role(client, world, "stable", v1, "stable"))], "below-threshold")
+        # ...and by the device when a compromised registry serves it anyway
+        body = _channel_role(client, world, "stable", v1, "stable")
+        _compromise(registry, world, [("stable", Metadata.from_bytes(body).signed.version, body)])
+        _refused(device, client, "unsigned-metadata")
+
+
+def test_one_root_key_of_two_cannot_rotate_root(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        _publish(client, world, 1)
+        assert device.pull(client).version == 1
+        root = Metadata.from_bytes(client.metadata("root"))
+        root.signed.version += 1
+        root.signed.roles["targets"].keyids = [next(iter(root.signed.keys))]  # an attacker's targets key
+        one_key = sign(root, [_key(world, "root-1")])
+        _store_refuses(client, [("root", one_key)], "below-threshold")
+        _compromise(registry, world, [("root", 2, one_key)])
+        _refused(device, client, "unsigned-metadata")
+        # two of three root keys do rotate root, and the device follows
+        fixed = Metadata.from_bytes(client.metadata("root", 1))
+        fixed.signed.version += 1
+        store = sqlite3.connect(registry.root / "store" / "index.sqlite")
+        store.execute("DELETE FROM tuf_metadata WHERE role = 'root' AND version = 2")
+        store.commit()
+        store.close()
+        client.put_metadata([("root", sign(fixed, [_key(world, "root-2"), _key(world, "root-3")]))])
+        assert device.pull(client).status == "not-modified"
+        assert (tmp_path / "device" / "tuf" / "root_history" / "2.root.json").is_file()
+
+
+def test_a_canary_release_offered_on_stable_is_refused(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        _publish(client, world, 1)
+        v2 = _publish(client, world, 2, "canary")
+        assert device.pull(client).version == 1
+        # the canary key may list only canary/ paths: the registry refuses the rest...
+        mixed = _channel_role(client, world, "canary", v2, "canary", path_channel="stable")
+        _store_refuses(client, [("canary", mixed)], "outside-channel")
+        # ...and a compromised registry that serves it still cannot move stable devices
+        _compromise(registry, world, [("canary", Metadata.from_bytes(mixed).signed.version, mixed)])
+        assert device.pull(client).status == "not-modified" and device.version == 1
+        # nor by serving canary's metadata as stable's
+        resigned = Metadata.from_bytes(client.metadata("canary"))
+        resigned.signed.version = Metadata.from_bytes(client.metadata("stable")).signed.version + 1
+        _compromise(registry, world, [("stable", resigned.signed.version, sign(resigned, [_key(world, "canary")]))])
+        _refused(device, client, "unsigned-metadata")
+
+
+def test_a_frozen_registry_is_refused_once_its_timestamp_expires(world, tmp_path):
+    extra = ("--tuf", str(world["tuf"].registry), "--timestamp-valid", "3")
+    primary = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls", extra=extra).start()
+    try:
+        with _client(primary, world) as client:
+            device = _device(tmp_path / "device", world)
+            _publish(client, world, 1)
+            assert device.pull(client).version == 1
+            time.sleep(4)  # past one timestamp's validity: the registry has re-signed it since
+            assert device.pull(client).status == "not-modified"
+    finally:
+        primary.kill9()
+    # the same store served by a registry that re-signs nothing (a mirror, or a frozen host)
+    mirror = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls").start()
+    try:
+        with _client(mirror, world) as client:
+            time.sleep(3.5)
+            _refused(device, client, "expired-metadata")
+            with pytest.raises(RegistryError, match="read-only"):
+                _publish(client, world, 2)
+    finally:
+        mirror.stop()
+
+
+def test_rollback_and_mix_and_match_are_refused(registry, world, tmp_path):
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        _publish(client, world, 1)
+        old_timestamp, old_stable = client.metadata("timestamp"), client.metadata("stable")
+        _publish(client, world, 2)
+        assert device.pull(client).version == 2
+        index = sqlite3.connect(registry.root / "store" / "index.sqlite")
+        # rollback: the timestamp this device saw before v2
+        newest_timestamp = client.metadata("timestamp")
+        index.execute("UPDATE tuf_metadata SET body = ? WHERE role = 'timestamp'", (old_timestamp,))
+        index.commit()
+        _refused(device, client, "rollback")
+        index.execute("UPDATE tuf_metadata SET body = ? WHERE role = 'timestamp'", (newest_timestamp,))
+        index.commit()
+        # mix-and-match: a new snapshot names stable's next version; the registry serves an old one in its place
+        _publish(client, world, 1)  # its weights again, as v3
+        newest = Metadata.from_bytes(client.metadata("stable")).signed.version
+        index.execute("UPDATE tuf_metadata SET body = ? WHERE role = 'stable' AND version = ?", (old_stable, newest))
+        index.commit()
+        index.close()
+        _refused(device, client, "mix-and-match")
+
+
+def test_a_tuf_device_still_makes_every_check_of_its_own(registry, world, tmp_path):
+    """What TUF does not cover stays: a tampered blob, an expired release, another base."""
+    with _client(registry, world) as client:
+        device = _device(tmp_path / "device", world)
+        v1 = _publish(client, world, 1)
+        blob = v1.files["adapter_model.safetensors"]["sha256"]
+        path = registry.root / "store" / "blobs" / blob[:2] / blob
+        original = path.read_bytes()
+        path.write_bytes(original[:-4] + b"XXXX")
+        _refused(device, client, "file-mismatch")
+        path.write_bytes(original)
+        assert device.pull(client).version == 1
+        with pytest.raises(ManifestError, match="expired"):
+            device.pull(client, now=datetime.now(UTC) + timedelta(days=31))
+
+
+def test_an_installed_device_moves_to_tuf_and_keeps_its_floor(world, tmp_path):
+    """A device that trusts only the operator key installs v1 from a registry without TUF;
+    the registry then serves TUF metadata; the device's next pull moves it to TUF (the root
+    is taken only with the operator key's endorsement) without lowering its floor."""
+    legacy = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls").start()
+    device = _device(tmp_path / "device", world, provisioned=False)
+    try:
+        with _client(legacy, world) as client:
+            v1 = operator.publish(client, world["key"], world["root"] / "adapter-1", "stable")
+            v2 = operator.publish(client, world["key"], world["root"] / "adapter-2", "stable")
+            assert device.pull(client).version == 2
+    finally:
+        legacy.stop()
+    on_tuf = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls",
+                             extra=("--tuf", str(world["tuf"].registry))).start()
+    try:
+        with _client(on_tuf, world) as client:
+            # stable's role points at v1, a release this device left behind: nothing moves
+            operator.promote(client, world["key"], v1, "stable", channel_keys=[_key(world, "stable")])
+            assert device.pull(client).status == "not-modified" and device.version == 2
+            assert (tmp_path / "device" / "tuf" / "root_history" / "1.root.json").is_file()
+            with pytest.raises(ManifestError, match="older-version"):
+                device.check(*_signed(client, v1))
+            v3 = operator.publish(client, world["key"], world["root"] / "adapter-1", "stable",
+                                  channel_keys=[_key(world, "stable")])
+            assert device.pull(client).release_id == v3.release_id and device.state["floor"] == 3
+            assert v2.version == 2
+    finally:
+        on_tuf.stop()
+
+
+def test_migration_needs_the_operator_keys_endorsement(world, tmp_path):
+    intruder = tmp_path / "intruder.key"
+    new_key_pair(intruder)
+    folder = tmp_path / "tuf"
+    shutil.copytree(world["tuf"].registry, folder)
+    payload, signature = sign_endorsement(load_private_key(intruder), (folder / "metadata" / "1.root.json").read_bytes())
+    (folder / "metadata" / "root-endorsement.json").write_bytes(payload)
+    (folder / "metadata" / "root-endorsement.sig").write_bytes(signature)
+    process = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls",
+                              extra=("--tuf", str(folder))).start()
+    try:
+        with _client(process, world) as client:
+            _publish(client, world, 1)
+            device = _device(tmp_path / "device", world, provisioned=False)
+            with pytest.raises(ManifestError) as refused:
+                device.pull(client)
+            assert refused.value.reason == "wrong-key" and device.version == 0
+            assert not (tmp_path / "device" / "tuf").exists()
+    finally:
+        process.stop()
+
+
+def _signed(client, release) -> tuple[bytes, bytes]:
+    entry = next(e for e in client.releases(release.base_id) if _ids(e) == release.release_id)
+    return entry.release.manifest, entry.release.signature
