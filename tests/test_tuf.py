@@ -359,3 +359,36 @@ def test_migration_needs_the_operator_keys_endorsement(world, tmp_path):
 def _signed(client, release) -> tuple[bytes, bytes]:
     entry = next(e for e in client.releases(release.base_id) if _ids(e) == release.release_id)
     return entry.release.manifest, entry.release.signature
+
+
+def test_the_cli_sets_up_publishes_pulls_and_rotates_a_channel_key(world, tmp_path, capsys):
+    from fedpeft.cli import main
+
+    tuf, operator_key = tmp_path / "tuf", str(world["root"] / "operator.key")
+    assert main(["keys", "tuf-init", str(tuf), "--operator-key", operator_key]) == 0
+    assert main(["keys", "tuf-init", str(tuf), "--operator-key", operator_key]) == 2
+    assert "not empty" in capsys.readouterr().err
+    process = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls",
+                              extra=("--tuf", str(tuf / "registry"))).start()
+    try:
+        address = ["--registry", process.address, "--ca-cert", str(world["root"] / "tls" / "ca.crt")]
+        publish = ["registry", "publish", "--operator-key", operator_key, "--channel", "stable", *address]
+        assert main([*publish, str(world["root"] / "adapter-1")]) == 2
+        assert "--channel-key" in capsys.readouterr().err
+        assert main([*publish, str(world["root"] / "adapter-1"), "--channel-key", str(tuf / "offline" / "stable.key")]) == 0
+        pull = ["device", "pull", "--state", str(tmp_path / "device"), "--key", str(world["root"] / "operator.pub"),
+                "--base-id", world["base_id"], *address]
+        assert main([*pull, "--trusted-root", str(tuf / "root.json")]) == 0
+        assert "installed v1" in capsys.readouterr().out
+        new_key_pair(tmp_path / "stable-2.key")
+        assert main(["registry", "rotate-key", "stable", "--add", str(tmp_path / "stable-2.key"),
+                     "--remove", str(tuf / "offline" / "stable.pub"), "--delegator-key", operator_key,
+                     "--role-key", str(tuf / "offline" / "stable.key"), *address]) == 0
+        assert "accepted: targets v2, stable v3; revoked 1 key(s)" in capsys.readouterr().out
+        assert main([*publish, str(world["root"] / "adapter-2"), "--channel-key", str(tuf / "offline" / "stable.key")]) == 2
+        assert "not signed by the key" in capsys.readouterr().err
+        assert main([*publish, str(world["root"] / "adapter-2"), "--channel-key", str(tmp_path / "stable-2.key")]) == 0
+        assert main(pull) == 0  # the trusted root is kept in the slot
+        assert "installed v2" in capsys.readouterr().out
+    finally:
+        process.stop()

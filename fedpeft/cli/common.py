@@ -26,6 +26,7 @@ PORT = Range(int, 0, 65_535)
 PUBLISH_DEADLINE = Range(float, 0, DAY_S, low_open=True)
 TIMESTAMP_VALID = Range(float, 2, DAY_S, reason="a timestamp must outlive its re-signing schedule")
 VERSION = Range(int, 1, 2**63 - 1, reason="SQLite's integer range")
+ROOT_KEYS = Range(int, 1, 16)
 THREADS = Range(int, 0, 1024)
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 

@@ -34,6 +34,8 @@ def add_commands(commands) -> None:
         sub.add_argument("--channel", type=channel, default="stable", help="channel to follow (default stable)")
         if name == "pull":
             registry_arguments(sub)
+            sub.add_argument("--trusted-root", help="the TUF root.json this device is provisioned with (`fedpeft keys "
+                                                    "tuf-init` writes it); kept in the slot from the first pull on")
         sub.set_defaults(run=run)
     train = command(device, "train", "personalize the installed adapter on this device's rows (ONNX Runtime, no torch)",
                     "fedpeft device train --state device --export runs/export --data my-rows.csv "
@@ -86,7 +88,15 @@ def _train_defaults():
 
 
 def _device_pull(args: argparse.Namespace) -> None:
+    from fedpeft.core.errors import ConfigError
+    from fedpeft.core.trust.files import UnreadableFile, read_small
+
     device = device_slot(args)
+    if args.trusted_root:
+        try:
+            device.trusted_root = read_small(Path(args.trusted_root))
+        except UnreadableFile as exc:
+            raise ConfigError(f"--trusted-root {args.trusted_root}: {exc}") from exc
     with registry_client(args) as client:
         result = device.pull(client)
     if result.status == "not-modified":

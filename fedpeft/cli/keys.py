@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedpeft.core.errors import ConfigError
 
-from .common import command, group
+from .common import ROOT_KEYS, channel, command, group
 
 
 def add_commands(commands) -> None:
@@ -25,6 +25,17 @@ def add_commands(commands) -> None:
     listing = command(keys, "list", "show the enrolled keys", "fedpeft keys list --keyring keys/enrolled.json")
     listing.add_argument("--keyring", required=True, help="enrollment list (JSON)")
     listing.set_defaults(run=_keys_list)
+    tuf = command(keys, "tuf-init", "create a TUF repository's keys and first metadata for the registry and devices",
+                  "fedpeft keys tuf-init tuf --operator-key keys/operator.key --channels canary stable")
+    tuf.add_argument("out", help="folder to create: offline/ (root and channel keys), registry/ (online keys and "
+                                 "metadata for `registry serve --tuf`), root.json (for devices)")
+    tuf.add_argument("--operator-key", required=True, help="the operator key: signs targets and release.json, and "
+                                                           "endorses the root for devices that trust only it")
+    tuf.add_argument("--channels", nargs="+", type=channel, default=["canary", "stable"],
+                     help="one delegated role (and key) per channel (default canary stable)")
+    tuf.add_argument("--root-keys", type=ROOT_KEYS, default=3, help="root keys to create (default 3)")
+    tuf.add_argument("--root-threshold", type=ROOT_KEYS, default=2, help="root keys a root change needs (default 2)")
+    tuf.set_defaults(run=_keys_tuf_init)
 
 
 def _keys_new(args: argparse.Namespace) -> None:
@@ -52,3 +63,14 @@ def _keys_list(args: argparse.Namespace) -> None:
 
     for entry in sorted(Keyring.load(Path(args.keyring)).keys.values(), key=lambda e: e.name):
         print(f"{entry.key_id}  {entry.name}")
+
+
+def _keys_tuf_init(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.keys import load_operator_key
+    from fedpeft.server.registry.tuf_operator import init_repository
+
+    made = init_repository(Path(args.out), load_operator_key(Path(args.operator_key)), tuple(args.channels),
+                           args.root_keys, args.root_threshold)
+    print(f"TUF keys and metadata in {args.out}: offline keys (root x{args.root_keys}, threshold "
+          f"{args.root_threshold}; {', '.join(args.channels)}) in {made.offline}, keep them off the registry host; "
+          f"`fedpeft registry serve --tuf {made.registry}`; devices: `fedpeft device pull --trusted-root {made.root}`")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from securesystemslib.exceptions import UnverifiedSignatureError
 from tuf.api.metadata import Metadata, Root, Targets
 
 from fedpeft.core.errors import ConfigError
@@ -80,16 +81,27 @@ def init_repository(out: Path, operator_key: Ed25519PrivateKey, channels: tuple[
     return InitializedRepository(offline, registry, out / "root.json")
 
 
+def _metadata(client: RegistryClient, role: str) -> Metadata:
+    try:
+        return Metadata.from_bytes(client.metadata(role))
+    except Exception as exc:  # python-tuf's DeserializationError, ValueError... on a registry's garbage
+        raise ConfigError(f"the registry's {role} metadata is unreadable: {type(exc).__name__}") from None
+
+
 def current(client: RegistryClient, role: str, signed_by: list[Ed25519PrivateKey]) -> Metadata:
     """The registry's newest metadata of `role`, if one of `signed_by` signed it (what the
     operator is about to re-sign must be what the operator's keys signed before)."""
-    metadata = Metadata.from_bytes(client.metadata(role))
+    metadata = _metadata(client, role)
     for key in signed_by:
         public = tuf_key(key.public_key())
         signature = metadata.signatures.get(public.keyid)
-        if signature is not None:
-            public.verify_signature(signature, metadata.signed_bytes)  # raises UnverifiedSignatureError
-            return metadata
+        if signature is None:
+            continue
+        try:
+            public.verify_signature(signature, metadata.signed_bytes)
+        except UnverifiedSignatureError:
+            raise ConfigError(f"the registry's {role} metadata carries a bad signature by a key given for it") from None
+        return metadata
     raise ConfigError(f"the registry's {role} metadata is not signed by the key(s) given for it")
 
 
@@ -116,16 +128,19 @@ def rotate(client: RegistryClient, role: str, *, add: list[Ed25519PrivateKey], r
     removed = {tuf_key(key).keyid for key in remove}
     signers = [k for k in role_keys if tuf_key(k.public_key()).keyid not in removed] + list(add)
     if role in (Root.type, Targets.type):
-        delegator, lifetime = Metadata.from_bytes(client.metadata(Root.type)), ROOT_EXPIRY
+        delegator, lifetime = current(client, Root.type, delegator_keys), ROOT_EXPIRY
     else:
         delegator, lifetime = current(client, Targets.type, delegator_keys), TARGETS_EXPIRY
     body = delegator.signed
-    for key in add:
-        body.add_key(tuf_key(key.public_key()), check_channel(role) if role != Root.type else role)
-    for keyid in removed:
-        body.revoke_key(keyid, role)
-    if threshold is not None:
-        body.get_delegated_role(role).threshold = threshold
+    try:
+        for key in add:
+            body.add_key(tuf_key(key.public_key()), role)
+        for keyid in removed:
+            body.revoke_key(keyid, role)
+        if threshold is not None:
+            body.get_delegated_role(role).threshold = threshold
+    except ValueError as exc:  # a role the delegator does not name, a key the role does not have
+        raise ConfigError(f"cannot change {role}'s keys: {exc}") from None
     body.version += 1
     body.expires = expiry(lifetime)
     if role == Root.type:
