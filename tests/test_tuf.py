@@ -6,6 +6,7 @@ compromised registry (one holding the online keys) serves it anyway."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tuf.api.metadata import Metadata
 
 from fedpeft.core.adapters.spec import TemplateSpec
@@ -31,7 +34,7 @@ from fedpeft.device.slot import Device
 from fedpeft.protos import registry_pb2 as pb
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
-from fedpeft.server.registry.store import RegistryStore
+from fedpeft.server.registry.store import RegistryStore, StoreError
 from fedpeft.server.registry.tuf_operator import init_repository, rotate
 from fedpeft.server.registry.tuf_repository import OnlineKeys, TufRepository
 
@@ -218,6 +221,18 @@ def test_one_root_key_of_two_cannot_rotate_root(registry, world, tmp_path):
         client.put_metadata([("root", sign(fixed, [_key(world, "root-2"), _key(world, "root-3")]))])
         assert device.pull(client).status == "not-modified"
         assert (tmp_path / "device" / "tuf" / "root_history" / "2.root.json").is_file()
+        # a chain: root v3 replaces root-1 with a new key, signed by 2 old and 2 new keys; the device walks v2 -> v3
+        new_key_pair(tmp_path / "root-4.key")
+        rotate(client, "root", add=[load_private_key(tmp_path / "root-4.key")], remove=[_key(world, "root-1").public_key()],
+               delegator_keys=[_key(world, "root-2"), _key(world, "root-3")],
+               role_keys=[_key(world, "root-2"), _key(world, "root-3")])
+        assert device.pull(client).status == "not-modified"
+        assert (tmp_path / "device" / "tuf" / "root_history" / "3.root.json").is_file()
+        # root-1 alone (now revoked) and root-4 alone are each one key short of root v4
+        for keys in ([_key(world, "root-1"), _key(world, "root-2")], [load_private_key(tmp_path / "root-4.key")]):
+            nxt = Metadata.from_bytes(client.metadata("root"))
+            nxt.signed.version += 1
+            _store_refuses(client, [("root", sign(nxt, keys))], "below-threshold")
 
 
 def test_a_canary_release_offered_on_stable_is_refused(registry, world, tmp_path):
@@ -381,7 +396,7 @@ def test_the_cli_sets_up_publishes_pulls_and_rotates_a_channel_key(world, tmp_pa
         assert main([*pull, "--trusted-root", str(tuf / "root.json")]) == 0
         assert "installed v1" in capsys.readouterr().out
         new_key_pair(tmp_path / "stable-2.key")
-        assert main(["registry", "rotate-key", "stable", "--add", str(tmp_path / "stable-2.key"),
+        assert main(["keys", "rotate", "stable", "--add", str(tmp_path / "stable-2.key"),
                      "--remove", str(tuf / "offline" / "stable.pub"), "--delegator-key", operator_key,
                      "--role-key", str(tuf / "offline" / "stable.key"), *address]) == 0
         assert "accepted: targets v2, stable v3; revoked 1 key(s)" in capsys.readouterr().out
@@ -392,3 +407,32 @@ def test_the_cli_sets_up_publishes_pulls_and_rotates_a_channel_key(world, tmp_pa
         assert "installed v2" in capsys.readouterr().out
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, world):
+    """A TUF repository over a store, in this process: the registry's checks without the wire."""
+    store = RegistryStore(tmp_path_factory.mktemp("tuf-store"))
+    repository = TufRepository(store, OnlineKeys.load(world["tuf"].registry))
+    repository.initialize(world["tuf"].registry / "metadata")
+    yield repository
+    store.close()
+
+
+ROLES = st.sampled_from(["root", "targets", "stable", "canary", "snapshot", "timestamp", "nobody", ""])
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                       max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(role=ROLES, body=st.binary(max_size=600) | JSONISH.map(lambda v: json.dumps(v).encode())
+       | JSONISH.map(lambda v: json.dumps({"signed": v, "signatures": []}).encode()))
+def test_any_uploaded_metadata_is_stored_or_refused_by_name(repository, role, body):
+    """Whatever bytes arrive as a role's metadata, the registry's checks end in a named
+    StoreError (nothing hostile here is signed, so nothing is accepted)."""
+    before = repository.get("timestamp")
+    with pytest.raises(StoreError) as refused:
+        repository.check([(role, body)])
+    assert refused.value.reason in {"bad-metadata", "stale-version", "below-threshold", "unknown-role"}
+    assert repository.get("timestamp") == before

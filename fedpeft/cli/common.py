@@ -116,6 +116,13 @@ def operator_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--operator-key", required=True, help=f"operator private key (passphrase in ${OPERATOR_ENV})")
 
 
+def private_keys(paths: list[str]) -> list:
+    """Private key files given as options (`--channel-key`, `--add`...), loaded."""
+    from fedpeft.core.trust.keys import load_private_key
+
+    return [load_private_key(Path(path)) for path in paths]
+
+
 def slot_arguments(sub: argparse.ArgumentParser) -> None:
     """The device slot a command works on and what the device trusts."""
     sub.add_argument("--state", required=True, help="the device's adapter folder (state.json, releases/)")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from fedpeft.core.errors import ConfigError
 
-from .common import ROOT_KEYS, channel, command, group
+from .common import ROOT_KEYS, channel, command, group, private_keys, registry_arguments, registry_client
 
 
 def add_commands(commands) -> None:
-    keys = group(commands, "keys", "Ed25519 keys: create them, enroll client keys", "keys_command")
+    keys = group(commands, "keys", "Ed25519 keys: create them, enroll client keys, set up and rotate TUF keys", "keys_command")
     new = command(keys, "new", "write NAME.key (mode 600) and NAME.pub", "fedpeft keys new keys/client-7.key")
     new.add_argument("path", help="private key file to create, e.g. keys/client-0.key")
     new.add_argument("--passphrase-env", metavar="VAR", help="encrypt the key with the passphrase in $VAR")
@@ -36,6 +36,20 @@ def add_commands(commands) -> None:
     tuf.add_argument("--root-keys", type=ROOT_KEYS, default=3, help="root keys to create (default 3)")
     tuf.add_argument("--root-threshold", type=ROOT_KEYS, default=2, help="root keys a root change needs (default 2)")
     tuf.set_defaults(run=_keys_tuf_init)
+    rotate = command(keys, "rotate", "add, rotate or revoke a key of a TUF role on the registry (devices follow)",
+                     "fedpeft keys rotate targets --add keys/operator-2.key --remove keys/operator.pub "
+                     "--delegator-key tuf/offline/root-1.key --delegator-key tuf/offline/root-2.key "
+                     "--role-key keys/operator.key --ca-cert tls/ca.crt")
+    registry_arguments(rotate)
+    rotate.add_argument("role", type=channel, help="root, targets, or a channel (canary, stable, ...)")
+    rotate.add_argument("--add", action="append", default=[], help="private key to add (it signs the role's next version)")
+    rotate.add_argument("--remove", action="append", default=[], help="public key to remove: revoked from now on")
+    rotate.add_argument("--delegator-key", action="append", required=True,
+                        help="keys of the delegating role: root keys (a threshold; for root, the old ones) for root "
+                             "and targets, the operator key for a channel")
+    rotate.add_argument("--role-key", action="append", default=[], help="the role's current private keys you hold")
+    rotate.add_argument("--threshold", type=ROOT_KEYS, help="the role's new signature threshold")
+    rotate.set_defaults(run=_keys_rotate)
 
 
 def _keys_new(args: argparse.Namespace) -> None:
@@ -74,3 +88,17 @@ def _keys_tuf_init(args: argparse.Namespace) -> None:
     print(f"TUF keys and metadata in {args.out}: offline keys (root x{args.root_keys}, threshold "
           f"{args.root_threshold}; {', '.join(args.channels)}) in {made.offline}, keep them off the registry host; "
           f"`fedpeft registry serve --tuf {made.registry}`; devices: `fedpeft device pull --trusted-root {made.root}`")
+
+
+def _keys_rotate(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.keys import load_public_key
+    from fedpeft.server.registry.tuf_operator import rotate
+
+    if not args.add and not args.remove and args.threshold is None:
+        raise ConfigError("keys rotate changes nothing: give --add, --remove or --threshold")
+    with registry_client(args) as client:
+        accepted = rotate(client, args.role, add=private_keys(args.add),
+                          remove=[load_public_key(Path(path)) for path in args.remove], delegator_keys=private_keys(args.delegator_key), role_keys=private_keys(args.role_key),
+                          threshold=args.threshold)
+    print("accepted: " + ", ".join(f"{role} v{version}" for role, version in accepted)
+          + (f"; revoked {len(args.remove)} key(s)" if args.remove else ""))

@@ -11,7 +11,6 @@ from fedpeft.core.errors import ConfigError
 
 from .common import (
     PORT,
-    ROOT_KEYS,
     TIMESTAMP_VALID,
     PUBLISH_DEADLINE,
     VERSION,
@@ -20,6 +19,7 @@ from .common import (
     group,
     host,
     operator_arguments,
+    private_keys,
     registry_arguments,
     registry_client,
 )
@@ -69,20 +69,6 @@ def add_commands(commands) -> None:
                                 help="devices refuse the release after this")
         _channel_key_argument(change)
         change.set_defaults(run=run)
-    rotate = command(registry, "rotate-key", "add, rotate or revoke a key of a TUF role (devices follow)",
-                     "fedpeft registry rotate-key targets --add keys/operator-2.key --remove keys/operator.pub "
-                     "--delegator-key tuf/offline/root-1.key --delegator-key tuf/offline/root-2.key "
-                     "--role-key keys/operator.key --ca-cert tls/ca.crt")
-    registry_arguments(rotate)
-    rotate.add_argument("role", type=channel, help="root, targets, or a channel (canary, stable, ...)")
-    rotate.add_argument("--add", action="append", default=[], help="private key to add (it signs the role's next version)")
-    rotate.add_argument("--remove", action="append", default=[], help="public key to remove: revoked from now on")
-    rotate.add_argument("--delegator-key", action="append", required=True,
-                        help="keys of the delegating role: root keys (a threshold; for root, the old ones) for root "
-                             "and targets, the operator key for a channel")
-    rotate.add_argument("--role-key", action="append", default=[], help="the role's current private keys you hold")
-    rotate.add_argument("--threshold", type=ROOT_KEYS, help="the role's new signature threshold")
-    rotate.set_defaults(run=_registry_rotate)
     lst = command(registry, "list", "show the published releases and their channels",
                   "fedpeft registry list --ca-cert tls/ca.crt")
     registry_arguments(lst)
@@ -94,12 +80,6 @@ def _channel_key_argument(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--channel-key", action="append", default=[],
                      help="a TUF registry: the channel's key, which signs the channel's next metadata (repeat for "
                           "a threshold)")
-
-
-def _keys(paths: list[str]) -> list:
-    from fedpeft.core.trust.keys import load_private_key
-
-    return [load_private_key(Path(path)) for path in paths]
 
 
 def _operator_key(args: argparse.Namespace):
@@ -125,7 +105,7 @@ def _registry_publish(args: argparse.Namespace) -> None:
     with registry_client(args) as client:
         release = publish(client, _operator_key(args), Path(args.adapter), args.channel,
                           onnx_adapter=Path(args.onnx_adapter) if args.onnx_adapter else None, valid_days=args.valid_days,
-                          channel_keys=_keys(args.channel_key))
+                          channel_keys=private_keys(args.channel_key))
     print(f"published v{release.version} ({release.release_id[:12]}) of base {release.base_id[:12]} "
           f"to {args.channel}; expires {release.manifest['expires']}")
 
@@ -138,7 +118,7 @@ def _registry_promote(args: argparse.Namespace) -> None:
         release = next((r for r in releases(client, key, args.base_id) if r.version == args.version), None)
         if release is None:
             raise ConfigError(f"no release v{args.version} of base {args.base_id[:12]} in the registry")
-        promote(client, key, release, args.channel, _keys(args.channel_key))
+        promote(client, key, release, args.channel, private_keys(args.channel_key))
     print(f"{args.channel} now serves v{release.version} ({release.release_id[:12]})")
 
 
@@ -147,7 +127,7 @@ def _registry_rollback(args: argparse.Namespace) -> None:
 
     with registry_client(args) as client:
         release = rollback(client, _operator_key(args), args.base_id, args.to_version, args.channel,
-                           valid_days=args.valid_days, channel_keys=_keys(args.channel_key))
+                           valid_days=args.valid_days, channel_keys=private_keys(args.channel_key))
     print(f"{args.channel} now serves v{release.version} ({release.release_id[:12]}), "
           f"the weights of v{args.to_version}")
 
@@ -160,16 +140,3 @@ def _registry_list(args: argparse.Namespace) -> None:
     for entry in entries:
         print(describe(entry))  # listing only: devices verify before use
 
-
-def _registry_rotate(args: argparse.Namespace) -> None:
-    from fedpeft.core.trust.keys import load_public_key
-    from fedpeft.server.registry.tuf_operator import rotate
-
-    if not args.add and not args.remove and args.threshold is None:
-        raise ConfigError("rotate-key changes nothing: give --add, --remove or --threshold")
-    with registry_client(args) as client:
-        accepted = rotate(client, args.role, add=_keys(args.add), remove=[load_public_key(Path(p)) for p in args.remove],
-                          delegator_keys=_keys(args.delegator_key), role_keys=_keys(args.role_key),
-                          threshold=args.threshold)
-    print("accepted: " + ", ".join(f"{role} v{version}" for role, version in accepted)
-          + (f"; revoked {len(args.remove)} key(s)" if args.remove else ""))
