@@ -62,10 +62,15 @@ class RegistryClient:
         except grpc.RpcError as error:
             raise RegistryError(name, error) from error
 
+    def latest_reply(self, base_id: str, channel: str, installed_version: int) -> pb.LatestReply:
+        """The registry's answer: the channel's current release unless it is not newer than
+        `installed_version`, and whether the registry serves TUF metadata."""
+        return self._call("GetLatest", pb.LatestRequest(base_id=base_id, channel=channel,
+                                                        installed_version=installed_version))
+
     def latest(self, base_id: str, channel: str, installed_version: int) -> pb.SignedManifest | None:
         """The channel's current release, or None when it is not newer than `installed_version`."""
-        reply = self._call("GetLatest", pb.LatestRequest(base_id=base_id, channel=channel,
-                                                         installed_version=installed_version))
+        reply = self.latest_reply(base_id, channel, installed_version)
         return None if reply.not_modified else reply.release
 
     def releases(self, base_id: str = "") -> list[pb.ReleaseEntry]:

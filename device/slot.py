@@ -86,15 +86,16 @@ class Device:
     def _offer(self, client: RegistryClient, now: datetime | None) -> tuple[bytes, bytes] | None:
         """(release.json, release.sig) of the channel's release if it is newer than the
         installed one; None: not modified. On TUF (provisioned, or moved there now because
-        the registry serves a root the operator key endorsed) python-tuf verifies the
-        channel's metadata first; otherwise the registry's answer is all there is."""
+        the registry says it serves TUF and its root v1 carries the operator key's
+        endorsement) python-tuf verifies the channel's metadata first; otherwise the
+        registry's answer is all there is."""
         if TufChannel.provisioned(self.tuf) or self.trusted_root is not None:
             trust = TufChannel(self.tuf, client, None if TufChannel.provisioned(self.tuf) else self.trusted_root)
-        elif client.has_tuf():
-            trust = TufChannel.migrate(self.tuf, client, self.operator_key)
         else:
-            signed = client.latest(self.base_id, self.channel, self.version)
-            return None if signed is None else (signed.manifest, signed.signature)
+            reply = client.latest_reply(self.base_id, self.channel, self.version)
+            if not reply.tuf:
+                return None if reply.not_modified else (reply.release.manifest, reply.release.signature)
+            trust = TufChannel.migrate(self.tuf, client, self.operator_key)
         self._operator_keys = trust.operator_keys()
         offered = trust.release(self.base_id, self.channel)
         if offered is None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xaa\x01\n\x0cPublishStart\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x34\n\x0c\x63hannel_role\x18\x03 \x01(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\".\n\x0cRoleMetadata\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\"\x86\x01\n\x0ePublishRequest\x12/\n\x05start\x18\x03 \x01(\x0b\x32\x1e.fedpeft.registry.PublishStartH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04partJ\x04\x08\x01\x10\x02R\x07release\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"V\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"V\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"\x11\n\x0fIdentityRequest\"$\n\rIdentityReply\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"{\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x34\n\x0c\x63hannel_role\x18\x02 \x01(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"0\n\x0fMetadataRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"X\n\rMetadataReply\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x35\n\x0b\x65ndorsement\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"C\n\x12PutMetadataRequest\x12-\n\x05roles\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"A\n\x10PutMetadataReply\x12-\n\x05roles\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\xff\x04\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReply\x12N\n\x08Identity\x12!.fedpeft.registry.IdentityRequest\x1a\x1f.fedpeft.registry.IdentityReply\x12Q\n\x0bGetMetadata\x12!.fedpeft.registry.MetadataRequest\x1a\x1f.fedpeft.registry.MetadataReply\x12W\n\x0bPutMetadata\x12$.fedpeft.registry.PutMetadataRequest\x1a\".fedpeft.registry.PutMetadataReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64peft/protos/registry.proto\x12\x10\x66\x65\x64peft.registry\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"9\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xaa\x01\n\x0cPublishStart\x12\x31\n\x07request\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x34\n\x0c\x63hannel_role\x18\x03 \x01(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\".\n\x0cRoleMetadata\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08metadata\x18\x02 \x01(\x0c\"\x86\x01\n\x0ePublishRequest\x12/\n\x05start\x18\x03 \x01(\x0b\x32\x1e.fedpeft.registry.PublishStartH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedpeft.registry.BlobChunkH\x00\x42\x06\n\x04partJ\x04\x08\x01\x10\x02R\x07release\"K\n\x0cPublishReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\"2\n\x0bListRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0cReleaseEntry\x12\x31\n\x07release\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x10\n\x08\x63hannels\x18\x02 \x03(\t\"V\n\tListReply\x12\x30\n\x08releases\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.ReleaseEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\rLatestRequest\x12\x0f\n\x07\x62\x61se_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\x04\"c\n\x0bLatestReply\x12\x14\n\x0cnot_modified\x18\x01 \x01(\x08\x12\x31\n\x07release\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x0b\n\x03tuf\x18\x03 \x01(\x08\"\x11\n\x0fIdentityRequest\"$\n\rIdentityReply\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"{\n\x0ePromoteRequest\x12\x33\n\tpromotion\x18\x01 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\x12\x34\n\x0c\x63hannel_role\x18\x02 \x01(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"0\n\x0fMetadataRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"X\n\rMetadataReply\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x35\n\x0b\x65ndorsement\x18\x02 \x01(\x0b\x32 .fedpeft.registry.SignedManifest\"C\n\x12PutMetadataRequest\x12-\n\x05roles\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"A\n\x10PutMetadataReply\x12-\n\x05roles\x18\x01 \x03(\x0b\x32\x1e.fedpeft.registry.RoleMetadata\"D\n\x0cPromoteReply\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x32\xff\x04\n\x08Registry\x12M\n\x07Publish\x12 .fedpeft.registry.PublishRequest\x1a\x1e.fedpeft.registry.PublishReply(\x01\x12\x42\n\x04List\x12\x1d.fedpeft.registry.ListRequest\x1a\x1b.fedpeft.registry.ListReply\x12K\n\tGetLatest\x12\x1f.fedpeft.registry.LatestRequest\x1a\x1d.fedpeft.registry.LatestReply\x12J\n\tFetchBlob\x12\x1e.fedpeft.registry.FetchRequest\x1a\x1b.fedpeft.registry.BlobChunk0\x01\x12K\n\x07Promote\x12 .fedpeft.registry.PromoteRequest\x1a\x1e.fedpeft.registry.PromoteReply\x12N\n\x08Identity\x12!.fedpeft.registry.IdentityRequest\x1a\x1f.fedpeft.registry.IdentityReply\x12Q\n\x0bGetMetadata\x12!.fedpeft.registry.MetadataRequest\x1a\x1f.fedpeft.registry.MetadataReply\x12W\n\x0bPutMetadata\x12$.fedpeft.registry.PutMetadataRequest\x1a\".fedpeft.registry.PutMetadataReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,25 +52,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LATESTREQUEST']._serialized_start=825
   _globals['_LATESTREQUEST']._serialized_end=901
   _globals['_LATESTREPLY']._serialized_start=903
-  _globals['_LATESTREPLY']._serialized_end=989
-  _globals['_IDENTITYREQUEST']._serialized_start=991
-  _globals['_IDENTITYREQUEST']._serialized_end=1008
-  _globals['_IDENTITYREPLY']._serialized_start=1010
-  _globals['_IDENTITYREPLY']._serialized_end=1046
-  _globals['_FETCHREQUEST']._serialized_start=1048
-  _globals['_FETCHREQUEST']._serialized_end=1094
-  _globals['_PROMOTEREQUEST']._serialized_start=1096
-  _globals['_PROMOTEREQUEST']._serialized_end=1219
-  _globals['_METADATAREQUEST']._serialized_start=1221
-  _globals['_METADATAREQUEST']._serialized_end=1269
-  _globals['_METADATAREPLY']._serialized_start=1271
-  _globals['_METADATAREPLY']._serialized_end=1359
-  _globals['_PUTMETADATAREQUEST']._serialized_start=1361
-  _globals['_PUTMETADATAREQUEST']._serialized_end=1428
-  _globals['_PUTMETADATAREPLY']._serialized_start=1430
-  _globals['_PUTMETADATAREPLY']._serialized_end=1495
-  _globals['_PROMOTEREPLY']._serialized_start=1497
-  _globals['_PROMOTEREPLY']._serialized_end=1565
-  _globals['_REGISTRY']._serialized_start=1568
-  _globals['_REGISTRY']._serialized_end=2207
+  _globals['_LATESTREPLY']._serialized_end=1002
+  _globals['_IDENTITYREQUEST']._serialized_start=1004
+  _globals['_IDENTITYREQUEST']._serialized_end=1021
+  _globals['_IDENTITYREPLY']._serialized_start=1023
+  _globals['_IDENTITYREPLY']._serialized_end=1059
+  _globals['_FETCHREQUEST']._serialized_start=1061
+  _globals['_FETCHREQUEST']._serialized_end=1107
+  _globals['_PROMOTEREQUEST']._serialized_start=1109
+  _globals['_PROMOTEREQUEST']._serialized_end=1232
+  _globals['_METADATAREQUEST']._serialized_start=1234
+  _globals['_METADATAREQUEST']._serialized_end=1282
+  _globals['_METADATAREPLY']._serialized_start=1284
+  _globals['_METADATAREPLY']._serialized_end=1372
+  _globals['_PUTMETADATAREQUEST']._serialized_start=1374
+  _globals['_PUTMETADATAREQUEST']._serialized_end=1441
+  _globals['_PUTMETADATAREPLY']._serialized_start=1443
+  _globals['_PUTMETADATAREPLY']._serialized_end=1508
+  _globals['_PROMOTEREPLY']._serialized_start=1510
+  _globals['_PROMOTEREPLY']._serialized_end=1578
+  _globals['_REGISTRY']._serialized_start=1581
+  _globals['_REGISTRY']._serialized_end=2220
 # @@protoc_insertion_point(module_scope)

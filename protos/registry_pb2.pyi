@@ -95,12 +95,14 @@ class LatestRequest(_message.Message):
     def __init__(self, base_id: _Optional[str] = ..., channel: _Optional[str] = ..., installed_version: _Optional[int] = ...) -> None: ...
 
 class LatestReply(_message.Message):
-    __slots__ = ("not_modified", "release")
+    __slots__ = ("not_modified", "release", "tuf")
     NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    TUF_FIELD_NUMBER: _ClassVar[int]
     not_modified: bool
     release: SignedManifest
-    def __init__(self, not_modified: _Optional[bool] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
+    tuf: bool
+    def __init__(self, not_modified: _Optional[bool] = ..., release: _Optional[_Union[SignedManifest, _Mapping]] = ..., tuf: _Optional[bool] = ...) -> None: ...
 
 class IdentityRequest(_message.Message):
     __slots__ = ()

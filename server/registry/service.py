@@ -188,8 +188,8 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no release of base {request.base_id[:12]} in channel {request.channel!r}")
         if current.version <= request.installed_version:
-            return pb.LatestReply(not_modified=True)
-        return pb.LatestReply(release=_signed(current))
+            return pb.LatestReply(not_modified=True, tuf=self.tuf.enabled)
+        return pb.LatestReply(release=_signed(current), tuf=self.tuf.enabled)
 
     async def FetchBlob(self, request: pb.FetchRequest, context) -> AsyncIterator[pb.BlobChunk]:
         try:
