@@ -205,7 +205,7 @@ def _value_checks() -> dict[str, object]:
             if isinstance(action, argparse._SubParsersAction):
                 stack.extend(action.choices.values())
             elif isinstance(action.type, Range) or action.type in (host, address, channel):
-                checks[f"{parser.prog} {action.option_strings[0]}"] = action.type
+                checks[f"{parser.prog} {(action.option_strings or [action.dest])[0]}"] = action.type
     return checks
 
 

@@ -425,7 +425,7 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_s
                        max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(role=ROLES, body=st.binary(max_size=600) | JSONISH.map(lambda v: json.dumps(v).encode())
        | JSONISH.map(lambda v: json.dumps({"signed": v, "signatures": []}).encode()))
 def test_any_uploaded_metadata_is_stored_or_refused_by_name(repository, role, body):
