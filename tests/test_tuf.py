@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import ssl
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
 from fedpeft.core.adapters.spec import TemplateSpec
@@ -436,3 +439,52 @@ def test_any_uploaded_metadata_is_stored_or_refused_by_name(repository, role, bo
         repository.check([(role, body)])
     assert refused.value.reason in {"bad-metadata", "stale-version", "below-threshold", "unknown-role"}
     assert repository.get("timestamp") == before
+
+
+def _scrape(registry, world) -> dict[tuple[str, tuple], float]:
+    context = ssl.create_default_context(cafile=str(world["root"] / "tls" / "ca.crt"))
+    with urllib.request.urlopen(registry.metrics_url, context=context, timeout=10) as reply:
+        text = reply.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_registry_metrics_count_pulls_refusals_changes_and_latency(world, tmp_path):
+    """The registry's Prometheus metrics, scraped over TLS while devices pull and a publish is
+    refused: the counters move by exactly what happened, and what a caller names (a channel)
+    cannot grow the label set."""
+    registry = RegistryProcess(tmp_path, world["root"] / "operators.json", world["root"] / "tls",
+                               extra=("--tuf", str(world["tuf"].registry), "--metrics-port", "0")).start()
+    try:
+        assert registry.metrics_url.startswith("https://127.0.0.1:")
+        before = _scrape(registry, world)
+        with RegistryClient(registry.address, world["root"] / "tls" / "ca.crt", timeout_s=30) as client:
+            v1 = operator.publish(client, world["key"], world["root"] / "adapter-1", "stable",
+                                  channel_keys=[_key(world, "stable")])
+            legacy = _device(tmp_path / "legacy", world, provisioned=False)
+            client.latest(world["base_id"], "stable", 0)                  # a release
+            client.latest(world["base_id"], "stable", 1)                  # not modified
+            for name in ("nobody-1", "nobody-2", "nobody-3"):             # channels nobody serves
+                with pytest.raises(RegistryError, match="NOT_FOUND"):
+                    client.latest(world["base_id"], name, 0)
+            with pytest.raises(RegistryError, match="tuf-required"):
+                client.promote(*sign_promotion(world["key"], v1, "canary"))  # without canary's metadata
+            assert legacy.pull(client).version == 1                        # moves to TUF on the way
+        after = _scrape(registry, world)
+    finally:
+        registry.stop()
+
+    def moved(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("fedpeft_registry_pulls_total", channel="stable", answer="release") == 2  # the client, the device
+    assert moved("fedpeft_registry_pulls_total", channel="stable", answer="not-modified") == 1
+    assert moved("fedpeft_registry_pulls_total", channel="-", answer="not-found") == 3
+    assert not any("nobody" in str(labels) for _, labels in after)
+    assert moved("fedpeft_registry_refusals_total", call="Promote", reason="tuf-required") == 1
+    assert moved("fedpeft_registry_changes_total", kind="publish", channel="stable") == 1
+    assert after[("fedpeft_registry_channel_version", (("base", world["base_id"][:12]), ("channel", "stable")))] == 1
+    assert moved("fedpeft_registry_tuf_metadata_total", role="timestamp") >= 1
+    assert moved("fedpeft_registry_request_seconds_count", call="GetLatest") == 6
+    assert after[("fedpeft_registry_publish_streams", ())] == 0

@@ -43,6 +43,8 @@ def add_commands(commands) -> None:
                                      "(online snapshot and timestamp keys, the first metadata)")
     serve.add_argument("--timestamp-valid", type=TIMESTAMP_VALID, default=600.0,
                        help="seconds a TUF timestamp stays valid (re-signed at half; devices refuse a staler one)")
+    serve.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics at /metrics on this port (0: any "
+                                                         "free port, printed; TLS with the registry's certificate)")
     serve.set_defaults(run=_registry_serve)
     pub = command(registry, "publish", "publish a signed adapter folder as the next version of its base",
                   "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "
@@ -96,7 +98,7 @@ def _registry_serve(args: argparse.Namespace) -> None:
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure,
                       publish_deadline=args.publish_deadline, tuf=Path(args.tuf) if args.tuf else None,
-                      timestamp_valid=args.timestamp_valid))
+                      timestamp_valid=args.timestamp_valid, metrics_port=args.metrics_port))
 
 
 def _registry_publish(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ class RegistryProcess:
         self.port = 0  # the first start picks a free port; restarts reuse it
         self.log: list[str] = []
         self.banner = ""  # the "listening on" line of the latest start
+        self.metrics_url = ""
 
     @property
     def address(self) -> str:
@@ -38,6 +39,8 @@ class RegistryProcess:
         self.log.extend(before)
         self.banner = first
         self.port = int(first.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        if "/metrics" in first:  # `--metrics-port`: where Prometheus scrapes it
+            self.metrics_url = first.split("metrics ")[-1].strip()
         threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
         return self
 

@@ -18,6 +18,7 @@ from fedpeft.core.trust.tuf_roles import TIMESTAMP_EXPIRY
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
+from .metrics import RegistryMetrics
 from .service import PUBLISH_DEADLINE_S, RegistryService, log
 from .store import RegistryStore, StoreError
 from .tuf_repository import OnlineKeys, TufRepository
@@ -35,6 +36,7 @@ class ServeSettings:
     publish_deadline: float = PUBLISH_DEADLINE_S  # seconds a publish stream may take
     tuf: Path | None = None     # `fedpeft keys tuf-init`'s registry/ folder: online keys + the first metadata
     timestamp_valid: float = TIMESTAMP_EXPIRY.total_seconds()  # seconds a TUF timestamp is valid (re-signed at half)
+    metrics_port: int | None = None  # serve Prometheus /metrics there (0: any free port; TLS as the registry)
 
 
 def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -56,17 +58,23 @@ async def serve(settings: ServeSettings) -> None:
     tuf = _tuf_repository(settings, store)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(store, operators, settings.publish_deadline, tuf),
-                                                     server)
+    metrics = RegistryMetrics()
+    registry_pb2_grpc.add_RegistryServicer_to_server(
+        RegistryService(store, operators, settings.publish_deadline, tuf, metrics), server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise ConfigError(f"cannot listen on {address}")
     await server.start()
+    scrape = ""
+    if settings.metrics_port is not None:
+        tls = (None, None) if settings.insecure else (settings.tls_cert, settings.tls_key)
+        metrics_port = metrics.serve(settings.host.strip("[]"), settings.metrics_port, *tls)
+        scrape = f", metrics {'http' if settings.insecure else 'https'}://{settings.host}:{metrics_port}/metrics"
     # One line a supervisor (or a test) can wait for; the port matters when 0 was asked.
     print(f"[fedpeft] registry listening on {settings.host}:{port} ({'TLS' if credentials else 'INSECURE'}), "
           f"store {settings.store} (registry id {store.registry_id}), {len(store.releases())} release(s), "
-          f"{len(operators.keys)} operator key(s), TUF {_tuf_mode(tuf)}",
+          f"{len(operators.keys)} operator key(s), TUF {_tuf_mode(tuf)}{scrape}",
           flush=True)
     refresher = asyncio.create_task(_keep_fresh(tuf)) if tuf.online else None
     stop = asyncio.Event()

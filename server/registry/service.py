@@ -16,6 +16,7 @@ finish within the publish deadline. An anonymous caller holds no slot. List answ
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -30,6 +31,7 @@ from fedpeft.protos import registry_pb2_grpc
 
 from .publish_request import PublishOrder, check_publish_request
 from .store import BlobWriter, ChannelMove, RegistryStore, StoredRelease, StoreError
+from .metrics import RegistryMetrics
 from .tuf_repository import TufRepository
 
 log = logging.getLogger("fedpeft.registry")
@@ -54,15 +56,25 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
 }
 
 
+def _timed(handler):
+    """Record a unary (or client-streaming) handler's time in the request latency histogram."""
+    @functools.wraps(handler)
+    async def timed(self, request, context):
+        with self.metrics.timed(handler.__name__):
+            return await handler(self, request, context)
+    return timed
+
+
 def _signed(stored: StoredRelease) -> pb.SignedManifest:
     return pb.SignedManifest(manifest=stored.manifest, signature=stored.signature)
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
     def __init__(self, store: RegistryStore, operators: Keyring, publish_deadline: float = PUBLISH_DEADLINE_S,
-                 tuf: TufRepository | None = None) -> None:
+                 tuf: TufRepository | None = None, metrics: RegistryMetrics | None = None) -> None:
         self.store, self.operators, self.publish_deadline = store, operators, publish_deadline
         self.tuf = tuf or TufRepository(store, None)
+        self.metrics = metrics or RegistryMetrics()
         self.publishing = 0  # streams in Publish now (handlers share one event loop: a plain count)
 
     def _operator_key(self, signature: bytes, what: str) -> EnrolledKey:
@@ -74,8 +86,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, call: str, error: StoreError | ManifestError) -> None:
         log.warning("registry: refused %s from %s: %s", call, context.peer(), error)
+        self.metrics.refusals.labels(call, error.reason).inc()  # reasons are the code's own names: a bounded set
         await context.abort(STATUS.get(error.reason, grpc.StatusCode.INVALID_ARGUMENT), str(error))
 
+    @_timed
     async def Publish(self, request_iterator: AsyncIterator[pb.PublishRequest], context) -> pb.PublishReply:
         messages = aiter(request_iterator)
         try:
@@ -88,6 +102,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         except (StoreError, ManifestError) as error:
             await self._refuse(context, "Publish", error)
         self.publishing += 1
+        self.metrics.publish_streams.set(self.publishing)
         writers: dict[str, BlobWriter] = {}
         received = 0
         try:
@@ -115,8 +130,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             await self._refuse(context, "Publish", error)
         finally:  # a refused, failed or cancelled (client gone) publish leaves no open file behind
             self.publishing -= 1
+            self.metrics.publish_streams.set(self.publishing)
             for writer in writers.values():
                 writer.discard()
+        self.metrics.changes.labels("publish", order.channel).inc()
+        self.metrics.channel_version.labels(release.base_id[:12], order.channel).set(release.version)
         log.info("registry: published v%d (%s) of base %s to %s by %s, %d bytes", release.version,
                  release.release_id[:12], release.base_id[:12], order.channel, operator.name, received)
         return pb.PublishReply(release_id=release.release_id, version=release.version, bytes_received=received)
@@ -165,6 +183,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self.tuf.check(batch, must_list)  # refused before any file is opened
         return self.tuf.stage(batch, must_list)
 
+    @_timed
     async def List(self, request: pb.ListRequest, context) -> pb.ListReply:
         """One page of releases; `next_page_token` ("BASE_ID:VERSION" of the last one) asks for the next."""
         after = ("", 0)
@@ -179,16 +198,20 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         return pb.ListReply(releases=[pb.ReleaseEntry(release=_signed(r), channels=r.channels) for r in page],
                             next_page_token=f"{page[-1].base_id}:{page[-1].version}" if more else "")
 
+    @_timed
     async def GetLatest(self, request: pb.LatestRequest, context) -> pb.LatestReply:
         try:
             current = self.store.current(request.base_id, check_channel(request.channel))
         except ManifestError as error:
             await self._refuse(context, "GetLatest", error)
         if current is None:
+            self.metrics.pulls.labels("-", "not-found").inc()  # not the caller's channel name: labels stay bounded
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no release of base {request.base_id[:12]} in channel {request.channel!r}")
         if current.version <= request.installed_version:
+            self.metrics.pulls.labels(request.channel, "not-modified").inc()
             return pb.LatestReply(not_modified=True, tuf=self.tuf.enabled)
+        self.metrics.pulls.labels(request.channel, "release").inc()
         return pb.LatestReply(release=_signed(current), tuf=self.tuf.enabled)
 
     async def FetchBlob(self, request: pb.FetchRequest, context) -> AsyncIterator[pb.BlobChunk]:
@@ -211,6 +234,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
                 yield pb.BlobChunk(sha256=request.sha256, offset=offset, data=data)
                 offset += len(data)
 
+    @_timed
     async def Promote(self, request: pb.PromoteRequest, context) -> pb.PromoteReply:
         try:
             signed = request.promotion
@@ -221,6 +245,8 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             stored = self.store.promote(statement, signed.manifest, signed.signature, then=channel_change)
         except (StoreError, ManifestError) as error:
             await self._refuse(context, "Promote", error)
+        self.metrics.changes.labels("promote", statement["channel"]).inc()
+        self.metrics.channel_version.labels(stored.base_id[:12], statement["channel"]).set(stored.version)
         log.info("registry: %s now serves v%d (%s) of base %s, promoted by %s", statement["channel"], stored.version,
                  stored.release_id[:12], stored.base_id[:12], operator.name)
         return pb.PromoteReply(release_id=stored.release_id, channel=statement["channel"], version=stored.version)
@@ -231,6 +257,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         return pb.IdentityReply(registry_id=self.store.registry_id)
 
 
+    @_timed
     async def GetMetadata(self, request: pb.MetadataRequest, context) -> pb.MetadataReply:
         """TUF metadata by role and version (0: the newest); NOT_FOUND when there is none
         (python-tuf's updater reads that as "no newer root")."""
@@ -238,12 +265,15 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         if body is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no {request.role[:64]!r} metadata"
                                                            f"{f' v{request.version}' if request.version else ''}")
+        self.metrics.metadata.labels(request.role if request.role in ("root", "targets", "snapshot", "timestamp")
+                                     else "channel").inc()
         reply = pb.MetadataReply(metadata=body)
         endorsement = self.tuf.endorsement()
         if request.role == "root" and request.version == 1 and endorsement:
             reply.endorsement.CopyFrom(pb.SignedManifest(manifest=endorsement[0], signature=endorsement[1]))
         return reply
 
+    @_timed
     async def PutMetadata(self, request: pb.PutMetadataRequest, context) -> pb.PutMetadataReply:
         """Operator-signed root, targets or channel metadata (a key rotation, a revocation, a
         channel's re-signing), applied together once they verify (server/registry/tuf_repository.py)."""
@@ -253,5 +283,7 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             accepted = self.tuf.apply([(role.role[:64], role.metadata) for role in request.roles])
         except StoreError as error:
             await self._refuse(context, "PutMetadata", error)
+        for role, _ in accepted:
+            self.metrics.changes.labels("metadata", role if role not in ("root", "targets") else "-").inc()
         log.info("registry: metadata %s from %s", ", ".join(f"{r} v{v}" for r, v in accepted), context.peer())
         return pb.PutMetadataReply(roles=[pb.RoleMetadata(role=role) for role, _ in accepted])
