@@ -69,7 +69,9 @@ class Device:
         self.releases, self.downloads = self.folder / "releases", self.folder / "downloads"
         self.tuf, self.trusted_root = self.folder / TUF_FOLDER, trusted_root
         self.state = load_state(self.folder, base_id)
-        self._operator_keys: dict[str, Ed25519PublicKey] | None = None  # on TUF: the keys root names for targets
+        # on TUF: the keys the trusted root names for targets (the cached root's until a pull refreshes it)
+        self._operator_keys: dict[str, Ed25519PublicKey] | None = (
+            TufChannel.cached_operator_keys(self.tuf) if TufChannel.provisioned(self.tuf) else None)
 
     def _signing_key(self, signature: bytes) -> Ed25519PublicKey:
         """The key release.sig must verify with: the operator key, or on TUF the targets key

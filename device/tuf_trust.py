@@ -20,6 +20,7 @@ Imports no torch.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -30,7 +31,7 @@ from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
-from fedpeft.core.trust.files import UnreadableFile, plain_folder, read_small
+from fedpeft.core.trust.files import UnreadableFile, plain_folder, read_small, regular_file_size
 from fedpeft.core.trust.signed_files import ManifestError
 from fedpeft.core.trust.tuf_roles import RELEASE_FILES, check_endorsement, operator_keys, release_path
 
@@ -39,6 +40,8 @@ from .registry_client import RegistryClient, RegistryError
 METADATA_URL = "fedpeft-registry:/metadata/"
 TARGETS_URL = "fedpeft-registry:/targets/"
 ROOT_HISTORY = "root_history"
+ROOT_LINK = re.compile(r"root_history/[1-9][0-9]{0,9}\.root\.json")
+MAX_CACHED_BYTES = 5_000_000  # python-tuf's own largest limit (targets metadata)
 
 
 class RegistryFetcher(FetcherInterface):
@@ -86,7 +89,7 @@ def refusal(error: Exception, downloading_target: bool = False) -> ManifestError
     if isinstance(error, tuf_errors.ExpiredMetadataError):
         return ManifestError("expired-metadata", f"{text} (a registry that stopped re-signing: freeze)")
     if isinstance(error, tuf_errors.BadVersionNumberError):
-        if "must be >=" in text or "root version" in text:
+        if "must be >=" in text or "root version" in text or ".json version" in text:  # a role older than seen
             return ManifestError("rollback", f"older metadata than this device has seen: {text}")
         return ManifestError("mix-and-match", f"metadata of another version than snapshot names: {text}")
     if isinstance(error, tuf_errors.LengthOrHashMismatchError):
@@ -100,14 +103,32 @@ def refusal(error: Exception, downloading_target: bool = False) -> ManifestError
     return ManifestError("bad-metadata", f"{type(error).__name__}: {text}")
 
 
+def check_cache(folder: Path) -> None:
+    """python-tuf's cache in the slot holds regular files of bounded size, and `root.json` is
+    the updater's own link into `root_history/`: the slot's folder may be writable by others,
+    and nothing planted there is followed out of it or read without bound (UnreadableFile
+    names a refusal)."""
+    folder = plain_folder(Path(folder), create=True)
+    for path in folder.iterdir():
+        if path.name == "root.json" and path.is_symlink():
+            if not ROOT_LINK.fullmatch(os.readlink(path)):
+                raise UnreadableFile("link", path, "links outside the trusted root history")
+        elif path.name == ROOT_HISTORY:
+            for entry in plain_folder(path).iterdir():
+                regular_file_size(entry, MAX_CACHED_BYTES, follow_links=False)
+        else:
+            regular_file_size(path, MAX_CACHED_BYTES, follow_links=False)
+
+
 class TufChannel:
     """The TUF metadata a device keeps in `folder` (python-tuf's cache: trusted root history,
     timestamp, snapshot, targets, channels) and what it says a channel serves."""
 
     def __init__(self, folder: Path, client: RegistryClient, bootstrap: bytes | None = None) -> None:
         self.folder, self.fetcher = Path(folder), RegistryFetcher(client)
+        check_cache(self.folder)
         try:
-            self.updater = Updater(str(plain_folder(self.folder, create=True)), METADATA_URL,
+            self.updater = Updater(str(self.folder), METADATA_URL,
                                    target_base_url=TARGETS_URL, fetcher=self.fetcher, bootstrap=bootstrap)
             self.updater.refresh()
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as error:
@@ -130,14 +151,21 @@ class TufChannel:
         return cls(folder, client, bootstrap=reply.metadata)
 
     def operator_keys(self) -> dict:
-        """The keys the newest trusted root names for targets: the keys release.json may be
-        signed with (read back from the root history the updater verified and stored)."""
-        history = plain_folder(self.folder / ROOT_HISTORY)
-        newest = max(history.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+        """The keys the root the updater trusts after this refresh names for targets: the
+        keys release.json may be signed with. python-tuf has no public accessor for its
+        trusted root; reading a file back from the cache would trust whatever lies there."""
+        return operator_keys(self.updater._trusted_set.root)  # noqa: SLF001
+
+    @staticmethod
+    def cached_operator_keys(folder: Path) -> dict:
+        """The same keys from the root this device last trusted, without the registry (a
+        device predicting or training offline after a rotation uses the rotated key)."""
+        check_cache(Path(folder))
         try:
-            return operator_keys(Metadata.from_bytes(read_small(newest, follow_links=False)).signed)
-        except (UnreadableFile, ValueError) as error:
-            raise ManifestError("bad-metadata", f"{newest}: {error}") from error
+            root = Metadata[Root].from_bytes(read_small(Path(folder) / "root.json", limit=MAX_CACHED_BYTES))
+        except (UnreadableFile, ValueError, TypeError) as error:
+            raise ManifestError("bad-metadata", f"the trusted TUF root in {folder} is unusable: {error}") from error
+        return operator_keys(root.signed)
 
     def release(self, base_id: str, channel: str) -> tuple[bytes, bytes] | None:
         """(release.json, release.sig) bytes the channel's role lists for `base_id`, or None."""

@@ -27,7 +27,8 @@ from fedpeft.core.adapters.template import create_template
 from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.files import UnreadableFile
+from fedpeft.core.trust.keys import Keyring, key_id, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_promotion
 from fedpeft.core.trust.signed_files import ManifestError
 from fedpeft.core.trust.tls import write_tls_files
@@ -177,6 +178,9 @@ def test_rotating_the_operator_key_and_revoking_the_old_one(registry, world, tmp
         v3 = operator.publish(client, _key(world, "operator-2"), world["root"] / "adapter-3", "stable",
                               channel_keys=[_key(world, "stable")])
         assert device.pull(client).release_id == v3.release_id
+        offline = Device(device.folder, world["key"].public_key(), world["base_id"])  # no pull: the cached root's keys
+        assert offline.current_release().release_id == v3.release_id
+        assert set(offline._operator_keys) == {key_id(_key(world, "operator-2").public_key())}  # noqa: SLF001
         # a release signed by the revoked key is refused, even when its channel lists it
         newer = _device(tmp_path / "other", world)
         _publish(client, world, 2)
@@ -319,6 +323,24 @@ def test_a_tuf_device_still_makes_every_check_of_its_own(registry, world, tmp_pa
         assert device.pull(client).version == 1
         with pytest.raises(ManifestError, match="expired"):
             device.pull(client, now=datetime.now(UTC) + timedelta(days=31))
+        # python-tuf's cache in the slot: a planted link is refused by name, never followed or read
+        (tmp_path / "device" / "tuf" / "stable.json").unlink()
+        (tmp_path / "device" / "tuf" / "stable.json").symlink_to("/dev/zero")
+        with pytest.raises(UnreadableFile) as planted:
+            device.pull(client)
+        assert planted.value.reason == "link" and device.version == 1
+
+
+def test_the_registry_refuses_a_change_that_would_strand_devices(registry, world):
+    with _client(registry, world) as client:
+        targets = Metadata.from_bytes(client.metadata("targets"))
+        targets.signed.version += 1
+        del targets.signed.delegations.roles["canary"]  # devices refuse a snapshot that drops a role they saw
+        _store_refuses(client, [("targets", sign(targets, [world["key"]]))], "removes-channel")
+        again = Metadata.from_bytes(client.metadata("stable"))
+        _store_refuses(client, [("stable", sign(again, [_key(world, "stable")]))], "stale-version")
+        with pytest.raises(ConfigError, match="online key"):
+            rotate(client, "timestamp", add=[], remove=[], delegator_keys=[])
 
 
 def test_an_installed_device_moves_to_tuf_and_keeps_its_floor(world, tmp_path):
@@ -447,6 +469,38 @@ def _scrape(registry, world) -> dict[tuple[str, tuple], float]:
         text = reply.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+SIGNERS = {"root": ["root-1", "root-2"], "targets": ["operator"], "stable": ["stable"]}
+REASONS = {"bad-metadata", "stale-version", "below-threshold", "unknown-role", "outside-channel", "expired",
+           "online-key-mismatch", "removes-channel", "unknown-release"}
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(role=st.sampled_from(sorted(SIGNERS)), field=st.sampled_from(
+    ["version", "expires", "spec_version", "_type", "targets", "delegations", "keys", "roles", "consistent_snapshot",
+     "new_field"]), value=JSONISH, bump=st.booleans())
+def test_validly_signed_but_altered_metadata_is_refused_by_name_or_accepted(repository, world, role, field, value,
+                                                                             bump):
+    """Metadata signed with the right keys but with any field changed goes through every
+    check (state, delegations, paths, releases, online keys): it is accepted, or refused
+    by a name; nothing else escapes, and nothing is stored by a check."""
+    current = Metadata.from_bytes(repository.get(role))
+    signed = current.signed.to_dict()
+    signed["version"] += bump
+    signed[field] = value
+    try:
+        altered = Metadata.from_dict({"signed": signed, "signatures": {}})
+    except Exception:  # python-tuf refuses to build it: what arrives is unsigned JSON
+        body = json.dumps({"signed": signed, "signatures": []}, default=str).encode()
+    else:
+        body = sign(altered, [_key(world, name) for name in SIGNERS[role]])
+    before = repository.get("timestamp")
+    try:
+        repository.check([(role, body)])
+    except StoreError as refused:
+        assert refused.reason in REASONS, refused
+    assert repository.get("timestamp") == before
 
 
 def test_registry_metrics_count_pulls_refusals_changes_and_latency(world, tmp_path):

@@ -36,7 +36,8 @@ def add_commands(commands) -> None:
     tuf.add_argument("--root-keys", type=ROOT_KEYS, default=3, help="root keys to create (default 3)")
     tuf.add_argument("--root-threshold", type=ROOT_KEYS, default=2, help="root keys a root change needs (default 2)")
     tuf.set_defaults(run=_keys_tuf_init)
-    rotate = command(keys, "rotate", "add, rotate or revoke a key of a TUF role on the registry (devices follow)",
+    rotate = command(keys, "rotate", "add, rotate or revoke a key of a TUF role on the registry (devices follow); "
+                     "with no key change, renew the role's expiry",
                      "fedpeft keys rotate targets --add keys/operator-2.key --remove keys/operator.pub "
                      "--delegator-key tuf/offline/root-1.key --delegator-key tuf/offline/root-2.key "
                      "--role-key keys/operator.key --ca-cert tls/ca.crt")
@@ -94,8 +95,6 @@ def _keys_rotate(args: argparse.Namespace) -> None:
     from fedpeft.core.trust.keys import load_public_key
     from fedpeft.server.registry.tuf_operator import rotate
 
-    if not args.add and not args.remove and args.threshold is None:
-        raise ConfigError("keys rotate changes nothing: give --add, --remove or --threshold")
     with registry_client(args) as client:
         accepted = rotate(client, args.role, add=private_keys(args.add),
                           remove=[load_public_key(Path(path)) for path in args.remove], delegator_keys=private_keys(args.delegator_key), role_keys=private_keys(args.role_key),

@@ -100,6 +100,7 @@ def _tuf_repository(settings: ServeSettings, store: RegistryStore) -> TufReposit
     tuf = TufRepository(store, OnlineKeys.load(folder), timedelta(seconds=settings.timestamp_valid))
     try:
         tuf.initialize(folder / "metadata")  # the banner's first line says it is on; nothing is logged before it
+        tuf.start()
     except (OSError, StoreError) as exc:
         raise ConfigError(f"--tuf {folder}: cannot take in its metadata: {exc}") from exc
     return tuf

@@ -14,15 +14,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from securesystemslib.exceptions import UnverifiedSignatureError
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.trust.keys import load_private_key, new_key_pair
 from fedpeft.core.trust.release import Release, check_channel
 from fedpeft.core.trust.tuf_roles import (
+    CHANNEL_EXPIRY,
     ENDORSEMENT,
     ROOT_EXPIRY,
     TARGETS_EXPIRY,
+    TOP_LEVEL,
     expiry,
     new_channel,
     new_root,
@@ -52,6 +54,8 @@ def init_repository(out: Path, operator_key: Ed25519PrivateKey, channels: tuple[
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; refusing to overwrite TUF keys")
+    if set(channels) & set(TOP_LEVEL):
+        raise ConfigError(f"{sorted(set(channels) & set(TOP_LEVEL))}: the names of TUF's own roles are not channels")
     if not 1 <= threshold <= root_keys:
         raise ConfigError(f"a root threshold of {threshold} needs 1 to {root_keys} root keys")
     offline, registry = out / "offline", out / "registry"
@@ -124,7 +128,11 @@ def rotate(client: RegistryClient, role: str, *, add: list[Ed25519PrivateKey], r
     and re-sign the role's own metadata with the keys it keeps and the added ones, in one
     change. `role_keys`: the role's current keys the operator holds (what the registry
     holds now is checked against them). A new root is signed by the old root keys given
-    and the new ones. A removed key is revoked: devices refuse what only it signed."""
+    and the new ones. A removed key is revoked: devices refuse what only it signed. Both
+    re-signed roles get a fresh expiry, so running it with no key change renews them."""
+    if role in (Snapshot.type, Timestamp.type):
+        raise ConfigError(f"{role} is the registry's online key: name a new one in root (keys rotate root is not "
+                          "for it yet) and restart the registry with it")
     removed = {tuf_key(key).keyid for key in remove}
     signers = [k for k in role_keys if tuf_key(k.public_key()).keyid not in removed] + list(add)
     if role in (Root.type, Targets.type):
@@ -147,4 +155,5 @@ def rotate(client: RegistryClient, role: str, *, add: list[Ed25519PrivateKey], r
         return client.put_metadata([(Root.type, sign(delegator, [*delegator_keys, *signers]))])
     own = current(client, role, [*role_keys, *add])
     own.signed.version += 1
+    own.signed.expires = expiry(TARGETS_EXPIRY if role == Targets.type else CHANNEL_EXPIRY)  # renewed with each change
     return client.put_metadata([(delegator.signed.type, sign(delegator, delegator_keys)), (role, sign(own, signers))])

@@ -15,6 +15,7 @@ timestamp goes stale (devices refuse it once it expires: TUF's freeze defence).
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -174,7 +175,11 @@ class TufRepository:
             for role, (metadata, body) in changed.items():
                 if role not in TOP_LEVEL:
                     self._check_releases(role, metadata)
-                self.store.db.execute("INSERT INTO tuf_metadata VALUES (?, ?, ?)", (role, metadata.signed.version, body))
+                try:
+                    self.store.db.execute("INSERT INTO tuf_metadata VALUES (?, ?, ?)",
+                                          (role, metadata.signed.version, body))
+                except sqlite3.IntegrityError:
+                    raise StoreError("stale-version", f"{role} v{metadata.signed.version} is stored already") from None
             self._resign(snapshot=True)
             log.info("registry: TUF metadata %s accepted", ", ".join(f"{r} v{m.signed.version}"
                                                                     for r, (m, _) in changed.items()))
@@ -196,7 +201,13 @@ class TufRepository:
         _verify(root, Root.type, root, f"root v{root.signed.version} by its own keys")
         _verify(root, Targets.type, targets, f"targets v{targets.signed.version} by the keys root names")
         delegations = targets.signed.delegations
-        channels = sorted(delegations.roles) if delegations and delegations.roles else []
+        if delegations is None or delegations.roles is None:
+            raise StoreError("bad-metadata", "targets must delegate each channel by name (no succinct roles)")
+        channels = sorted(delegations.roles)
+        dropped = set(self.channels()) - set(channels)
+        if dropped:  # devices refuse a snapshot that no longer lists a role they have seen
+            raise StoreError("removes-channel", f"targets v{targets.signed.version} drops {sorted(dropped)}: a channel, "
+                                                "once delegated, stays (stop publishing to it instead)")
         for name in [role for role in changed if role not in TOP_LEVEL] + channels:
             metadata = state.get(name)
             if name not in channels or metadata is None:
@@ -207,10 +218,22 @@ class TufRepository:
                     raise StoreError("outside-channel", f"{name} lists {path[:80]!r}, outside the paths {name} may list")
             if metadata.signed.delegations is not None:
                 raise StoreError("bad-metadata", f"{name}: a channel role delegates nothing further")
+        self._check_online_keys(root)
+
+    def _check_online_keys(self, root: Metadata) -> None:
         for role, key in ((Snapshot.type, self.online.snapshot), (Timestamp.type, self.online.timestamp)):
-            if root.signed.roles[role].keyids != [tuf_key(key.public_key()).keyid]:
-                raise StoreError("online-key-mismatch", f"root names other {role} keys than this registry's "
-                                                        f"online key; restart the registry with the new key first")
+            if tuf_key(key.public_key()).keyid not in root.signed.roles[role].keyids:
+                raise StoreError("online-key-mismatch", f"root does not name this registry's {role} key; upload a "
+                                                        "root that names it (old and new during a change) first")
+
+    def start(self) -> None:
+        """At startup: the online keys must be ones root names (or every re-signed timestamp
+        would be refused), and a timestamp that went stale while the registry was down is
+        re-signed now, not at the next scheduled check."""
+        root = self.current(Root.type)
+        if root is not None and self.online is not None:
+            self._check_online_keys(root)
+            self.refresh()
 
     def _check_releases(self, channel: str, metadata: Metadata) -> None:
         """Each base the channel role lists points at a release this registry holds, by the
@@ -227,6 +250,8 @@ class TufRepository:
             if stored is None or stored.base_id != base_id or hashes.get(RELEASE_FILES[1]) != sha256_hex(stored.signature):
                 raise StoreError("unknown-release", f"{channel} points base {base_id[:12]} at a release.json and "
                                                     "release.sig this registry does not hold together")
+            self.store.put_bytes(stored.manifest)   # a release published before this registry kept TUF
+            self.store.put_bytes(stored.signature)  # metadata has no blobs of them yet: devices fetch them so
 
     def _resign(self, snapshot: bool) -> None:
         """A new timestamp (and snapshot when asked), signed with the online keys; inside a transaction."""
