@@ -7,6 +7,7 @@ compromised registry (one holding the online keys) serves it anyway."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import ssl
@@ -28,6 +29,7 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError
 from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.files import UnreadableFile
+from fedpeft.core.trust.json_reader import parse_json_object
 from fedpeft.core.trust.keys import Keyring, key_id, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_promotion
 from fedpeft.core.trust.signed_files import ManifestError
@@ -542,3 +544,10 @@ def test_registry_metrics_count_pulls_refusals_changes_and_latency(world, tmp_pa
     assert moved("fedpeft_registry_tuf_metadata_total", role="timestamp") >= 1
     assert moved("fedpeft_registry_request_seconds_count", call="GetLatest") == 6
     assert after[("fedpeft_registry_publish_streams", ())] == 0
+    # the Grafana dashboard shipped for these metrics asks only for series the registry exports
+    dashboard = parse_json_object((Path(__file__).parents[1] / "deploy" / "grafana" / "registry.json").read_bytes(),
+                                  "registry.json")
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"fedpeft_registry_[a-z_]+", target["expr"])}
+    assert len(asked) >= 7 and asked <= {name for name, _ in after}, asked - {name for name, _ in after}
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
