@@ -141,6 +141,16 @@ class RegistryClient:
                             progress(sent)
         return self._call("Publish", messages())
 
+    def report(self, payload: bytes, signature: bytes) -> str:
+        """Send a signed health report; the canary decision it settled ("" if none)."""
+        return self._call("Report", pb.DeviceReport(report=payload, signature=signature)).decision
+
+    def status(self) -> dict:
+        """Channels, report aggregates and canary decisions (read with the guarded JSON reader)."""
+        from fedpeft.core.trust.json_reader import parse_json_object
+
+        return parse_json_object(self._call("Status", pb.StatusRequest()).status, "registry status")
+
     def blob(self, sha256: str) -> Iterator[bytes]:
         """A blob's bytes chunk by chunk, from its start (the caller bounds how much it reads)."""
         try:

@@ -167,3 +167,27 @@ class PromoteReply(_message.Message):
     channel: str
     version: int
     def __init__(self, release_id: _Optional[str] = ..., channel: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeviceReport(_message.Message):
+    __slots__ = ("report", "signature")
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    report: bytes
+    signature: bytes
+    def __init__(self, report: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReportReply(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: str
+    def __init__(self, decision: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: bytes
+    def __init__(self, status: _Optional[bytes] = ...) -> None: ...

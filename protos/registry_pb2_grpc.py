@@ -74,6 +74,16 @@ class RegistryStub:
                 request_serializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.SerializeToString,
                 response_deserializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/fedpeft.registry.Registry/Report',
+                request_serializer=fedpeft_dot_protos_dot_registry__pb2.DeviceReport.SerializeToString,
+                response_deserializer=fedpeft_dot_protos_dot_registry__pb2.ReportReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/fedpeft.registry.Registry/Status',
+                request_serializer=fedpeft_dot_protos_dot_registry__pb2.StatusRequest.SerializeToString,
+                response_deserializer=fedpeft_dot_protos_dot_registry__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -127,6 +137,18 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +191,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.PutMetadata,
                     request_deserializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.FromString,
                     response_serializer=fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=fedpeft_dot_protos_dot_registry__pb2.DeviceReport.FromString,
+                    response_serializer=fedpeft_dot_protos_dot_registry__pb2.ReportReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=fedpeft_dot_protos_dot_registry__pb2.StatusRequest.FromString,
+                    response_serializer=fedpeft_dot_protos_dot_registry__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +419,60 @@ class Registry:
             '/fedpeft.registry.Registry/PutMetadata',
             fedpeft_dot_protos_dot_registry__pb2.PutMetadataRequest.SerializeToString,
             fedpeft_dot_protos_dot_registry__pb2.PutMetadataReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedpeft.registry.Registry/Report',
+            fedpeft_dot_protos_dot_registry__pb2.DeviceReport.SerializeToString,
+            fedpeft_dot_protos_dot_registry__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedpeft.registry.Registry/Status',
+            fedpeft_dot_protos_dot_registry__pb2.StatusRequest.SerializeToString,
+            fedpeft_dot_protos_dot_registry__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

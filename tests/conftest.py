@@ -35,12 +35,13 @@ from fedpeft.core.base.tasks import get_task
 from fedpeft.core.training import synthetic_data
 from fedpeft.core.training.data import DataSpec
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
+from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
 from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.export.exporter import ExportRequest, export
 from fedpeft.export.parity import ParityLimits
 from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.tuf_operator import init_repository
 
 # Every property-based (fuzz) test draws this many examples: the short pass by default,
 # `FEDPEFT_FUZZ_EXAMPLES=5000` for the long run (README). No test sets its own count
@@ -233,3 +234,32 @@ def tiny_training_export(tiny_package, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("training-export") / "export"
     manifest = export_training(tiny_package, template, folder, key, client_data(DATA, 0).train, 32)
     return {"base": base, "template": template, "key": key, "folder": folder, "manifest": manifest}
+
+
+@pytest.fixture(scope="session")
+def tuf_world(tmp_path_factory, tiny_package):
+    """For the registry's TUF tests: operator keys (the second one for rotation), TLS, a TUF
+    repository's keys and first metadata, and three signed adapter folders of the tiny base."""
+    root = tmp_path_factory.mktemp("tuf-world")
+    for name in ("operator", "operator-2", "stable-2"):
+        new_key_pair(root / f"{name}.key")
+    operators = Keyring(root / "operators.json")
+    operators.enroll("ops", load_public_key(root / "operator.pub"))
+    operators.enroll("ops-2", load_public_key(root / "operator-2.pub"))
+    operators.save()
+    write_tls_files(root / "tls", ["127.0.0.1"])
+    key = load_private_key(root / "operator.key")
+    tuf = init_repository(root / "tuf", key)
+    base = load_base(tiny_package, num_labels=len(LABELS))
+    template = create_template(base.model, get_task("seq-cls"), TemplateSpec("lora", 4, 8), list(LABELS))
+    for index in (1, 2, 3):
+        arrays = {n: (v + np.float32(index)).astype(np.float32) for n, v in template.init.items()}
+        signer = load_private_key(root / ("operator-2.key" if index == 3 else "operator.key"))
+        release_adapter(root / f"adapter-{index}", base, template, arrays, signer)
+    return {"root": root, "tuf": tuf, "key": key, "base_id": tiny_package.base_id}
+
+
+def world_key(world: dict, name: str):
+    """A private key of `tuf_world`: root-N, a channel's, or operator / operator-2 / stable-2."""
+    folder = world["tuf"].offline if (world["tuf"].offline / f"{name}.key").exists() else world["root"]
+    return load_private_key(folder / f"{name}.key")

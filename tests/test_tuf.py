@@ -16,24 +16,18 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
-from fedpeft.core.adapters.spec import TemplateSpec
-from fedpeft.core.adapters.template import create_template
-from fedpeft.core.base.tasks import get_task
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.files import UnreadableFile
 from fedpeft.core.trust.json_reader import parse_json_object
-from fedpeft.core.trust.keys import Keyring, key_id, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.keys import key_id, load_private_key, new_key_pair
 from fedpeft.core.trust.release import sign_promotion
 from fedpeft.core.trust.signed_files import ManifestError
-from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.core.trust.tuf_roles import sign, sign_endorsement, with_release
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
@@ -41,42 +35,17 @@ from fedpeft.protos import registry_pb2 as pb
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
 from fedpeft.server.registry.store import RegistryStore, StoreError
-from fedpeft.server.registry.tuf_operator import init_repository, rotate
+from fedpeft.server.registry.tuf_operator import rotate
 from fedpeft.server.registry.tuf_repository import OnlineKeys, TufRepository
 
-from conftest import release_adapter
+from conftest import world_key as _key
 
 grpc = pytest.importorskip("grpc")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_package):
-    """Operator keys (the second one for rotation), TLS, a TUF repository's keys and first
-    metadata, and three signed adapter folders of the tiny base."""
-    root = tmp_path_factory.mktemp("tuf-world")
-    for name in ("operator", "operator-2", "stable-2"):
-        new_key_pair(root / f"{name}.key")
-    operators = Keyring(root / "operators.json")
-    operators.enroll("ops", load_public_key(root / "operator.pub"))
-    operators.enroll("ops-2", load_public_key(root / "operator-2.pub"))
-    operators.save()
-    write_tls_files(root / "tls", ["127.0.0.1"])
-    key = load_private_key(root / "operator.key")
-    tuf = init_repository(root / "tuf", key)
-    from fedpeft.core.base.model import load_base
-
-    base = load_base(tiny_package, num_labels=len(LABELS))
-    template = create_template(base.model, get_task("seq-cls"), TemplateSpec("lora", 4, 8), list(LABELS))
-    for index in (1, 2, 3):
-        arrays = {n: (v + np.float32(index)).astype(np.float32) for n, v in template.init.items()}
-        signer = load_private_key(root / ("operator-2.key" if index == 3 else "operator.key"))
-        release_adapter(root / f"adapter-{index}", base, template, arrays, signer)
-    return {"root": root, "tuf": tuf, "key": key, "base_id": tiny_package.base_id}
-
-
-def _key(world, name: str):
-    folder = world["tuf"].offline if (world["tuf"].offline / f"{name}.key").exists() else world["root"]
-    return load_private_key(folder / f"{name}.key")
+def world(tuf_world):
+    return tuf_world
 
 
 @pytest.fixture

@@ -45,6 +45,11 @@ def add_commands(commands) -> None:
                        help="seconds a TUF timestamp stays valid (re-signed at half; devices refuse a staler one)")
     serve.add_argument("--metrics-port", type=PORT, help="serve Prometheus metrics at /metrics on this port (0: any "
                                                          "free port, printed; TLS with the registry's certificate)")
+    serve.add_argument("--devices", help="keyring of enrolled device keys (`fedpeft keys enroll`): health reports "
+                                         "are taken from these only")
+    serve.add_argument("--canary-policy", help="TOML promotion policy per channel (needs --devices and --tuf)")
+    serve.add_argument("--automation-key", help="private key the channel roles name for automated canary decisions "
+                                                "(without it, decisions are recorded and nothing moves)")
     serve.set_defaults(run=_registry_serve)
     pub = command(registry, "publish", "publish a signed adapter folder as the next version of its base",
                   "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "
@@ -76,6 +81,10 @@ def add_commands(commands) -> None:
     registry_arguments(lst)
     lst.add_argument("--base-id", help="only the releases of this base")
     lst.set_defaults(run=_registry_list)
+    status = command(registry, "status", "channels, device report aggregates and canary decisions",
+                     "fedpeft registry status --ca-cert tls/ca.crt")
+    registry_arguments(status)
+    status.set_defaults(run=_registry_status)
 
 
 def _channel_key_argument(sub: argparse.ArgumentParser) -> None:
@@ -98,7 +107,10 @@ def _registry_serve(args: argparse.Namespace) -> None:
                       tls_cert=Path(args.tls_cert) if args.tls_cert else None,
                       tls_key=Path(args.tls_key) if args.tls_key else None, insecure=args.insecure,
                       publish_deadline=args.publish_deadline, tuf=Path(args.tuf) if args.tuf else None,
-                      timestamp_valid=args.timestamp_valid, metrics_port=args.metrics_port))
+                      timestamp_valid=args.timestamp_valid, metrics_port=args.metrics_port,
+                      devices=Path(args.devices) if args.devices else None,
+                      canary_policy=Path(args.canary_policy) if args.canary_policy else None,
+                      automation_key=Path(args.automation_key) if args.automation_key else None))
 
 
 def _registry_publish(args: argparse.Namespace) -> None:
@@ -142,3 +154,23 @@ def _registry_list(args: argparse.Namespace) -> None:
     for entry in entries:
         print(describe(entry))  # listing only: devices verify before use
 
+
+
+def _registry_status(args: argparse.Namespace) -> None:
+    with registry_client(args) as client:
+        status = client.status()
+    try:
+        for name, bases in sorted(status["channels"].items()):
+            for base, release in sorted(bases.items()):
+                print(f"channel {name}\tbase {base[:12]}\trelease {str(release)[:12]}")
+        for health in status["health"]:
+            print(f"release {str(health['release_id'])[:12]}\t{health['reports']} report(s)\tloaded "
+                  f"{100 * health['load_success']:.1f}%\tvalidation {health['median_delta']:+.2f} points\t"
+                  f"p95 {health['p95_latency_ms']:.1f} ms")
+        for decision in status["decisions"]:
+            rules = ", ".join(f"{name} {rule['value']} {'ok' if rule['passed'] else 'FAILED'}"
+                              for name, rule in decision["evidence"]["rules"].items())
+            print(f"{decision['decided_at'][:19]}\t{decision['action']} {str(decision['release_id'])[:12]} on "
+                  f"{decision['channel']}\t{rules}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"the registry's status is malformed: {type(exc).__name__}") from None

@@ -34,6 +34,10 @@ class RegistryMetrics:
                                      registry=self.collectors)
         self.channel_version = Gauge("fedpeft_registry_channel_version", "version each channel serves, per base",
                                      ["base", "channel"], registry=self.collectors)
+        self.reports = Counter("fedpeft_registry_device_reports", "device health reports accepted, by channel",
+                               ["channel"], registry=self.collectors)
+        self.decisions = Counter("fedpeft_registry_canary_decisions", "automated canary decisions",
+                                 ["channel", "action"], registry=self.collectors)
         self.latency = Histogram("fedpeft_registry_request_seconds", "handler time per call", ["call"],
                                  buckets=LATENCY_BUCKETS, registry=self.collectors)
 

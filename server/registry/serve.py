@@ -12,12 +12,14 @@ from pathlib import Path
 import grpc
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.trust.keys import Keyring, load_private_key
 from fedpeft.core.trust.tls import read_pem
 from fedpeft.core.trust.tuf_roles import TIMESTAMP_EXPIRY
 from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
+from .canary import AutomatedCanary, load_policies
+from .health import ReportBook
 from .metrics import RegistryMetrics
 from .service import PUBLISH_DEADLINE_S, RegistryService, log
 from .store import RegistryStore, StoreError
@@ -37,6 +39,9 @@ class ServeSettings:
     tuf: Path | None = None     # `fedpeft keys tuf-init`'s registry/ folder: online keys + the first metadata
     timestamp_valid: float = TIMESTAMP_EXPIRY.total_seconds()  # seconds a TUF timestamp is valid (re-signed at half)
     metrics_port: int | None = None  # serve Prometheus /metrics there (0: any free port; TLS as the registry)
+    devices: Path | None = None      # keyring of enrolled device keys: health reports are taken from these only
+    canary_policy: Path | None = None  # TOML promotion policy per channel (server/registry/canary.py)
+    automation_key: Path | None = None  # the key the channel roles name for automated decisions
 
 
 def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -59,8 +64,10 @@ async def serve(settings: ServeSettings) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     metrics = RegistryMetrics()
+    reports = ReportBook(store, Keyring.load(settings.devices)) if settings.devices else None
+    canary = _canary(settings, store, tuf, reports)
     registry_pb2_grpc.add_RegistryServicer_to_server(
-        RegistryService(store, operators, settings.publish_deadline, tuf, metrics), server)
+        RegistryService(store, operators, settings.publish_deadline, tuf, metrics, reports, canary), server)
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
@@ -104,6 +111,16 @@ def _tuf_repository(settings: ServeSettings, store: RegistryStore) -> TufReposit
     except (OSError, StoreError) as exc:
         raise ConfigError(f"--tuf {folder}: cannot take in its metadata: {exc}") from exc
     return tuf
+
+
+def _canary(settings: ServeSettings, store: RegistryStore, tuf: TufRepository,
+            reports: ReportBook | None) -> AutomatedCanary | None:
+    if settings.canary_policy is None:
+        return None
+    if reports is None or settings.tuf is None:
+        raise ConfigError("--canary-policy needs --devices (whose reports it judges) and --tuf (the channels it moves)")
+    key = load_private_key(settings.automation_key) if settings.automation_key else None
+    return AutomatedCanary(store, tuf, reports, load_policies(settings.canary_policy), key)
 
 
 def _tuf_mode(tuf: TufRepository) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -31,6 +32,8 @@ from fedpeft.protos import registry_pb2_grpc
 
 from .publish_request import PublishOrder, check_publish_request
 from .store import BlobWriter, ChannelMove, RegistryStore, StoredRelease, StoreError
+from .canary import AutomatedCanary
+from .health import ReportBook
 from .metrics import RegistryMetrics
 from .tuf_repository import TufRepository
 
@@ -53,6 +56,9 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "unknown-role": grpc.StatusCode.PERMISSION_DENIED, "outside-channel": grpc.StatusCode.PERMISSION_DENIED,
     "online-key-mismatch": grpc.StatusCode.FAILED_PRECONDITION, "read-only": grpc.StatusCode.FAILED_PRECONDITION,
     "no-tuf": grpc.StatusCode.FAILED_PRECONDITION, "tuf-required": grpc.StatusCode.FAILED_PRECONDITION,
+    "removes-channel": grpc.StatusCode.FAILED_PRECONDITION, "unknown-key": grpc.StatusCode.PERMISSION_DENIED,
+    "too-often": grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized": grpc.StatusCode.INVALID_ARGUMENT,
+    "duplicate": grpc.StatusCode.ALREADY_EXISTS, "no-reports": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -71,10 +77,12 @@ def _signed(stored: StoredRelease) -> pb.SignedManifest:
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
     def __init__(self, store: RegistryStore, operators: Keyring, publish_deadline: float = PUBLISH_DEADLINE_S,
-                 tuf: TufRepository | None = None, metrics: RegistryMetrics | None = None) -> None:
+                 tuf: TufRepository | None = None, metrics: RegistryMetrics | None = None,
+                 reports: ReportBook | None = None, canary: AutomatedCanary | None = None) -> None:
         self.store, self.operators, self.publish_deadline = store, operators, publish_deadline
         self.tuf = tuf or TufRepository(store, None)
         self.metrics = metrics or RegistryMetrics()
+        self.reports, self.canary = reports, canary
         self.publishing = 0  # streams in Publish now (handlers share one event loop: a plain count)
 
     def _operator_key(self, signature: bytes, what: str) -> EnrolledKey:
@@ -287,3 +295,39 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             self.metrics.changes.labels("metadata", role if role not in ("root", "targets") else "-").inc()
         log.info("registry: metadata %s from %s", ", ".join(f"{r} v{v}" for r, v in accepted), context.peer())
         return pb.PutMetadataReply(roles=[pb.RoleMetadata(role=role) for role, _ in accepted])
+
+    @_timed
+    async def Report(self, request: pb.DeviceReport, context) -> pb.ReportReply:
+        """A device's signed health report (server/registry/health.py); it may settle a canary decision."""
+        try:
+            if self.reports is None:
+                raise StoreError("no-reports", "this registry enrolls no devices (serve it with --devices)")
+            report = self.reports.accept(request.report, request.signature)
+        except (StoreError, ManifestError) as error:
+            await self._refuse(context, "Report", error)
+        try:  # the report is stored; a decision that cannot be made now is tried again on the next report
+            decision = self.canary.after(report) if self.canary else None
+        except (StoreError, ManifestError) as error:
+            log.error("registry: canary decision for %s failed: %s", report.release_id[:12], error)
+            self.metrics.refusals.labels("Canary", error.reason).inc()
+            decision = None
+        known = report.channel in self.tuf.channels() or report.channel in (self.canary.policies if self.canary else ())
+        self.metrics.reports.labels(report.channel if known else "other").inc()  # labels stay bounded
+        if decision is None:
+            return pb.ReportReply()
+        self.metrics.decisions.labels(decision.channel, decision.action).inc()
+        return pb.ReportReply(decision=decision.action)
+
+    @_timed
+    async def Status(self, request: pb.StatusRequest, context) -> pb.StatusReply:
+        """Each channel's releases per base, every reported release's aggregates and the canary
+        decisions with their evidence (what `fedpeft registry status` prints)."""
+        channels = {}
+        for name in self.tuf.channels():
+            role = self.tuf.current(name)
+            channels[name] = {path.split("/")[1]: target.hashes.get("sha256", "") for path, target
+                              in role.signed.targets.items() if path.endswith("/release.json")}
+        reported = [row[0] for row in self.store.db.execute("SELECT DISTINCT release_id FROM reports")]
+        status = {"channels": channels, "health": [self.reports.health(r).as_dict() for r in reported] if self.reports else [],
+                  "decisions": self.canary.decisions() if self.canary else []}
+        return pb.StatusReply(status=json.dumps(status).encode())

@@ -155,7 +155,7 @@ class TufRepository:
         self._check_state(state, changed)
         if must_list is not None:
             channel, base_id, release_id = must_list
-            if channel not in changed or _listed(changed[channel][0], channel, base_id) != release_id:
+            if channel not in changed or listed_release(changed[channel][0], channel, base_id) != release_id:
                 raise StoreError("bad-metadata", f"the change must carry {channel}'s next metadata pointing base "
                                                  f"{base_id[:12]} at release {release_id[:12]}")
         now = datetime.now(UTC)
@@ -284,7 +284,8 @@ class TufRepository:
         return True
 
 
-def _listed(metadata: Metadata, channel: str, base_id: str) -> str | None:
+def listed_release(metadata: Metadata, channel: str, base_id: str) -> str | None:
+    """The release id (release.json's SHA-256) a channel role lists for a base, if any."""
     target = metadata.signed.targets.get(f"{channel}/{base_id}/{RELEASE_FILES[0]}")
     return target.hashes.get("sha256") if target else None
 

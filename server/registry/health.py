@@ -1,0 +1,74 @@
+"""Device health reports at the registry: verified against enrolled device keys, one per
+device per release counted, aggregated per release.
+
+A report is refused by name before anything is stored: unknown-key (not an enrolled
+device), too-often (the same device within a second: reports are cheap to send, not to
+verify), oversized, bad-signature, expired, not-yet-valid, malformed
+(core/trust/device_report.py), unknown-release (not a release of this registry, or of
+another base), duplicate (that device already reported on that release). Rows kept are one
+per (device, release): memory and disk are bounded by fleet size times releases.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from fedpeft.core.trust.device_report import HealthReport, check_report
+from fedpeft.core.trust.keys import Keyring
+from fedpeft.core.trust.signed_files import signer_of
+
+from .store import RegistryStore, StoreError
+
+MIN_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ReleaseHealth:
+    release_id: str
+    reports: int
+    load_success: float        # share of reports whose adapter loaded
+    median_delta: float        # median validation delta, accuracy points against the replaced release
+    p95_latency_ms: float      # median over devices of their p95 inference latency
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReportBook:
+    def __init__(self, store: RegistryStore, devices: Keyring, min_interval_s: float = MIN_INTERVAL_S) -> None:
+        self.store, self.devices, self.min_interval_s = store, devices, min_interval_s
+        self._last: dict[str, float] = {}  # enrolled device -> when its last report was accepted (bounded by the keyring)
+
+    def accept(self, payload: bytes, signature: bytes) -> HealthReport:
+        """Store a device's report, or StoreError / ManifestError naming why not."""
+        signer, _ = signer_of(signature[:4096], "report")
+        enrolled = self.devices.get(signer)
+        if enrolled is None:
+            raise StoreError("unknown-key", f"report signed by key {signer[:12]}, which is not an enrolled device")
+        now = time.monotonic()
+        if now - self._last.get(signer, -1e9) < self.min_interval_s:
+            raise StoreError("too-often", f"device {enrolled.name} reported less than {self.min_interval_s:g} s ago")
+        report = check_report(payload, signature, enrolled.public_key)
+        stored = self.store.release(report.release_id)
+        if stored is None or stored.base_id != report.base_id:
+            raise StoreError("unknown-release", f"no release {report.release_id[:12]} of base {report.base_id[:12]}")
+        inserted = self.store.db.execute(
+            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (signer, report.release_id, report.channel, int(report.load_ok), report.latency_p50_ms,
+             report.latency_p95_ms, report.rows, report.correct, report.previous_correct, report.created)).rowcount
+        self._last[signer] = now  # only a verified report moves its device's clock (no one can mute another)
+        if not inserted:
+            raise StoreError("duplicate", f"device {enrolled.name} reported on release {report.release_id[:12]} already")
+        return report
+
+    def health(self, release_id: str) -> ReleaseHealth | None:
+        rows = self.store.db.execute(
+            "SELECT load_ok, p95, rows, correct, previous_correct FROM reports WHERE release_id = ?",
+            (release_id,)).fetchall()
+        if not rows:
+            return None
+        deltas = [100.0 * (c - p) / n for _, _, n, c, p in rows if n]
+        return ReleaseHealth(release_id, len(rows), sum(r[0] for r in rows) / len(rows),
+                             statistics.median(deltas) if deltas else 0.0, statistics.median(r[1] for r in rows))

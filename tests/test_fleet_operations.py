@@ -1,0 +1,151 @@
+"""Fleet operations against a real registry process on 127.0.0.1 over TLS: 50 simulated
+devices send signed health reports, the automated canary promotes a good release to stable
+and rolls a bad one back (each decision with its evidence), devices on stable end on the
+good release, and forged, tampered, replayed, oversized and unknown-key reports are refused
+by name and counted in /metrics."""
+
+from __future__ import annotations
+
+import ssl
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import world_key
+from prometheus_client.parser import text_string_to_metric_families
+
+from fedpeft.cli import main
+from fedpeft.core.trust.device_report import sign_report
+from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
+from fedpeft.device.registry_client import RegistryClient, RegistryError
+from fedpeft.device.slot import Device
+from fedpeft.server.registry import operator
+from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.tuf_operator import rotate
+
+DEVICES = 50
+POLICY = """
+[canary]
+promote_to = "stable"
+min_reports = 40
+min_load_success = 0.999
+min_validation_delta = -0.5
+max_latency_ratio = 1.10
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path, tuf_world):
+    """50 enrolled device keys (and 10 for the stable baseline), an automation key named by
+    the canary and stable roles, and a registry judging canary by the policy above."""
+    devices = Keyring(tmp_path / "devices.json")
+    keys = []
+    for index in range(DEVICES + 10):
+        new_key_pair(tmp_path / "keys" / f"device-{index}.key")
+        keys.append(load_private_key(tmp_path / "keys" / f"device-{index}.key"))
+        devices.enroll(f"device-{index}", keys[-1].public_key())
+    devices.save()
+    new_key_pair(tmp_path / "automation.key")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    registry = RegistryProcess(tmp_path, tuf_world["root"] / "operators.json", tuf_world["root"] / "tls", extra=(
+        "--tuf", str(tuf_world["tuf"].registry), "--devices", str(tmp_path / "devices.json"),
+        "--canary-policy", str(tmp_path / "policy.toml"), "--automation-key", str(tmp_path / "automation.key"),
+        "--metrics-port", "0")).start()
+    client = RegistryClient(registry.address, tuf_world["root"] / "tls" / "ca.crt", timeout_s=30)
+    automation = load_private_key(tmp_path / "automation.key")
+    for channel in ("canary", "stable"):  # the operator gives the automation key (only) these two roles
+        rotate(client, channel, add=[automation], remove=[], delegator_keys=[tuf_world["key"]],
+               role_keys=[world_key(tuf_world, channel)])
+    yield {"registry": registry, "client": client, "keys": keys, "world": tuf_world}
+    client.close()
+    registry.stop()
+
+
+def _report(key, world, release, channel, delta_rows: int, p95: float = 10.0, load_ok: bool = True):
+    return sign_report(key, base_id=world["base_id"], release_id=release.release_id, channel=channel,
+                       load_ok=load_ok, latency_ms=(p95 / 2, p95), rows=100, correct=80 + delta_rows,
+                       previous_correct=80)
+
+
+def _send_all(client, reports) -> list[str]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda signed: client.report(*signed), reports))
+
+
+def _scrape(fleet) -> dict:
+    context = ssl.create_default_context(cafile=str(fleet["world"]["root"] / "tls" / "ca.crt"))
+    with urllib.request.urlopen(fleet["registry"].metrics_url, context=context, timeout=10) as reply:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(reply.read().decode()) for s in family.samples}
+
+
+def test_the_canary_promotes_a_good_release_and_rolls_back_a_bad_one(fleet, tmp_path, capsys):
+    client, keys, world = fleet["client"], fleet["keys"], fleet["world"]
+    publish = lambda index, channel: operator.publish(  # noqa: E731
+        client, world["key"], world["root"] / f"adapter-{index}", channel,
+        channel_keys=[world_key(world, channel)])
+    stable = [Device(tmp_path / f"stable-{i}", world["key"].public_key(), world["base_id"], "stable",
+                     trusted_root=world["tuf"].root.read_bytes()) for i in range(3)]
+    v1 = publish(1, "stable")
+    assert all(device.pull(client).version == 1 for device in stable)
+    assert _send_all(client, [_report(k, world, v1, "stable", 0) for k in keys[DEVICES:]]) == [""] * 10  # baseline
+
+    good = publish(2, "canary")
+    decisions = _send_all(client, [_report(k, world, good, "canary", +1, p95=10.5) for k in keys[:DEVICES]])
+    assert decisions.count("promote") == 1 and set(decisions) == {"", "promote"}  # decided once, at 40 reports
+    assert all(device.pull(client).release_id == good.release_id for device in stable)
+
+    time.sleep(1.1)  # each device may report once a second
+    bad = publish(1, "canary")  # the first weights again, as v3: worse on the devices' rows
+    decisions = _send_all(client, [_report(k, world, bad, "canary", -10) for k in keys[:DEVICES]])
+    assert decisions.count("rollback") == 1
+    assert all(device.pull(client).status == "not-modified" for device in stable)
+    assert all(device.version == good.version for device in stable)  # stable ends on the good release
+    late = Device(tmp_path / "late-canary", world["key"].public_key(), world["base_id"], "canary",
+                  trusted_root=world["tuf"].root.read_bytes())
+    assert late.pull(client).release_id == good.release_id  # canary was moved back to what stable serves
+
+    status = client.status()
+    made = {(d["action"], d["release_id"]): d["evidence"] for d in status["decisions"]}
+    assert set(made) == {("promote", good.release_id), ("rollback", bad.release_id)}
+    assert made[("promote", good.release_id)]["rules"]["median_validation_delta"] == {"value": 1.0, "passed": True}
+    assert made[("rollback", bad.release_id)]["rules"]["median_validation_delta"] == {"value": -10.0, "passed": False}
+    assert made[("promote", good.release_id)]["health"]["reports"] == 40
+    assert main(["registry", "status", "--registry", fleet["registry"].address,
+                 "--ca-cert", str(world["root"] / "tls" / "ca.crt")]) == 0
+    printed = capsys.readouterr().out
+    assert "promote" in printed and "rollback" in printed and "median_validation_delta -10.0 FAILED" in printed
+
+
+def test_bad_reports_are_refused_by_name_and_counted(fleet, tmp_path):
+    client, keys, world = fleet["client"], fleet["keys"], fleet["world"]
+    release = operator.publish(client, world["key"], world["root"] / "adapter-1", "stable",
+                               channel_keys=[world_key(world, "stable")])
+    before = _scrape(fleet)
+    new_key_pair(tmp_path / "stranger.key")
+    payload, signature = _report(keys[0], world, release, "stable", 0)
+    tampered, tampered_signature = _report(keys[3], world, release, "stable", 0)
+    cases = {
+        "unknown-key": _report(load_private_key(tmp_path / "stranger.key"), world, release, "stable", 0),
+        "bad-signature": (tampered.replace(b'"load_ok":true', b'"load_ok":false'), tampered_signature),
+        "oversized": _report(keys[1], world, release, "stable", 0)[0] + b" " * 4096,
+        "malformed": sign_report(keys[2], base_id=world["base_id"], release_id=release.release_id, channel="stable",
+                                 load_ok=True, latency_ms=(1.0, 2.0), rows=10, correct=11, previous_correct=0),
+    }
+    cases["oversized"] = (cases["oversized"], _report(keys[1], world, release, "stable", 0)[1])
+    assert client.report(payload, signature) == ""
+    for reason, (body, sig) in {**cases, "too-often": (payload, signature)}.items():
+        with pytest.raises(RegistryError, match=f"{reason}:"):
+            client.report(body, sig)
+    time.sleep(1.1)
+    with pytest.raises(RegistryError, match="duplicate:"):  # the same device on the same release: counted once
+        client.report(*_report(keys[0], world, release, "stable", +5))
+    after = _scrape(fleet)
+    for reason in (*cases, "too-often", "duplicate"):
+        key = ("fedpeft_registry_refusals_total", (("call", "Report"), ("reason", reason)))
+        assert after.get(key, 0) - before.get(key, 0) == 1, reason
+    accepted = ("fedpeft_registry_device_reports_total", (("channel", "stable"),))
+    assert after[accepted] - before.get(accepted, 0) == 1
+    assert client.status()["health"] == [{"release_id": release.release_id, "reports": 1, "load_success": 1.0,
+                                          "median_delta": 0.0, "p95_latency_ms": 10.0}]
