@@ -51,7 +51,8 @@ def run(tiny_bert_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     (out / "run.toml").write_text(CONFIG)
     cmd = [sys.executable, "-m", "fedpeft.cli", "simulate", "--config", "run.toml", "--model", str(tiny_bert_dir),
-           "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--learning-rate", "0.01", "--out", "result"]
+           "--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--learning-rate", "0.01", "--out", "result",
+           "--track", "tensorboard"]
     env = {**os.environ, "FEDPEFT_CACHE": str(out / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -409,3 +410,44 @@ def test_a_sampled_federation_asks_clients_per_round_reports_report_clients_and_
     log = (tmp_path / "result" / "run.log").read_text()
     assert "Sampled 2 nodes (out of 4)" in log
     assert "personalization: evaluating on each client's test split (3 clients" in stdout
+
+
+def test_track_tensorboard_writes_events_tensorboard_reads_back(run):
+    """`simulate --track tensorboard`: TensorBoard's own reader finds every round's metrics,
+    the rejected deltas by reason, the final accuracies and the plots."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, stdout = run
+    assert "[fedpeft] tensorboard: " in stdout
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("round/val_accuracy")] == \
+        [(r["round"], round(r["val_accuracy"], 4)) for r in rows]
+    assert [e.value for e in events.Scalars("round/rejected/wrong-round")] == [1.0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert events.Scalars("final/personalized_accuracy")[0].value == pytest.approx(summary["personalized_accuracy"])
+    assert {"plots/curves", "plots/clients"} <= set(events.Tags()["images"])
+
+
+def test_track_mlflow_records_the_run_and_the_adapter_in_a_local_store(run):
+    """`fedpeft track RUN --to mlflow`: the run, its per-round metrics and the adapter as an
+    artifact tagged with its base and release, in a local SQLite store (no server)."""
+    import mlflow
+
+    from fedpeft.cli import main
+
+    out, _ = run
+    assert main(["track", str(out), "--to", "mlflow"]) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow.tracking.MlflowClient()
+    (found,) = client.search_runs([mlflow.get_experiment_by_name("fedpeft").experiment_id])
+    summary = json.loads((out / "summary.json").read_text())
+    assert found.data.tags["fedpeft.base_id"] == summary["base_id"]
+    assert found.data.tags["fedpeft.release_id"] == summary["release_id"]
+    history = client.get_metric_history(found.info.run_id, "bytes_up")
+    assert [m.step for m in history] == list(range(1, ROUNDS + 1))
+    assert found.data.metrics["global_accuracy"] == pytest.approx(summary["global_accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "adapter")}
+    assert {"adapter/adapter_model.safetensors", "adapter/release.json"} <= artifacts
+

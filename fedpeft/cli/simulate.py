@@ -7,6 +7,8 @@ import argparse
 from fedpeft.core.choices import ATTACKS
 from fedpeft.core.config import RANGES
 
+from fedpeft.track import TRACKERS
+
 from .common import command
 from .runs import print_summary, run_arguments, run_config
 
@@ -31,7 +33,14 @@ def add_commands(commands) -> None:
                      help="share of clients that train as devices: ONNX Runtime training graph, numpy optimizer")
     sim.add_argument("--restart", action="store_true",
                      help="start afresh even if --out holds a checkpoint (default: resume after its last completed round)")
+    sim.add_argument("--track", choices=TRACKERS, help="also write the run for TensorBoard or MLflow (local files; "
+                                                      "pip install -e '.[track]')")
     sim.set_defaults(run=_simulate)
+    tracked = command(commands, "track", "write a finished run's record for TensorBoard or MLflow (local files)",
+                      "fedpeft track runs/default --to mlflow")
+    tracked.add_argument("run_folder", help="a finished run's folder (summary.json, metrics.jsonl, plots, adapter/)")
+    tracked.add_argument("--to", choices=TRACKERS, required=True, help="tensorboard or mlflow")
+    tracked.set_defaults(run=_track)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -39,3 +48,17 @@ def _simulate(args: argparse.Namespace) -> None:
 
     config = run_config(args)
     print_summary(simulate(config, args.verbose, resume=not args.restart), config.run.out)
+    if args.track:
+        _write_track(config.run.out, args.track)
+
+
+def _track(args: argparse.Namespace) -> None:
+    _write_track(args.run_folder, args.to)
+
+
+def _write_track(run_folder: str, kind: str) -> None:
+    from pathlib import Path
+
+    from fedpeft.track import track
+
+    print(f"[fedpeft] {kind}: {track(Path(run_folder), kind)}")
