@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedpeft.cli import main
 from fedpeft.core.trust.device_report import sign_report
 from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
+from fedpeft.device.health import label_drift, latency_percentiles
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
 from fedpeft.server.registry import operator
@@ -62,10 +63,14 @@ def fleet(tmp_path, tuf_world):
     registry.stop()
 
 
-def _report(key, world, release, channel, delta_rows: int, p95: float = 10.0, load_ok: bool = True):
+def _report(key, world, release, channel, delta_rows: int, p95: float = 10.0, load_ok: bool = True,
+            recent_labels: tuple[int, ...] | None = None):
+    """A device's signed report; `recent_labels`: its recent inputs' predicted-label counts,
+    against a reference of (25, 25, 25, 25)."""
+    drift = label_drift((25, 25, 25, 25), recent_labels) if recent_labels else None
     return sign_report(key, base_id=world["base_id"], release_id=release.release_id, channel=channel,
                        load_ok=load_ok, latency_ms=(p95 / 2, p95), rows=100, correct=80 + delta_rows,
-                       previous_correct=80)
+                       previous_correct=80, drift=drift)
 
 
 def _send_all(client, reports) -> list[str]:
@@ -92,13 +97,15 @@ def test_the_canary_promotes_a_good_release_and_rolls_back_a_bad_one(fleet, tmp_
     assert _send_all(client, [_report(k, world, v1, "stable", 0) for k in keys[DEVICES:]]) == [""] * 10  # baseline
 
     good = publish(2, "canary")
-    decisions = _send_all(client, [_report(k, world, good, "canary", +1, p95=10.5) for k in keys[:DEVICES]])
+    decisions = _send_all(client, [_report(k, world, good, "canary", +1, p95=10.5, recent_labels=(24, 26, 25, 25))
+                                   for k in keys[:DEVICES]])
     assert decisions.count("promote") == 1 and set(decisions) == {"", "promote"}  # decided once, at 40 reports
     assert all(device.pull(client).release_id == good.release_id for device in stable)
 
     time.sleep(1.1)  # each device may report once a second
     bad = publish(1, "canary")  # the first weights again, as v3: worse on the devices' rows
-    decisions = _send_all(client, [_report(k, world, bad, "canary", -10) for k in keys[:DEVICES]])
+    decisions = _send_all(client, [_report(k, world, bad, "canary", -10, recent_labels=(70, 10, 10, 10))
+                                   for k in keys[:DEVICES]])
     assert decisions.count("rollback") == 1
     assert all(device.pull(client).status == "not-modified" for device in stable)
     assert all(device.version == good.version for device in stable)  # stable ends on the good release
@@ -112,10 +119,16 @@ def test_the_canary_promotes_a_good_release_and_rolls_back_a_bad_one(fleet, tmp_
     assert made[("promote", good.release_id)]["rules"]["median_validation_delta"] == {"value": 1.0, "passed": True}
     assert made[("rollback", bad.release_id)]["rules"]["median_validation_delta"] == {"value": -10.0, "passed": False}
     assert made[("promote", good.release_id)]["health"]["reports"] == 40
+    health = {h["release_id"]: h for h in status["health"]}
+    assert health[good.release_id]["median_drift"] == pytest.approx(0.01) and not health[good.release_id]["drifting"]
+    assert health[bad.release_id]["median_drift"] == pytest.approx(0.45) and health[bad.release_id]["drifting"]
     assert main(["registry", "status", "--registry", fleet["registry"].address,
-                 "--ca-cert", str(world["root"] / "tls" / "ca.crt")]) == 0
+                 "--ca-cert", str(world["root"] / "tls" / "ca.crt"), "--html", str(tmp_path / "status.html")]) == 0
+    page = (tmp_path / "status.html").read_text()
+    assert page.count('<span class="bad">drifting</span>') == 1 and page.count("<tr>") == (1 + 2) + (1 + 3) + (1 + 2)  # header + rows: channels, releases, decisions
     printed = capsys.readouterr().out
     assert "promote" in printed and "rollback" in printed and "median_validation_delta -10.0 FAILED" in printed
+    assert printed.count("DRIFTING") == 1
 
 
 def test_bad_reports_are_refused_by_name_and_counted(fleet, tmp_path):
@@ -148,4 +161,15 @@ def test_bad_reports_are_refused_by_name_and_counted(fleet, tmp_path):
     accepted = ("fedpeft_registry_device_reports_total", (("channel", "stable"),))
     assert after[accepted] - before.get(accepted, 0) == 1
     assert client.status()["health"] == [{"release_id": release.release_id, "reports": 1, "load_success": 1.0,
-                                          "median_delta": 0.0, "p95_latency_ms": 10.0}]
+                                          "median_delta": 0.0, "p95_latency_ms": 10.0, "median_drift": None,
+                                          "drifting": False}]
+
+
+def test_what_a_device_measures_for_its_report():
+    assert label_drift((10, 10), (10, 10)) == 0.0 and label_drift((10, 0), (0, 3)) == 1.0
+    assert label_drift((25, 25, 25, 25), (70, 10, 10, 10)) == pytest.approx(0.45)
+    for bad in (((1, 2), (1,)), ((0, 0), (1, 1)), ((1, -1), (1, 1))):
+        with pytest.raises(ValueError):
+            label_drift(*bad)
+    p50, p95 = latency_percentiles([0.001 * i for i in range(1, 101)])
+    assert p50 == pytest.approx(50.5) and p95 == pytest.approx(95.05)

@@ -42,6 +42,7 @@ class HealthReport:
     correct: int            # held-out rows the reported release got right
     previous_correct: int   # the same rows, with the release it replaced
     created: str
+    drift: float | None = None  # how far the device's recent inputs moved from its reference (0..1; device/health.py)
 
     @property
     def validation_delta(self) -> float:
@@ -51,14 +52,14 @@ class HealthReport:
 
 def sign_report(key: Ed25519PrivateKey, *, base_id: str, release_id: str, channel: str, load_ok: bool,
                 latency_ms: tuple[float, float], rows: int, correct: int, previous_correct: int,
-                now: datetime | None = None) -> tuple[bytes, bytes]:
+                drift: float | None = None, now: datetime | None = None) -> tuple[bytes, bytes]:
     """(report bytes, signature bytes) of one device's report on one release."""
     now = now or datetime.now(UTC)
     return sign_manifest({
         "type": REPORT_TYPE, "device": key_id(key.public_key()), "base_id": base_id, "release_id": release_id,
         "channel": channel, "load_ok": bool(load_ok), "latency_ms": {"p50": float(latency_ms[0]), "p95": float(latency_ms[1])},
         "validation": {"rows": int(rows), "correct": int(correct), "previous_correct": int(previous_correct)},
-        "files": {}, "created": precise_timestamp(now), "expires": timestamp(now + REPORT_VALID),
+        "drift": None if drift is None else float(drift), "files": {}, "created": precise_timestamp(now), "expires": timestamp(now + REPORT_VALID),
     }, key)
 
 
@@ -72,6 +73,14 @@ def _milliseconds(value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
             or not 0 <= value <= MAX_LATENCY_MS:
         raise ValueError(f"{str(value)[:20]!r} is not a latency in 0..{MAX_LATENCY_MS:g} ms")
+    return float(value)
+
+
+def _share(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError(f"drift {str(value)[:20]!r} is not a share in 0..1")
     return float(value)
 
 
@@ -95,7 +104,7 @@ def check_report(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
             channel=check_channel(manifest["channel"]), load_ok=manifest["load_ok"] is True,
             latency_p50_ms=_milliseconds(latency["p50"]), latency_p95_ms=_milliseconds(latency["p95"]), rows=rows,
             correct=_count(validation["correct"], rows), previous_correct=_count(validation["previous_correct"], rows),
-            created=manifest["created"])
+            created=manifest["created"], drift=_share(manifest.get("drift")))
         if not (is_sha256_hex(report.release_id) and is_sha256_hex(report.base_id)) \
                 or report.device != key_id(public_key):
             raise ValueError("release_id and base_id must be SHA-256 ids, device the signing key's id")

@@ -11,6 +11,7 @@ from fedpeft.core.errors import ConfigError
 
 from .common import (
     PORT,
+    SHARE,
     TIMESTAMP_VALID,
     PUBLISH_DEADLINE,
     VERSION,
@@ -50,6 +51,8 @@ def add_commands(commands) -> None:
     serve.add_argument("--canary-policy", help="TOML promotion policy per channel (needs --devices and --tuf)")
     serve.add_argument("--automation-key", help="private key the channel roles name for automated canary decisions "
                                                 "(without it, decisions are recorded and nothing moves)")
+    serve.add_argument("--drift-threshold", type=SHARE, default=0.25,
+                       help="flag a release whose devices' median reported drift is above this (0..1)")
     serve.set_defaults(run=_registry_serve)
     pub = command(registry, "publish", "publish a signed adapter folder as the next version of its base",
                   "fedpeft registry publish runs/default/adapter --operator-key keys/operator.key "
@@ -84,6 +87,7 @@ def add_commands(commands) -> None:
     status = command(registry, "status", "channels, device report aggregates and canary decisions",
                      "fedpeft registry status --ca-cert tls/ca.crt")
     registry_arguments(status)
+    status.add_argument("--html", help="also write the status as an HTML page to this file")
     status.set_defaults(run=_registry_status)
 
 
@@ -110,7 +114,8 @@ def _registry_serve(args: argparse.Namespace) -> None:
                       timestamp_valid=args.timestamp_valid, metrics_port=args.metrics_port,
                       devices=Path(args.devices) if args.devices else None,
                       canary_policy=Path(args.canary_policy) if args.canary_policy else None,
-                      automation_key=Path(args.automation_key) if args.automation_key else None))
+                      automation_key=Path(args.automation_key) if args.automation_key else None,
+                      drift_threshold=args.drift_threshold))
 
 
 def _registry_publish(args: argparse.Namespace) -> None:
@@ -157,16 +162,23 @@ def _registry_list(args: argparse.Namespace) -> None:
 
 
 def _registry_status(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.atomic import write_atomic
+    from fedpeft.server.registry.status_page import render
+
     with registry_client(args) as client:
         status = client.status()
     try:
+        if args.html:
+            write_atomic(Path(args.html), render(status).encode())
         for name, bases in sorted(status["channels"].items()):
             for base, release in sorted(bases.items()):
                 print(f"channel {name}\tbase {base[:12]}\trelease {str(release)[:12]}")
         for health in status["health"]:
             print(f"release {str(health['release_id'])[:12]}\t{health['reports']} report(s)\tloaded "
                   f"{100 * health['load_success']:.1f}%\tvalidation {health['median_delta']:+.2f} points\t"
-                  f"p95 {health['p95_latency_ms']:.1f} ms")
+                  f"p95 {health['p95_latency_ms']:.1f} ms\tdrift "
+                  + ("-" if health["median_drift"] is None else f"{health['median_drift']:.2f}")
+                  + ("\tDRIFTING" if health["drifting"] else ""))
         for decision in status["decisions"]:
             rules = ", ".join(f"{name} {rule['value']} {'ok' if rule['passed'] else 'FAILED'}"
                               for name, rule in decision["evidence"]["rules"].items())

@@ -22,6 +22,7 @@ from fedpeft.core.trust.signed_files import signer_of
 from .store import RegistryStore, StoreError
 
 MIN_INTERVAL_S = 1.0
+DRIFT_THRESHOLD = 0.25  # median label-distribution distance above which a release is flagged as drifting
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,18 @@ class ReleaseHealth:
     load_success: float        # share of reports whose adapter loaded
     median_delta: float        # median validation delta, accuracy points against the replaced release
     p95_latency_ms: float      # median over devices of their p95 inference latency
+    median_drift: float | None  # median of the drift the devices reported (None: none reported one)
+    drifting: bool             # median_drift above the registry's drift threshold
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 class ReportBook:
-    def __init__(self, store: RegistryStore, devices: Keyring, min_interval_s: float = MIN_INTERVAL_S) -> None:
+    def __init__(self, store: RegistryStore, devices: Keyring, min_interval_s: float = MIN_INTERVAL_S,
+                 drift_threshold: float = DRIFT_THRESHOLD) -> None:
         self.store, self.devices, self.min_interval_s = store, devices, min_interval_s
+        self.drift_threshold = drift_threshold
         self._last: dict[str, float] = {}  # enrolled device -> when its last report was accepted (bounded by the keyring)
 
     def accept(self, payload: bytes, signature: bytes) -> HealthReport:
@@ -55,9 +60,10 @@ class ReportBook:
         if stored is None or stored.base_id != report.base_id:
             raise StoreError("unknown-release", f"no release {report.release_id[:12]} of base {report.base_id[:12]}")
         inserted = self.store.db.execute(
-            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (signer, report.release_id, report.channel, int(report.load_ok), report.latency_p50_ms,
-             report.latency_p95_ms, report.rows, report.correct, report.previous_correct, report.created)).rowcount
+             report.latency_p95_ms, report.rows, report.correct, report.previous_correct, report.created,
+             report.drift)).rowcount
         self._last[signer] = now  # only a verified report moves its device's clock (no one can mute another)
         if not inserted:
             raise StoreError("duplicate", f"device {enrolled.name} reported on release {report.release_id[:12]} already")
@@ -65,10 +71,13 @@ class ReportBook:
 
     def health(self, release_id: str) -> ReleaseHealth | None:
         rows = self.store.db.execute(
-            "SELECT load_ok, p95, rows, correct, previous_correct FROM reports WHERE release_id = ?",
+            "SELECT load_ok, p95, rows, correct, previous_correct, drift FROM reports WHERE release_id = ?",
             (release_id,)).fetchall()
         if not rows:
             return None
-        deltas = [100.0 * (c - p) / n for _, _, n, c, p in rows if n]
+        deltas = [100.0 * (c - p) / n for _, _, n, c, p, _ in rows if n]
+        drifts = [r[5] for r in rows if r[5] is not None]
+        drift = statistics.median(drifts) if drifts else None
         return ReleaseHealth(release_id, len(rows), sum(r[0] for r in rows) / len(rows),
-                             statistics.median(deltas) if deltas else 0.0, statistics.median(r[1] for r in rows))
+                             statistics.median(deltas) if deltas else 0.0, statistics.median(r[1] for r in rows),
+                             drift, drift is not None and drift > self.drift_threshold)

@@ -36,6 +36,8 @@ class RegistryMetrics:
                                      ["base", "channel"], registry=self.collectors)
         self.reports = Counter("fedpeft_registry_device_reports", "device health reports accepted, by channel",
                                ["channel"], registry=self.collectors)
+        self.drifting = Counter("fedpeft_registry_drifting_reports", "device reports whose drift is above the "
+                                "registry's threshold, by channel", ["channel"], registry=self.collectors)
         self.decisions = Counter("fedpeft_registry_canary_decisions", "automated canary decisions",
                                  ["channel", "action"], registry=self.collectors)
         self.latency = Histogram("fedpeft_registry_request_seconds", "handler time per call", ["call"],

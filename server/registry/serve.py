@@ -19,7 +19,7 @@ from fedpeft.protos import REGISTRY_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from fedpeft.protos import registry_pb2_grpc
 
 from .canary import AutomatedCanary, load_policies
-from .health import ReportBook
+from .health import DRIFT_THRESHOLD, ReportBook
 from .metrics import RegistryMetrics
 from .service import PUBLISH_DEADLINE_S, RegistryService, log
 from .store import RegistryStore, StoreError
@@ -42,6 +42,7 @@ class ServeSettings:
     devices: Path | None = None      # keyring of enrolled device keys: health reports are taken from these only
     canary_policy: Path | None = None  # TOML promotion policy per channel (server/registry/canary.py)
     automation_key: Path | None = None  # the key the channel roles name for automated decisions
+    drift_threshold: float = DRIFT_THRESHOLD  # a release whose median reported drift is above this is flagged
 
 
 def _credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -64,7 +65,8 @@ async def serve(settings: ServeSettings) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     metrics = RegistryMetrics()
-    reports = ReportBook(store, Keyring.load(settings.devices)) if settings.devices else None
+    reports = (ReportBook(store, Keyring.load(settings.devices), drift_threshold=settings.drift_threshold)
+               if settings.devices else None)
     canary = _canary(settings, store, tuf, reports)
     registry_pb2_grpc.add_RegistryServicer_to_server(
         RegistryService(store, operators, settings.publish_deadline, tuf, metrics, reports, canary), server)

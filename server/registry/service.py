@@ -313,6 +313,8 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             decision = None
         known = report.channel in self.tuf.channels() or report.channel in (self.canary.policies if self.canary else ())
         self.metrics.reports.labels(report.channel if known else "other").inc()  # labels stay bounded
+        if report.drift is not None and report.drift > self.reports.drift_threshold:
+            self.metrics.drifting.labels(report.channel if known else "other").inc()
         if decision is None:
             return pb.ReportReply()
         self.metrics.decisions.labels(decision.channel, decision.action).inc()

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS publish_requests (request_id TEXT PRIMARY KEY, valid_
 CREATE TABLE IF NOT EXISTS reports (
     device TEXT NOT NULL, release_id TEXT NOT NULL, channel TEXT NOT NULL, load_ok INTEGER NOT NULL, p50 REAL NOT NULL,
     p95 REAL NOT NULL, rows INTEGER NOT NULL, correct INTEGER NOT NULL, previous_correct INTEGER NOT NULL,
-    created TEXT NOT NULL, PRIMARY KEY (device, release_id));
+    created TEXT NOT NULL, drift REAL, PRIMARY KEY (device, release_id));
 CREATE TABLE IF NOT EXISTS decisions (
     release_id TEXT NOT NULL, channel TEXT NOT NULL, action TEXT NOT NULL, evidence TEXT NOT NULL,
     decided_at TEXT NOT NULL, PRIMARY KEY (release_id, channel));
