@@ -27,13 +27,12 @@ from verify_throughput import minilm_lora_template, minilm_model
 
 import fedpeft  # noqa: F401
 from fedpeft.core.training.synthetic_data import LABELS
-from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.keys import load_private_key
 from fedpeft.core.trust.release import sign_release
-from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.registry_client import RegistryClient
 from fedpeft.device.slot import Device
 from fedpeft.server.registry import operator
-from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.process import RegistryProcess, operator_material
 from fedpeft.server.registry.tuf_operator import init_repository
 
 
@@ -83,12 +82,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        new_key_pair(root / "operator.key")
-        operators = Keyring(root / "operators.json")
-        operators.enroll("ops", load_public_key(root / "operator.pub"))
-        operators.save()
-        write_tls_files(root / "tls", ["127.0.0.1"])
-        key, public = load_private_key(root / "operator.key"), load_public_key(root / "operator.pub")
+        key = operator_material(root)
+        public = key.public_key()
         model = minilm_model()
         template = minilm_lora_template(model)
         base_id = "b" * 64

@@ -23,12 +23,11 @@ from safetensors.numpy import save_file
 
 import fedpeft  # noqa: F401
 from fedpeft.core.trust.device_report import sign_report
-from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
 from fedpeft.core.trust.release import sign_release
-from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.server.registry import operator
-from fedpeft.server.registry.process import RegistryProcess
+from fedpeft.server.registry.process import RegistryProcess, operator_material
 
 
 def _send(address: str, ca: Path, reports: list[tuple[bytes, bytes]], threads: int) -> tuple[float, dict[str, int]]:
@@ -61,10 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        new_key_pair(root / "operator.key")
-        operators = Keyring(root / "operators.json")
-        operators.enroll("ops", load_public_key(root / "operator.pub"))
-        operators.save()
+        key = operator_material(root)
         devices = Keyring(root / "devices.json")
         keys = []
         for index in range(args.devices):
@@ -72,8 +68,6 @@ def main() -> None:
             keys.append(load_private_key(root / "keys" / f"d{index}.key"))
             devices.enroll(f"d{index}", keys[-1].public_key())
         devices.save()
-        write_tls_files(root / "tls", ["127.0.0.1"])
-        key = load_private_key(root / "operator.key")
         (root / "adapter").mkdir()
         (root / "adapter" / "adapter_config.json").write_text("{}")
         save_file({"w": np.zeros(4, np.float32)}, str(root / "adapter" / "adapter_model.safetensors"))

@@ -56,3 +56,20 @@ class RegistryProcess:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
+
+
+def operator_material(folder: Path):
+    """In `folder`: an operator key (operator.key/.pub), the registry's operator list naming it
+    (operators.json) and TLS files for 127.0.0.1 (tls/): what a registry process for a
+    benchmark or demo needs. Returns the operator's private key."""
+    from fedpeft.core.trust.keys import Keyring, load_private_key, load_public_key, new_key_pair
+    from fedpeft.core.trust.tls import write_tls_files
+
+    folder = Path(folder)
+    new_key_pair(folder / "operator.key")
+    operators = Keyring(folder / "operators.json")
+    operators.enroll("ops", load_public_key(folder / "operator.pub"))
+    operators.save()
+    write_tls_files(folder / "tls", ["127.0.0.1"])
+    return load_private_key(folder / "operator.key")
+
