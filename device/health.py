@@ -10,9 +10,21 @@ says nothing about the inputs themselves.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedpeft.core.errors import ConfigError, IntegrityError
+from fedpeft.core.training.data import TextSplit
+
+from .predict import Predictor, SlotRelease
+
+TIMED_INPUTS = 50  # inputs classified one at a time for the latency percentiles
 
 
 def latency_percentiles(seconds: Sequence[float]) -> tuple[float, float]:
@@ -30,3 +42,41 @@ def label_drift(reference: Sequence[int], recent: Sequence[int]) -> float:
             or (recent < 0).any():
         raise ValueError("two non-empty histograms of non-negative counts over the same labels")
     return float(0.5 * np.abs(reference / reference.sum() - recent / recent.sum()).sum())
+
+
+@dataclass(frozen=True)
+class Measurement:
+    load_ok: bool
+    latency_ms: tuple[float, float]   # p50, p95
+    rows: int
+    correct: int
+    previous_correct: int
+    drift: float | None
+
+
+def measure(export: Path, operator_key: Ed25519PublicKey, current: Path, previous: Path | None, rows: TextSplit,
+            recent: list[str] | None = None) -> Measurement:
+    """The installed release (`current`, a verified release folder with an .onnx_adapter) on
+    the device's held-out `rows`: did it load, how fast, how many rows it and `previous` got
+    right, and the drift of `recent` inputs from the rows' predicted labels."""
+    try:
+        predictor = Predictor(export, operator_key, "base", SlotRelease(current))
+    except (IntegrityError, ConfigError):
+        return Measurement(False, (0.0, 0.0), 0, 0, 0, None)
+    predicted = [p.label for p in predictor.predict(rows.texts)]
+    truth = [predictor.labels[i] for i in rows.labels]
+    correct = sum(p == t for p, t in zip(predicted, truth, strict=True))
+    seconds = []
+    for text in rows.texts[:TIMED_INPUTS]:
+        start = time.perf_counter()
+        predictor.predict([text])
+        seconds.append(time.perf_counter() - start)
+    previous_correct = correct
+    if previous is not None:
+        before = Predictor(export, operator_key, "base", SlotRelease(previous)).predict(rows.texts)
+        previous_correct = sum(p.label == t for p, t in zip(before, truth, strict=True))
+    drift = None
+    if recent:
+        reference, now = Counter(predicted), Counter(p.label for p in predictor.predict(recent))
+        drift = label_drift([reference[label] for label in predictor.labels], [now[label] for label in predictor.labels])
+    return Measurement(True, latency_percentiles(seconds), len(rows), correct, previous_correct, drift)

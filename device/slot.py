@@ -28,7 +28,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -160,6 +160,17 @@ class Device:
             raise ManifestError("state-mismatch", f"{entry['folder']} holds release {release.release_id[:12]}, "
                                                   f"not {entry['release_id'][:12]} as state.json says")
         return release
+
+    def previous_release(self) -> Path | None:
+        """The folder of the release before the current one, its signature and files checked
+        (expired or not: it is only compared against), or None."""
+        entry = self.state["previous"]
+        if entry is None:
+            return None
+        folder = self._release_folder(entry)
+        verify_release(folder, self._signing_key(read_file(folder, f"{RELEASE_NAME}.sig")), base_id=self.base_id,
+                       now=datetime(1970, 1, 1, tzinfo=UTC))
+        return folder
 
     def pull(self, client: RegistryClient, progress: Callable[[int, int], None] | None = None,
              now: datetime | None = None) -> PullResult:

@@ -6,21 +6,25 @@ by name and counted in /metrics."""
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import world_key
+from conftest import DATA, world_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedpeft.cli import main
+from fedpeft.core.training import synthetic_data
 from fedpeft.core.trust.device_report import sign_report
 from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
+from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.health import label_drift, latency_percentiles
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
+from fedpeft.export.exporter import ExportRequest, export_adapter_only
 from fedpeft.server.registry import operator
 from fedpeft.server.registry.process import RegistryProcess
 from fedpeft.server.registry.tuf_operator import rotate
@@ -173,3 +177,49 @@ def test_what_a_device_measures_for_its_report():
             label_drift(*bad)
     p50, p95 = latency_percentiles([0.001 * i for i in range(1, 101)])
     assert p50 == pytest.approx(50.5) and p95 == pytest.approx(95.05)
+
+
+def test_a_device_measures_its_installed_release_and_reports_it(trained_export, tiny_bert_dir, tmp_path, capsys):
+    """`fedpeft device report`: the installed release's .onnx_adapter on the device's held-out
+    rows (ONNX Runtime, no torch in device/), against the release before it, sent signed."""
+    key, root = trained_export["key"], tmp_path
+    operators = Keyring(root / "operators.json")
+    operators.enroll("ops", key.public_key())
+    operators.save()
+    write_tls_files(root / "tls", ["127.0.0.1"])
+    new_key_pair(root / "device.key")
+    devices = Keyring(root / "devices.json")
+    devices.enroll("phone-1", load_private_key(root / "device.key").public_key())
+    devices.save()
+    adapter = trained_export["root"] / "adapter"
+    export_adapter_only(ExportRequest(adapter, root / "onnx", tiny_bert_dir, release_key=key.public_key(), data=DATA),
+                        trained_export["export"], key.public_key(), key)
+    rows = synthetic_data.generate(3, 0)[:24]
+    (root / "rows.jsonl").write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    (root / "recent.txt").write_text("\n".join(r["text"] for r in synthetic_data.generate(3, 1)[:12]))
+    registry = RegistryProcess(root, root / "operators.json", root / "tls",
+                               extra=("--devices", str(root / "devices.json"))).start()
+    try:
+        address = ["--registry", registry.address, "--ca-cert", str(root / "tls" / "ca.crt")]
+        with RegistryClient(registry.address, root / "tls" / "ca.crt") as client:
+            first = operator.publish(client, key, adapter, "stable", onnx_adapter=root / "onnx")
+            device = Device(root / "device", key.public_key(), first.base_id)
+            assert device.pull(client).version == 1
+            operator.publish(client, key, adapter, "stable", onnx_adapter=root / "onnx")
+            assert device.pull(client).version == 2
+            slot = ["--state", str(root / "device"), "--key", str(trained_export["root"] / "operator.pub"),
+                    "--base-id", first.base_id]
+            assert main(["device", "report", *slot, "--export", str(trained_export["export"]), "--data",
+                         str(root / "rows.jsonl"), "--device-key", str(root / "device.key"),
+                         "--recent", str(root / "recent.txt"), *address]) == 0
+            printed = capsys.readouterr().out
+            assert "reported on v2: loaded yes" in printed and "validation +0.00 points on 24 rows" in printed
+            (health,) = client.status()["health"]
+            assert health["reports"] == 1 and health["load_success"] == 1.0 and health["median_delta"] == 0.0
+            assert 0 <= health["median_drift"] <= 1 and health["p95_latency_ms"] > 0
+            assert main(["device", "report", *slot, "--export", str(trained_export["export"]), "--data",
+                         str(root / "rows.jsonl"), "--device-key", str(root / "device.key"), *address]) == 1
+            err = capsys.readouterr().err
+            assert "too-often" in err or "duplicate" in err  # one report per device per release counts
+    finally:
+        registry.stop()

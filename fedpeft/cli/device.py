@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedpeft.core.choices import OPTIMIZERS
 from fedpeft.core.config import EPOCHS, RANGES, SEED, Range
+from fedpeft.core.errors import ConfigError
 
 from .common import (
     PORT,
@@ -37,6 +38,20 @@ def add_commands(commands) -> None:
             sub.add_argument("--trusted-root", help="the TUF root.json this device is provisioned with (`fedpeft keys "
                                                     "tuf-init` writes it); kept in the slot from the first pull on")
         sub.set_defaults(run=run)
+    report = command(device, "report", "measure the installed release on this device's rows and send a signed "
+                     "health report to the registry",
+                     "fedpeft device report --state device --key keys/operator.pub --base-id BASE --export runs/export "
+                     "--data held-out.csv --device-key node/device.key --ca-cert tls/ca.crt")
+    slot_arguments(report)
+    report.add_argument("--channel", type=channel, default="stable", help="the channel this device follows")
+    registry_arguments(report)
+    report.add_argument("--export", required=True, help="export folder whose base graph the release's .onnx_adapter "
+                                                        "applies to (fedpeft export)")
+    report.add_argument("--data", required=True, help="held-out CSV or JSONL rows of this device (text, label)")
+    report.add_argument("--device-key", required=True, help="this device's Ed25519 key, enrolled in the registry's "
+                                                            "--devices keyring")
+    report.add_argument("--recent", help="a text file of recent inputs, one per line: the report's drift")
+    report.set_defaults(run=_device_report)
     train = command(device, "train", "personalize the installed adapter on this device's rows (ONNX Runtime, no torch)",
                     "fedpeft device train --state device --export runs/export --data my-rows.csv "
                     "--key keys/operator.pub --base-id BASE")
@@ -88,7 +103,6 @@ def _train_defaults():
 
 
 def _device_pull(args: argparse.Namespace) -> None:
-    from fedpeft.core.errors import ConfigError
     from fedpeft.core.trust.files import UnreadableFile, read_small
 
     device = device_slot(args)
@@ -133,7 +147,6 @@ def _device_join(args: argparse.Namespace) -> None:
     process becomes the node, so a supervisor's signals reach Flower directly."""
     import os
 
-    from fedpeft.core.errors import ConfigError
     from fedpeft.deploy.supernode import BIN, SuperNodeSettings
 
     for flag, path in (("--ca-cert", args.ca_cert), ("--auth-key", args.auth_key), ("--key", args.key),
@@ -150,3 +163,33 @@ def _device_join(args: argparse.Namespace) -> None:
     print(f"[fedpeft] device node: {argv[0]} --superlink {args.superlink} (state {args.state})", flush=True)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # its flwr-clientapp: this install's
     os.execve(argv[0], argv, env)
+
+
+def _device_report(args: argparse.Namespace) -> None:
+    from fedpeft.core.trust.device_report import sign_report
+    from fedpeft.core.trust.files import read_small
+    from fedpeft.core.trust.keys import load_private_key
+    from fedpeft.core.training.data import labelled_split, read_rows
+    from fedpeft.device.health import measure
+    from fedpeft.device.predict import open_export
+
+    device = device_slot(args)
+    release = device.current_release()
+    if release is None:
+        raise ConfigError(f"{args.state} has no installed release to report on")
+    labels = list(open_export(Path(args.export), device.operator_key)["labels"])
+    rows = labelled_split(read_rows(args.data), labels)
+    recent = read_small(Path(args.recent)).decode().splitlines() if args.recent else None
+    measured = measure(Path(args.export), device.operator_key, device.current, device.previous_release(), rows,
+                       [line for line in recent or [] if line.strip()] or None)
+    signed = sign_report(load_private_key(Path(args.device_key)), base_id=args.base_id, release_id=release.release_id,
+                         channel=args.channel, load_ok=measured.load_ok, latency_ms=measured.latency_ms,
+                         rows=measured.rows, correct=measured.correct, previous_correct=measured.previous_correct,
+                         drift=measured.drift)
+    with registry_client(args) as client:
+        decision = client.report(*signed)
+    delta = 100.0 * (measured.correct - measured.previous_correct) / measured.rows if measured.rows else 0.0
+    print(f"reported on v{release.version}: loaded {'yes' if measured.load_ok else 'NO'}, latency p50/p95 "
+          f"{measured.latency_ms[0]:.1f}/{measured.latency_ms[1]:.1f} ms, validation {delta:+.2f} points on "
+          f"{measured.rows} rows, drift {'-' if measured.drift is None else f'{measured.drift:.2f}'}"
+          + (f"; the registry decided: {decision}" if decision else ""))
