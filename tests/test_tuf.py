@@ -16,6 +16,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -520,3 +521,28 @@ def test_registry_metrics_count_pulls_refusals_changes_and_latency(world, tmp_pa
              for name in re.findall(r"fedpeft_registry_[a-z_]+", target["expr"])}
     assert len(asked) >= 7 and asked <= {name for name, _ in after}, asked - {name for name, _ in after}
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    jsonschema.validate(dashboard, GRAFANA_DASHBOARD)
+    with pytest.raises(jsonschema.ValidationError):  # the schema does refuse a panel with no query
+        jsonschema.validate({**dashboard, "panels": [{**dashboard["panels"][0], "targets": []}]}, GRAFANA_DASHBOARD)
+
+
+# The part of Grafana's dashboard model (schemaVersion 39) the shipped dashboard uses, as a JSON schema.
+GRAFANA_DASHBOARD = {
+    "type": "object", "required": ["title", "uid", "schemaVersion", "panels"],
+    "properties": {
+        "title": {"type": "string", "minLength": 1}, "uid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+        "schemaVersion": {"type": "integer", "minimum": 36}, "refresh": {"type": "string"},
+        "time": {"type": "object", "required": ["from", "to"]},
+        "templating": {"type": "object", "properties": {"list": {"type": "array", "items": {
+            "type": "object", "required": ["name", "type"]}}}},
+        "panels": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "type", "title", "gridPos", "targets"],
+            "properties": {
+                "id": {"type": "integer"}, "type": {"enum": ["timeseries", "stat", "gauge", "table", "bargauge"]},
+                "gridPos": {"type": "object", "required": ["h", "w", "x", "y"], "properties": {
+                    "w": {"type": "integer", "minimum": 1, "maximum": 24}, "x": {"type": "integer", "minimum": 0,
+                                                                               "maximum": 23}}},
+                "datasource": {"type": "object", "required": ["type", "uid"]},
+                "targets": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["refId", "expr"],
+                    "properties": {"expr": {"type": "string", "minLength": 1}}}}}}}}}
