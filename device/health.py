@@ -58,7 +58,9 @@ def measure(export: Path, operator_key: Ed25519PublicKey, current: Path, previou
             recent: list[str] | None = None) -> Measurement:
     """The installed release (`current`, a verified release folder with an .onnx_adapter) on
     the device's held-out `rows`: did it load, how fast, how many rows it and `previous` got
-    right, and the drift of `recent` inputs from the rows' predicted labels."""
+    right (rows 0 when there is no previous release to compare with, so the registry leaves
+    this device out of the validation median instead of counting a delta of 0), and the
+    drift of `recent` inputs from the rows' predicted labels."""
     try:
         predictor = Predictor(export, operator_key, "base", SlotRelease(current))
     except (IntegrityError, ConfigError):
@@ -71,12 +73,17 @@ def measure(export: Path, operator_key: Ed25519PublicKey, current: Path, previou
         start = time.perf_counter()
         predictor.predict([text])
         seconds.append(time.perf_counter() - start)
-    previous_correct = correct
-    if previous is not None:
+    compared = len(rows)  # rows 0: no validation delta (no previous release, or it does not load here)
+    previous_correct = 0
+    try:
+        if previous is None:
+            raise ConfigError("no previous release")
         before = Predictor(export, operator_key, "base", SlotRelease(previous)).predict(rows.texts)
         previous_correct = sum(p.label == t for p, t in zip(before, truth, strict=True))
+    except (IntegrityError, ConfigError):
+        compared, correct = 0, 0
     drift = None
     if recent:
         reference, now = Counter(predicted), Counter(p.label for p in predictor.predict(recent))
         drift = label_drift([reference[label] for label in predictor.labels], [now[label] for label in predictor.labels])
-    return Measurement(True, latency_percentiles(seconds), len(rows), correct, previous_correct, drift)
+    return Measurement(True, latency_percentiles(seconds), compared, correct, previous_correct, drift)

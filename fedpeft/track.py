@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.core.errors import ConfigError
-from fedpeft.core.trust.files import read_small
+from fedpeft.core.trust.files import UnreadableFile, read_small, regular_file_size
 from fedpeft.core.trust.json_reader import parse_json_object
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -27,6 +27,9 @@ ROUND_FIELDS = ("train_loss", "val_accuracy", "val_loss", "bytes_up", "bytes_dow
 FINAL_FIELDS = ("initial_accuracy", "global_accuracy", "personalized_accuracy", "local_only_accuracy",
                 "centralized_accuracy", "bytes_up_per_client_round")
 METRICS_BYTES = 64 << 20
+PLOTS = ("curves.png", "clients.png")  # the plots a run writes (server/federation.py)
+PLOT_BYTES = 8 << 20
+ADAPTER_BYTES = 1 << 30
 
 
 def _number(value: Any) -> float | None:
@@ -43,6 +46,25 @@ def round_scalars(record: dict) -> dict[str, float]:
     scalars.update({f"rejected/{reason}": float(count) for reason, count in rejected.items()
                     if _number(count) is not None})
     return scalars
+
+
+def _round(record: dict, previous: int) -> int:
+    value = record.get("round")
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31 else previous + 1
+
+
+def _files(folder: Path, names: tuple[str, ...] | None, limit: int) -> list[Path]:
+    """The run's own files in `folder` (`names`, or every file), regular and within `limit`
+    bytes: a planted link or an oversized image is left out, never followed or decoded."""
+    candidates = [folder / name for name in names] if names else sorted(folder.iterdir()) if folder.is_dir() else []
+    kept = []
+    for path in candidates:
+        try:
+            regular_file_size(path, limit, follow_links=False)
+        except UnreadableFile:
+            continue
+        kept.append(path)
+    return kept
 
 
 def final_scalars(summary: dict) -> dict[str, float]:
@@ -80,14 +102,16 @@ def _tensorboard(run: Path, rounds: list[dict], summary: dict) -> Path:
     writer = SummaryWriter(str(folder))
     last = 0
     for record in rounds:
-        last = int(record.get("round", last + 1))
+        last = _round(record, last)
         for name, value in round_scalars(record).items():
             writer.add_scalar(f"round/{name}", value, last)
     for name, value in final_scalars(summary).items():
         writer.add_scalar(f"final/{name}", value, last)
     writer.add_text("release", f"base {summary.get('base_id')}, release {summary.get('release_id')}", last)
-    for plot in sorted(run.glob("*.png")):
-        writer.add_image(f"plots/{plot.stem}", matplotlib.image.imread(plot)[..., :3], last, dataformats="HWC")
+    for plot in _files(run, PLOTS, PLOT_BYTES):
+        image = matplotlib.image.imread(plot)
+        writer.add_image(f"plots/{plot.stem}", image[..., :3] if image.ndim == 3 else image, last,
+                         dataformats="HWC" if image.ndim == 3 else "HW")
     writer.close()
     return folder
 
@@ -111,13 +135,15 @@ def _mlflow(run: Path, rounds: list[dict], summary: dict) -> Path:
     with mlflow.start_run(experiment_id=experiment_id, run_name=run.name, tags=tags):
         mlflow.log_params({"rounds": summary.get("rounds"), "clients": summary.get("clients"),
                            "quantization": summary.get("quantization")})
+        step = 0
         for record in rounds:
+            step = _round(record, step)
             mlflow.log_metrics({name.replace("/", "."): value for name, value in round_scalars(record).items()},
-                               step=int(record.get("round", 0)))
+                               step=step)
         mlflow.log_metrics(final_scalars(summary))
-        for plot in sorted(run.glob("*.png")):
+        for plot in _files(run, PLOTS, PLOT_BYTES):
             mlflow.log_artifact(str(plot), "plots")
         mlflow.log_artifact(str(run / "summary.json"))  # the personalization table and every other figure
-        if (run / "adapter").is_dir():
-            mlflow.log_artifacts(str(run / "adapter"), "adapter")
+        for path in _files(run / "adapter", None, ADAPTER_BYTES):
+            mlflow.log_artifact(str(path), "adapter")
     return store

@@ -6,22 +6,28 @@ by name and counted in /metrics."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-from conftest import DATA, world_key
+from conftest import DATA, release_adapter, torch_free_environment, world_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedpeft.cli import main
+from fedpeft.core.base.model import load_base
 from fedpeft.core.training import synthetic_data
+from fedpeft.core.training.synthetic_data import LABELS
 from fedpeft.core.trust.device_report import sign_report
 from fedpeft.core.trust.keys import Keyring, load_private_key, new_key_pair
 from fedpeft.core.trust.tls import write_tls_files
 from fedpeft.device.health import label_drift, latency_percentiles
+from fedpeft.device.predict import Predictor, SlotRelease
 from fedpeft.device.registry_client import RegistryClient, RegistryError
 from fedpeft.device.slot import Device
 from fedpeft.export.exporter import ExportRequest, export_adapter_only
@@ -77,6 +83,10 @@ def _report(key, world, release, channel, delta_rows: int, p95: float = 10.0, lo
                        previous_correct=80, drift=drift)
 
 
+def _id(signed) -> str:
+    return hashlib.sha256(signed.manifest).hexdigest()
+
+
 def _send_all(client, reports) -> list[str]:
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda signed: client.report(*signed), reports))
@@ -108,9 +118,14 @@ def test_the_canary_promotes_a_good_release_and_rolls_back_a_bad_one(fleet, tmp_
 
     time.sleep(1.1)  # each device may report once a second
     bad = publish(1, "canary")  # the first weights again, as v3: worse on the devices' rows
+    assert client.latest(world["base_id"], "stable", 0).manifest and \
+        _id(client.latest(world["base_id"], "stable", 0)) == good.release_id  # the channel table follows too
     decisions = _send_all(client, [_report(k, world, bad, "canary", -10, recent_labels=(70, 10, 10, 10))
-                                   for k in keys[:DEVICES]])
+                                   for k in keys[:40]])  # min_reports: the 40th settles it
     assert decisions.count("rollback") == 1
+    with pytest.raises(RegistryError, match="not-on-channel"):  # canary serves the good release again
+        client.report(*_report(keys[45], world, bad, "canary", -10))
+    assert _id(client.latest(world["base_id"], "canary", 0)) == good.release_id
     assert all(device.pull(client).status == "not-modified" for device in stable)
     assert all(device.version == good.version for device in stable)  # stable ends on the good release
     late = Device(tmp_path / "late-canary", world["key"].public_key(), world["base_id"], "canary",
@@ -131,7 +146,7 @@ def test_the_canary_promotes_a_good_release_and_rolls_back_a_bad_one(fleet, tmp_
     page = (tmp_path / "status.html").read_text()
     assert page.count('<span class="bad">drifting</span>') == 1 and page.count("<tr>") == (1 + 2) + (1 + 3) + (1 + 2)  # header + rows: channels, releases, decisions
     printed = capsys.readouterr().out
-    assert "promote" in printed and "rollback" in printed and "median_validation_delta -10.0 FAILED" in printed
+    assert "promote" in printed and "rollback" in printed and "median_validation_delta -10 FAILED" in printed
     assert printed.count("DRIFTING") == 1
 
 
@@ -152,7 +167,12 @@ def test_bad_reports_are_refused_by_name_and_counted(fleet, tmp_path):
     }
     cases["oversized"] = (cases["oversized"], _report(keys[1], world, release, "stable", 0)[1])
     assert client.report(payload, signature) == ""
-    for reason, (body, sig) in {**cases, "too-often": (payload, signature)}.items():
+    with pytest.raises(RegistryError, match="too-often:"):  # at once: the same device within a second
+        client.report(*_report(keys[0], world, release, "stable", +1))
+    cases["not-on-channel"] = _report(keys[4], world, release, "canary", 0)  # canary does not serve it
+    cases["unknown-release"] = sign_report(keys[5], base_id=world["base_id"], release_id="0" * 64, channel="stable",
+                                           load_ok=True, latency_ms=(1.0, 2.0), rows=10, correct=5, previous_correct=5)
+    for reason, (body, sig) in cases.items():
         with pytest.raises(RegistryError, match=f"{reason}:"):
             client.report(body, sig)
     time.sleep(1.1)
@@ -179,9 +199,10 @@ def test_what_a_device_measures_for_its_report():
     assert p50 == pytest.approx(50.5) and p95 == pytest.approx(95.05)
 
 
-def test_a_device_measures_its_installed_release_and_reports_it(trained_export, tiny_bert_dir, tmp_path, capsys):
-    """`fedpeft device report`: the installed release's .onnx_adapter on the device's held-out
-    rows (ONNX Runtime, no torch in device/), against the release before it, sent signed."""
+def test_a_device_measures_its_installed_release_and_reports_it(trained_export, tiny_bert_dir, tmp_path):
+    """`fedpeft device report`, run with torch unimportable: the installed release's
+    .onnx_adapter on the device's held-out rows (ONNX Runtime), against the release before it
+    (the trained adapter, then a spoiled one: a negative delta), sent signed."""
     key, root = trained_export["key"], tmp_path
     operators = Keyring(root / "operators.json")
     operators.enroll("ops", key.public_key())
@@ -191,9 +212,15 @@ def test_a_device_measures_its_installed_release_and_reports_it(trained_export, 
     devices = Keyring(root / "devices.json")
     devices.enroll("phone-1", load_private_key(root / "device.key").public_key())
     devices.save()
-    adapter = trained_export["root"] / "adapter"
-    export_adapter_only(ExportRequest(adapter, root / "onnx", tiny_bert_dir, release_key=key.public_key(), data=DATA),
-                        trained_export["export"], key.public_key(), key)
+    base = load_base(trained_export["package"], len(LABELS), in_memory_quantization=False)
+    template, rng = trained_export["template"], np.random.default_rng(0)
+    spoiled = {n: (v + (rng.normal(scale=3.0, size=v.shape) if n in template.trainable_names else 0)).astype(np.float32)
+               for n, v in trained_export["arrays"].items()}
+    adapters = {"good": trained_export["root"] / "adapter",
+                "spoiled": release_adapter(root / "spoiled", base, template, spoiled, key, method="ffa-lora")}
+    for name, adapter in adapters.items():
+        export_adapter_only(ExportRequest(adapter, root / f"onnx-{name}", tiny_bert_dir, release_key=key.public_key(),
+                                          data=DATA), trained_export["export"], key.public_key(), key)
     rows = synthetic_data.generate(3, 0)[:24]
     (root / "rows.jsonl").write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
     (root / "recent.txt").write_text("\n".join(r["text"] for r in synthetic_data.generate(3, 1)[:12]))
@@ -202,24 +229,30 @@ def test_a_device_measures_its_installed_release_and_reports_it(trained_export, 
     try:
         address = ["--registry", registry.address, "--ca-cert", str(root / "tls" / "ca.crt")]
         with RegistryClient(registry.address, root / "tls" / "ca.crt") as client:
-            first = operator.publish(client, key, adapter, "stable", onnx_adapter=root / "onnx")
-            device = Device(root / "device", key.public_key(), first.base_id)
-            assert device.pull(client).version == 1
-            operator.publish(client, key, adapter, "stable", onnx_adapter=root / "onnx")
-            assert device.pull(client).version == 2
-            slot = ["--state", str(root / "device"), "--key", str(trained_export["root"] / "operator.pub"),
-                    "--base-id", first.base_id]
-            assert main(["device", "report", *slot, "--export", str(trained_export["export"]), "--data",
-                         str(root / "rows.jsonl"), "--device-key", str(root / "device.key"),
-                         "--recent", str(root / "recent.txt"), *address]) == 0
-            printed = capsys.readouterr().out
-            assert "reported on v2: loaded yes" in printed and "validation +0.00 points on 24 rows" in printed
+            device = None
+            for name, adapter in adapters.items():
+                release = operator.publish(client, key, adapter, "stable", onnx_adapter=root / f"onnx-{name}")
+                device = device or Device(root / "device", key.public_key(), release.base_id)
+                assert device.pull(client).release_id == release.release_id
+            truth = [r["label"] for r in rows]
+            scored = [sum(p.label == t for p, t in zip(Predictor(trained_export["export"], key.public_key(), "base",
+                                                                 SlotRelease(folder)).predict([r["text"] for r in rows]),
+                                                       truth, strict=True))
+                      for folder in (device.previous_release(), device.current)]
+            expected = f"validation {100 * (scored[1] - scored[0]) / len(rows):+.2f} points on 24 rows"
+            command = [str(torch_free_environment(root / "env") / "bin" / "fedpeft"), "device", "report", "--state",
+                       str(root / "device"), "--key", str(trained_export["root"] / "operator.pub"), "--base-id",
+                       release.base_id, "--export", str(trained_export["export"]), "--data", str(root / "rows.jsonl"),
+                       "--device-key", str(root / "device.key"), "--recent", str(root / "recent.txt"), *address]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "reported on v2: loaded yes" in done.stdout and expected in done.stdout, done.stdout
+            assert scored[1] < scored[0]  # the spoiled release is worse on these rows
             (health,) = client.status()["health"]
-            assert health["reports"] == 1 and health["load_success"] == 1.0 and health["median_delta"] == 0.0
+            assert health["reports"] == 1 and health["load_success"] == 1.0
+            assert health["median_delta"] == pytest.approx(100 * (scored[1] - scored[0]) / len(rows))
             assert 0 <= health["median_drift"] <= 1 and health["p95_latency_ms"] > 0
-            assert main(["device", "report", *slot, "--export", str(trained_export["export"]), "--data",
-                         str(root / "rows.jsonl"), "--device-key", str(root / "device.key"), *address]) == 1
-            err = capsys.readouterr().err
-            assert "too-often" in err or "duplicate" in err  # one report per device per release counts
+            again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert again.returncode == 1 and ("too-often" in again.stderr or "duplicate" in again.stderr)
     finally:
         registry.stop()

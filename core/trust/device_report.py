@@ -10,12 +10,13 @@ checks it here, before anything is stored, and every failure is a named refusal.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedpeft.core.config import Range
 
 from .hashing import is_sha256_hex
 from .keys import key_id
@@ -46,8 +47,7 @@ class HealthReport:
 
     @property
     def validation_delta(self) -> float:
-        """Accuracy points gained over the replaced release on the device's rows (0 without rows)."""
-        return 100.0 * (self.correct - self.previous_correct) / self.rows if self.rows else 0.0
+        return validation_delta(self.rows, self.correct, self.previous_correct)
 
 
 def sign_report(key: Ed25519PrivateKey, *, base_id: str, release_id: str, channel: str, load_ok: bool,
@@ -63,25 +63,18 @@ def sign_report(key: Ed25519PrivateKey, *, base_id: str, release_id: str, channe
     }, key)
 
 
-def _count(value: Any, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-        raise ValueError(f"{str(value)[:20]!r} is not a count in 0..{high}")
+ROWS, LATENCY, SHARE = Range(int, 0, MAX_ROWS), Range(float, 0, MAX_LATENCY_MS), Range(float, 0, 1)
+
+
+def _checked(value: Any, interval: Range, what: str) -> Any:
+    if not interval.allows(value):
+        raise ValueError(f"{what} {str(value)[:20]!r} is not {interval}")
     return value
 
 
-def _milliseconds(value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or not 0 <= value <= MAX_LATENCY_MS:
-        raise ValueError(f"{str(value)[:20]!r} is not a latency in 0..{MAX_LATENCY_MS:g} ms")
-    return float(value)
-
-
-def _share(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError(f"drift {str(value)[:20]!r} is not a share in 0..1")
-    return float(value)
+def validation_delta(rows: int, correct: int, previous_correct: int) -> float:
+    """Accuracy points a release gained over the one it replaced on `rows` rows (0 without rows)."""
+    return 100.0 * (correct - previous_correct) / rows if rows else 0.0
 
 
 def check_report(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
@@ -98,13 +91,17 @@ def check_report(payload: bytes, signature: bytes, public_key: Ed25519PublicKey,
         if created.tzinfo is None:
             raise ValueError("created names no time zone")
         latency, validation = manifest["latency_ms"], manifest["validation"]
-        rows = _count(validation["rows"], MAX_ROWS)
+        rows = _checked(validation["rows"], ROWS, "rows")
+        within = Range(int, 0, rows)
+        drift = manifest.get("drift")
         report = HealthReport(
             device=str(manifest["device"]), base_id=str(manifest["base_id"]), release_id=str(manifest["release_id"]),
             channel=check_channel(manifest["channel"]), load_ok=manifest["load_ok"] is True,
-            latency_p50_ms=_milliseconds(latency["p50"]), latency_p95_ms=_milliseconds(latency["p95"]), rows=rows,
-            correct=_count(validation["correct"], rows), previous_correct=_count(validation["previous_correct"], rows),
-            created=manifest["created"], drift=_share(manifest.get("drift")))
+            latency_p50_ms=float(_checked(latency["p50"], LATENCY, "p50")),
+            latency_p95_ms=float(_checked(latency["p95"], LATENCY, "p95")), rows=rows,
+            correct=_checked(validation["correct"], within, "correct"),
+            previous_correct=_checked(validation["previous_correct"], within, "previous_correct"),
+            created=manifest["created"], drift=None if drift is None else float(_checked(drift, SHARE, "drift")))
         if not (is_sha256_hex(report.release_id) and is_sha256_hex(report.base_id)) \
                 or report.device != key_id(public_key):
             raise ValueError("release_id and base_id must be SHA-256 ids, device the signing key's id")

@@ -166,7 +166,7 @@ def _device_join(args: argparse.Namespace) -> None:
 
 
 def _device_report(args: argparse.Namespace) -> None:
-    from fedpeft.core.trust.device_report import sign_report
+    from fedpeft.core.trust.device_report import sign_report, validation_delta
     from fedpeft.core.trust.files import read_small
     from fedpeft.core.trust.keys import load_private_key
     from fedpeft.core.training.data import labelled_split, read_rows
@@ -179,7 +179,10 @@ def _device_report(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.state} has no installed release to report on")
     labels = list(open_export(Path(args.export), device.operator_key)["labels"])
     rows = labelled_split(read_rows(args.data), labels)
-    recent = read_small(Path(args.recent)).decode().splitlines() if args.recent else None
+    try:
+        recent = read_small(Path(args.recent)).decode().splitlines() if args.recent else None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--recent {args.recent}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     measured = measure(Path(args.export), device.operator_key, device.current, device.previous_release(), rows,
                        [line for line in recent or [] if line.strip()] or None)
     signed = sign_report(load_private_key(Path(args.device_key)), base_id=args.base_id, release_id=release.release_id,
@@ -188,8 +191,9 @@ def _device_report(args: argparse.Namespace) -> None:
                          drift=measured.drift)
     with registry_client(args) as client:
         decision = client.report(*signed)
-    delta = 100.0 * (measured.correct - measured.previous_correct) / measured.rows if measured.rows else 0.0
+    delta = validation_delta(measured.rows, measured.correct, measured.previous_correct)
+    compared = f"validation {delta:+.2f} points on {measured.rows} rows" if measured.rows else "no previous release"
     print(f"reported on v{release.version}: loaded {'yes' if measured.load_ok else 'NO'}, latency p50/p95 "
-          f"{measured.latency_ms[0]:.1f}/{measured.latency_ms[1]:.1f} ms, validation {delta:+.2f} points on "
-          f"{measured.rows} rows, drift {'-' if measured.drift is None else f'{measured.drift:.2f}'}"
+          f"{measured.latency_ms[0]:.1f}/{measured.latency_ms[1]:.1f} ms, {compared}, drift "
+          f"{'-' if measured.drift is None else f'{measured.drift:.2f}'}"
           + (f"; the registry decided: {decision}" if decision else ""))

@@ -163,26 +163,14 @@ def _registry_list(args: argparse.Namespace) -> None:
 
 def _registry_status(args: argparse.Namespace) -> None:
     from fedpeft.core.trust.atomic import write_atomic
-    from fedpeft.server.registry.status_page import render
+    from fedpeft.server.registry.status_page import render, status_lines
 
     with registry_client(args) as client:
         status = client.status()
-    try:
-        if args.html:
-            write_atomic(Path(args.html), render(status).encode())
-        for name, bases in sorted(status["channels"].items()):
-            for base, release in sorted(bases.items()):
-                print(f"channel {name}\tbase {base[:12]}\trelease {str(release)[:12]}")
-        for health in status["health"]:
-            print(f"release {str(health['release_id'])[:12]}\t{health['reports']} report(s)\tloaded "
-                  f"{100 * health['load_success']:.1f}%\tvalidation {health['median_delta']:+.2f} points\t"
-                  f"p95 {health['p95_latency_ms']:.1f} ms\tdrift "
-                  + ("-" if health["median_drift"] is None else f"{health['median_drift']:.2f}")
-                  + ("\tDRIFTING" if health["drifting"] else ""))
-        for decision in status["decisions"]:
-            rules = ", ".join(f"{name} {rule['value']} {'ok' if rule['passed'] else 'FAILED'}"
-                              for name, rule in decision["evidence"]["rules"].items())
-            print(f"{decision['decided_at'][:19]}\t{decision['action']} {str(decision['release_id'])[:12]} on "
-                  f"{decision['channel']}\t{rules}")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    try:  # what the registry said: every value checked and made printable before it is shown
+        lines, page = status_lines(status), render(status) if args.html else ""
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ConfigError(f"the registry's status is malformed: {type(exc).__name__}") from None
+    if args.html:
+        write_atomic(Path(args.html), page.encode())
+    print("\n".join(lines))

@@ -36,14 +36,15 @@ from fedpeft.core.trust.device_report import HealthReport
 from fedpeft.core.trust.files import UnreadableFile, read_small
 from fedpeft.core.trust.json_reader import parse_json_object
 from fedpeft.core.trust.release import check_channel
-from fedpeft.core.trust.signed_files import ManifestError
+from fedpeft.core.trust.signed_files import ManifestError, precise_timestamp
 from fedpeft.core.trust.tuf_roles import sign, with_release
 
 from .health import ReleaseHealth, ReportBook
-from .store import RegistryStore
+from .store import ChannelMove, RegistryStore
 from .tuf_repository import TufRepository, listed_release
 
 log = logging.getLogger("fedpeft.registry")
+STATUS_ROWS = 100  # the newest decisions (and reported releases) a status answer carries: it stays small
 
 RULES = {"min_reports": Range(int, 1, 1_000_000), "min_load_success": Range(float, 0, 1),
          "min_validation_delta": Range(float, -100, 100), "max_latency_ratio": Range(float, 0, 1000, low_open=True)}
@@ -65,6 +66,7 @@ class Decision:
     channel: str
     action: str          # "promote" (to promote_to) or "rollback" (the channel back to what promote_to serves)
     evidence: dict
+    moved: tuple[str, str] | None = None  # (channel, release id) it moved, when the automation key signed the move
 
 
 def load_policies(path: Path) -> dict[str, ChannelPolicy]:
@@ -95,11 +97,16 @@ def decide(policy: ChannelPolicy, health: ReleaseHealth, baseline: ReleaseHealth
     the release `promote_to` serves, when it has reports); None until enough devices reported."""
     if health.reports < policy.min_reports:
         return None
-    ratio = health.p95_latency_ms / baseline.p95_latency_ms if baseline and baseline.p95_latency_ms > 0 else None
+    # A rule with no evidence fails, except latency without a baseline to compare with (the
+    # first release of a base): then it is recorded as None and not held against the release.
+    base_latency = baseline.p95_latency_ms if baseline else None
+    ratio = (health.p95_latency_ms / base_latency if health.p95_latency_ms is not None and base_latency else None)
     rules = {
         "load_success": (health.load_success, health.load_success >= policy.min_load_success),
-        "median_validation_delta": (health.median_delta, health.median_delta >= policy.min_validation_delta),
-        "p95_latency_ratio": (ratio, ratio is None or ratio <= policy.max_latency_ratio),
+        "median_validation_delta": (health.median_delta, health.median_delta is not None
+                                    and health.median_delta >= policy.min_validation_delta),
+        "p95_latency_ratio": (ratio, (ratio <= policy.max_latency_ratio) if ratio is not None
+                              else health.p95_latency_ms is not None and not base_latency),
     }
     evidence = {"health": health.as_dict(), "baseline": baseline.as_dict() if baseline else None,
                 "rules": {name: {"value": value, "passed": passed} for name, (value, passed) in rules.items()},
@@ -129,28 +136,42 @@ class AutomatedCanary:
                                  (report.release_id, policy.channel)).fetchone():
             return None
         baseline_id = listed_release(self.tuf.current(policy.promote_to), policy.promote_to, base)
+        if baseline_id == report.release_id:  # canary was rolled back to what promote_to serves: nothing to judge
+            return None
+        baseline = self.store.release(baseline_id) if baseline_id else None
+        if baseline is not None and baseline.version >= self.store.release(report.release_id).version:
+            return None  # promote_to serves a newer release already: promoting this one would move it back
         decision = decide(policy, self.book.health(report.release_id),
                           self.book.health(baseline_id) if baseline_id else None)
         if decision is None:
             return None
         role, release_id = ((policy.promote_to, report.release_id) if decision.action == "promote"
                             else (policy.channel, baseline_id))
+        moved = (role, release_id) if self.key is not None and release_id is not None else None
+        decision = Decision(decision.release_id, decision.channel, decision.action, decision.evidence, moved)
+        if release_id is None:
+            log.warning("registry: canary rollback of %s has no release to go back to (%s serves none): recorded, "
+                        "nothing moved", report.release_id[:12], policy.promote_to)
         with self.store.transaction():
             self.store.db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?)", (
                 decision.release_id, decision.channel, decision.action,
-                json.dumps({**decision.evidence, "moved": role if self.key and release_id else None}),
+                json.dumps({**decision.evidence, "moved": list(moved) if moved else None}),
                 datetime.now(UTC).isoformat()))
-            if self.key is not None and release_id is not None:
+            if moved is not None:
                 stored = self.store.release(release_id)
                 metadata = with_release(self.tuf.current(role), role, base, stored.manifest, stored.signature,
                                         stored.version, release_id)
                 self.tuf.stage([(role, sign(metadata, [self.key]))])()
+                # the channel table (GetLatest, List) follows too; the decision is its signed record
+                self.store.move_channel(base, release_id, ChannelMove(
+                    role, precise_timestamp(datetime.now(UTC)), json.dumps(decision.evidence).encode(), b""))
         log.info("registry: canary decision %s for release %s on %s: %s", decision.action, decision.release_id[:12],
                  decision.channel, json.dumps(decision.evidence["rules"]))
         return decision
 
     def decisions(self) -> list[dict]:
+        """The newest STATUS_ROWS decisions, oldest first."""
         rows = self.store.db.execute("SELECT release_id, channel, action, evidence, decided_at FROM decisions "
-                                     "ORDER BY decided_at").fetchall()
+                                     "ORDER BY decided_at DESC LIMIT ?", (STATUS_ROWS,)).fetchall()[::-1]
         return [{"release_id": r, "channel": c, "action": a, "evidence": parse_json_object(e.encode(), "evidence"),
                  "decided_at": t} for r, c, a, e, t in rows]

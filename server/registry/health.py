@@ -5,7 +5,8 @@ A report is refused by name before anything is stored: unknown-key (not an enrol
 device), too-often (the same device within a second: reports are cheap to send, not to
 verify), oversized, bad-signature, expired, not-yet-valid, malformed
 (core/trust/device_report.py), unknown-release (not a release of this registry, or of
-another base), duplicate (that device already reported on that release). Rows kept are one
+another base), not-on-channel (the channel it names does not serve that release now: a
+device cannot count toward a channel it does not follow), duplicate (that device already reported on that release). Rows kept are one
 per (device, release): memory and disk are bounded by fleet size times releases.
 """
 
@@ -15,11 +16,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
-from fedpeft.core.trust.device_report import HealthReport, check_report
+from fedpeft.core.trust.device_report import HealthReport, check_report, validation_delta
 from fedpeft.core.trust.keys import Keyring
 from fedpeft.core.trust.signed_files import signer_of
 
 from .store import RegistryStore, StoreError
+from .tuf_repository import TufRepository, listed_release
 
 MIN_INTERVAL_S = 1.0
 DRIFT_THRESHOLD = 0.25  # median label-distribution distance above which a release is flagged as drifting
@@ -30,8 +32,8 @@ class ReleaseHealth:
     release_id: str
     reports: int
     load_success: float        # share of reports whose adapter loaded
-    median_delta: float        # median validation delta, accuracy points against the replaced release
-    p95_latency_ms: float      # median over devices of their p95 inference latency
+    median_delta: float | None    # median validation delta, accuracy points against the replaced release
+    p95_latency_ms: float | None  # median over devices of their p95 inference latency
     median_drift: float | None  # median of the drift the devices reported (None: none reported one)
     drifting: bool             # median_drift above the registry's drift threshold
 
@@ -40,9 +42,9 @@ class ReleaseHealth:
 
 
 class ReportBook:
-    def __init__(self, store: RegistryStore, devices: Keyring, min_interval_s: float = MIN_INTERVAL_S,
-                 drift_threshold: float = DRIFT_THRESHOLD) -> None:
-        self.store, self.devices, self.min_interval_s = store, devices, min_interval_s
+    def __init__(self, store: RegistryStore, devices: Keyring, tuf: TufRepository | None = None,
+                 min_interval_s: float = MIN_INTERVAL_S, drift_threshold: float = DRIFT_THRESHOLD) -> None:
+        self.store, self.devices, self.tuf, self.min_interval_s = store, devices, tuf, min_interval_s
         self.drift_threshold = drift_threshold
         self._last: dict[str, float] = {}  # enrolled device -> when its last report was accepted (bounded by the keyring)
 
@@ -59,15 +61,27 @@ class ReportBook:
         stored = self.store.release(report.release_id)
         if stored is None or stored.base_id != report.base_id:
             raise StoreError("unknown-release", f"no release {report.release_id[:12]} of base {report.base_id[:12]}")
+        if self.serves(report.channel, report.base_id) != report.release_id:
+            raise StoreError("not-on-channel", f"{report.channel} does not serve release {report.release_id[:12]}: "
+                                               "reports count for the release a channel serves")
         inserted = self.store.db.execute(
             "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (signer, report.release_id, report.channel, int(report.load_ok), report.latency_p50_ms,
              report.latency_p95_ms, report.rows, report.correct, report.previous_correct, report.created,
              report.drift)).rowcount
-        self._last[signer] = now  # only a verified report moves its device's clock (no one can mute another)
         if not inserted:
             raise StoreError("duplicate", f"device {enrolled.name} reported on release {report.release_id[:12]} already")
+        self._last[signer] = now  # only a stored report moves its device's clock: a replayed one cannot mute it
         return report
+
+    def serves(self, channel: str, base_id: str) -> str | None:
+        """The release id `channel` serves for `base_id`: its TUF role's listing when the
+        registry keeps TUF metadata, else the channel table's."""
+        if self.tuf is not None and self.tuf.enabled:
+            role = self.tuf.current(channel) if channel in self.tuf.channels() else None
+            return listed_release(role, channel, base_id) if role is not None else None
+        current = self.store.current(base_id, channel)
+        return current.release_id if current else None
 
     def health(self, release_id: str) -> ReleaseHealth | None:
         rows = self.store.db.execute(
@@ -75,9 +89,11 @@ class ReportBook:
             (release_id,)).fetchall()
         if not rows:
             return None
-        deltas = [100.0 * (c - p) / n for _, _, n, c, p, _ in rows if n]
-        drifts = [r[5] for r in rows if r[5] is not None]
+        loaded = [row for row in rows if row[0]]  # a report whose adapter did not load measured nothing else
+        deltas = [validation_delta(n, c, p) for _, _, n, c, p, _ in loaded if n]
+        drifts = [row[5] for row in loaded if row[5] is not None]
         drift = statistics.median(drifts) if drifts else None
-        return ReleaseHealth(release_id, len(rows), sum(r[0] for r in rows) / len(rows),
-                             statistics.median(deltas) if deltas else 0.0, statistics.median(r[1] for r in rows),
+        return ReleaseHealth(release_id, len(rows), len(loaded) / len(rows),
+                             statistics.median(deltas) if deltas else None,
+                             statistics.median(row[1] for row in loaded) if loaded else None,
                              drift, drift is not None and drift > self.drift_threshold)

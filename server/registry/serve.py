@@ -65,7 +65,7 @@ async def serve(settings: ServeSettings) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     metrics = RegistryMetrics()
-    reports = (ReportBook(store, Keyring.load(settings.devices), drift_threshold=settings.drift_threshold)
+    reports = (ReportBook(store, Keyring.load(settings.devices), tuf, drift_threshold=settings.drift_threshold)
                if settings.devices else None)
     canary = _canary(settings, store, tuf, reports)
     registry_pb2_grpc.add_RegistryServicer_to_server(
@@ -122,7 +122,12 @@ def _canary(settings: ServeSettings, store: RegistryStore, tuf: TufRepository,
     if reports is None or settings.tuf is None:
         raise ConfigError("--canary-policy needs --devices (whose reports it judges) and --tuf (the channels it moves)")
     key = load_private_key(settings.automation_key) if settings.automation_key else None
-    return AutomatedCanary(store, tuf, reports, load_policies(settings.canary_policy), key)
+    policies = load_policies(settings.canary_policy)
+    unknown = sorted({name for p in policies.values() for name in (p.channel, p.promote_to)} - set(tuf.channels()))
+    if unknown:
+        raise ConfigError(f"--canary-policy names {unknown}, which targets does not delegate "
+                          f"(channels: {', '.join(tuf.channels())})")
+    return AutomatedCanary(store, tuf, reports, policies, key)
 
 
 def _tuf_mode(tuf: TufRepository) -> str:

@@ -32,7 +32,7 @@ from fedpeft.protos import registry_pb2_grpc
 
 from .publish_request import PublishOrder, check_publish_request
 from .store import BlobWriter, ChannelMove, RegistryStore, StoredRelease, StoreError
-from .canary import AutomatedCanary
+from .canary import STATUS_ROWS, AutomatedCanary
 from .health import ReportBook
 from .metrics import RegistryMetrics
 from .tuf_repository import TufRepository
@@ -59,6 +59,7 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "removes-channel": grpc.StatusCode.FAILED_PRECONDITION, "unknown-key": grpc.StatusCode.PERMISSION_DENIED,
     "too-often": grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized": grpc.StatusCode.INVALID_ARGUMENT,
     "duplicate": grpc.StatusCode.ALREADY_EXISTS, "no-reports": grpc.StatusCode.FAILED_PRECONDITION,
+    "not-on-channel": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -318,6 +319,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         if decision is None:
             return pb.ReportReply()
         self.metrics.decisions.labels(decision.channel, decision.action).inc()
+        if decision.moved is not None:
+            stored = self.store.release(decision.moved[1])
+            self.metrics.changes.labels("canary", decision.moved[0]).inc()
+            self.metrics.channel_version.labels(stored.base_id[:12], decision.moved[0]).set(stored.version)
         return pb.ReportReply(decision=decision.action)
 
     @_timed
@@ -329,7 +334,8 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
             role = self.tuf.current(name)
             channels[name] = {path.split("/")[1]: target.hashes.get("sha256", "") for path, target
                               in role.signed.targets.items() if path.endswith("/release.json")}
-        reported = [row[0] for row in self.store.db.execute("SELECT DISTINCT release_id FROM reports")]
+        reported = [row[0] for row in self.store.db.execute(  # the most recently reported releases, oldest first
+            "SELECT release_id FROM reports GROUP BY release_id ORDER BY MAX(created) DESC LIMIT ?", (STATUS_ROWS,))][::-1]
         status = {"channels": channels, "health": [self.reports.health(r).as_dict() for r in reported] if self.reports else [],
                   "decisions": self.canary.decisions() if self.canary else []}
         return pb.StatusReply(status=json.dumps(status).encode())

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS reports (
 CREATE TABLE IF NOT EXISTS decisions (
     release_id TEXT NOT NULL, channel TEXT NOT NULL, action TEXT NOT NULL, evidence TEXT NOT NULL,
     decided_at TEXT NOT NULL, PRIMARY KEY (release_id, channel));
+CREATE INDEX IF NOT EXISTS reports_by_release ON reports (release_id);
 CREATE TABLE IF NOT EXISTS tuf_metadata (role TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (role, version));
 """
@@ -250,6 +251,11 @@ class RegistryStore:
             if then is not None:
                 then()
         return stored
+
+    def move_channel(self, base_id: str, release_id: str, move: ChannelMove) -> None:
+        """Point a channel at a release inside the caller's transaction (an automated canary
+        decision: its statement is the decision's evidence)."""
+        self._move(base_id, release_id, move)
 
     def _move(self, base_id: str, release_id: str, move: ChannelMove) -> None:
         """Point a channel at a release, inside a transaction, if `move` was signed after the
