@@ -6,14 +6,17 @@ device), too-often (the same device within a second: reports are cheap to send, 
 verify), oversized, bad-signature, expired, not-yet-valid, malformed
 (core/trust/device_report.py), unknown-release (not a release of this registry, or of
 another base), not-on-channel (the channel it names does not serve that release now: a
-device cannot count toward a channel it does not follow), duplicate (that device already reported on that release). Rows kept are one
-per (device, release): memory and disk are bounded by fleet size times releases.
+device cannot count toward a channel it does not follow), replayed (not signed after that
+device's last report on that release). A device's later report on a release (periodic)
+replaces its earlier one: rows kept are one per (device, release), so each device counts
+once and memory and disk are bounded by fleet size times releases.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from datetime import datetime
 from dataclasses import asdict, dataclass
 
 from fedpeft.core.trust.device_report import HealthReport, check_report, validation_delta
@@ -64,13 +67,18 @@ class ReportBook:
         if self.serves(report.channel, report.base_id) != report.release_id:
             raise StoreError("not-on-channel", f"{report.channel} does not serve release {report.release_id[:12]}: "
                                                "reports count for the release a channel serves")
-        inserted = self.store.db.execute(
-            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        last = self.store.db.execute("SELECT created FROM reports WHERE device = ? AND release_id = ?",
+                                     (signer, report.release_id)).fetchone()
+        if last is not None and datetime.fromisoformat(report.created) <= datetime.fromisoformat(last[0]):
+            raise StoreError("replayed", f"device {enrolled.name} sent a report on release {report.release_id[:12]} "
+                                         f"signed at {report.created}, not after its last one ({last[0]})")
+        # one row per device and release: a later report (a periodic one) replaces the device's
+        # earlier one, so each device counts once and its latest drift and latency are what count
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (signer, report.release_id, report.channel, int(report.load_ok), report.latency_p50_ms,
              report.latency_p95_ms, report.rows, report.correct, report.previous_correct, report.created,
-             report.drift)).rowcount
-        if not inserted:
-            raise StoreError("duplicate", f"device {enrolled.name} reported on release {report.release_id[:12]} already")
+             report.drift))
         self._last[signer] = now  # only a stored report moves its device's clock: a replayed one cannot mute it
         return report
 

@@ -58,7 +58,7 @@ STATUS = {  # StoreError / ManifestError reason -> gRPC status
     "no-tuf": grpc.StatusCode.FAILED_PRECONDITION, "tuf-required": grpc.StatusCode.FAILED_PRECONDITION,
     "removes-channel": grpc.StatusCode.FAILED_PRECONDITION, "unknown-key": grpc.StatusCode.PERMISSION_DENIED,
     "too-often": grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized": grpc.StatusCode.INVALID_ARGUMENT,
-    "duplicate": grpc.StatusCode.ALREADY_EXISTS, "no-reports": grpc.StatusCode.FAILED_PRECONDITION,
+    "replayed": grpc.StatusCode.ALREADY_EXISTS, "no-reports": grpc.StatusCode.FAILED_PRECONDITION,
     "not-on-channel": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
