@@ -2,7 +2,7 @@
 
 Enrolls `--devices` device keys, publishes one release, then sends `--reports` signed
 reports as fast as `--threads` client threads can (one report per device per release is
-counted, the rest are refused by name: rate or duplicate), and prints reports per second
+counted, a later one replacing the earlier; the rest are refused by name: rate or replay), and prints reports per second
 and the registry process's resident memory before and after, for accepted reports and for
 a flood of refused ones side by side.
 
@@ -84,7 +84,7 @@ def main() -> None:
                                    channel="stable", load_ok=True, latency_ms=(5.0, 9.0), rows=100, correct=81,
                                    previous_correct=80) for i in range(args.reports)]
             rows = []
-            for label, batch in (("first reports (accepted until each device reported)", reports),
+            for label, batch in (("5 reports per device (a later one replaces the earlier)", reports),
                                  ("the same again (all refused by name)", reports)):
                 rss_before = process.memory_info().rss
                 seconds, outcomes = _send(registry.address, root / "tls" / "ca.crt", batch, args.threads)
