@@ -1,4 +1,7 @@
-"""Round-by-round record of a run: progress lines on stdout and `metrics.jsonl`."""
+"""Round-by-round record of a run: progress lines on stdout, `metrics.jsonl`, and
+`metrics.prom`, the run's totals so far in Prometheus's text format (rewritten atomically
+each round: node_exporter's textfile collector, or any scraper of files, reads it as it
+reads the registry's /metrics)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import MetricRecord
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from .strategy import RoundTraffic
 
@@ -68,7 +72,33 @@ class RunLog:
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        self.write_prometheus()
         print(progress_line(row, self.rounds), flush=True)
+
+    def write_prometheus(self) -> None:
+        """`metrics.prom` beside metrics.jsonl: rounds done, deltas accepted and rejected by
+        reason, bytes each way, the latest validation accuracy, train loss and epsilon."""
+        collectors = CollectorRegistry()
+
+        def gauge(name: str, text: str, value: float | None, labels: dict[str, str] | None = None) -> None:
+            if value is None:
+                return
+            metric = Gauge(f"fedpeft_run_{name}", text, list(labels or {}), registry=collectors)
+            (metric.labels(**labels) if labels else metric).set(value)
+
+        last = self.rows[-1] if self.rows else {}
+        gauge("rounds", "rounds completed", len(self.rows))
+        gauge("accepted_deltas", "deltas accepted over the run", sum(r.get("accepted") or 0 for r in self.rows))
+        rejected = Gauge("fedpeft_run_rejected_deltas", "deltas rejected over the run, by reason", ["reason"],
+                         registry=collectors)
+        for reason, count in self.totals("rejected").items():  # reasons are the verifier's own names
+            rejected.labels(reason).set(count)
+        gauge("bytes_up", "bytes clients sent over the run", sum(r.get("bytes_up") or 0 for r in self.rows))
+        gauge("bytes_down", "bytes clients received over the run", sum(r.get("bytes_down") or 0 for r in self.rows))
+        gauge("val_accuracy", "the latest round's validation accuracy", last.get("val_accuracy"))
+        gauge("train_loss", "the latest round's mean train loss", last.get("train_loss"))
+        gauge("epsilon", "the run's privacy loss so far (DP on)", last.get("epsilon"))
+        write_to_textfile(str(self.path.with_name("metrics.prom")), collectors)
 
     def totals(self, key: str, prefix: str = "") -> dict[str, int]:
         """Counts summed over the rounds of a per-round {reason: count} field."""

@@ -451,3 +451,19 @@ def test_track_mlflow_records_the_run_and_the_adapter_in_a_local_store(run):
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "adapter")}
     assert {"adapter/adapter_model.safetensors", "adapter/release.json"} <= artifacts
 
+
+def test_the_run_writes_its_totals_in_prometheus_text_format(run):
+    """metrics.prom: what a textfile scraper reads, agreeing with metrics.jsonl."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out, _ = run
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in
+               text_string_to_metric_families((out / "metrics.prom").read_text()) for s in family.samples}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert samples[("fedpeft_run_rounds", ())] == ROUNDS
+    assert samples[("fedpeft_run_accepted_deltas", ())] == sum(r["accepted"] for r in rows)
+    assert samples[("fedpeft_run_bytes_up", ())] == sum(r["bytes_up"] for r in rows)
+    assert {labels: value for (name, labels), value in samples.items() if name == "fedpeft_run_rejected_deltas"} == \
+        {(("reason", "tensor-hash-mismatch"),): 1, (("reason", "wrong-round"),): 1, (("reason", "non-finite"),): 1}
+    assert samples[("fedpeft_run_val_accuracy", ())] == pytest.approx(rows[-1]["val_accuracy"])
+
