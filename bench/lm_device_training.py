@@ -209,7 +209,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"memory child failed: {proc.stderr[-2000:]}")
-    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    from fedpeft.core.trust.json_reader import parse_json_object  # read bounded, as every JSON fedpeft reads
+    child = parse_json_object(proc.stdout.strip().splitlines()[-1], "child report")
     figures["device_peak_mb"] = child["peak_mb"]
     print(f"device training peak resident memory: {child['peak_mb']} MB (target < 1500; torch imported: "
           f"{child['torch_imported']})", flush=True)

@@ -136,9 +136,12 @@ def main() -> None:
           f"{precision} agrees with PyTorch on {agree / max(compared, 1):.3f} of the first 16 tokens")
 
     print("\nPeak resident memory, one process each (load + every prompt):")
+    from fedpeft.core.trust.json_reader import parse_json_object  # a child's output: bounded before use
+
     for kind in ("runtime", "torch"):
         proc = subprocess.run([sys.executable, __file__, "--memory", kind, *sys.argv[1:]], capture_output=True, text=True)
-        result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-500:]
+        result = (parse_json_object(proc.stdout.strip().splitlines()[-1], "child report") if proc.returncode == 0
+                  else proc.stderr[-500:])
         print(f"  {kind}: {result}")
 
     manifest = _device_model(export, key).manifest  # verified

@@ -12,7 +12,6 @@ count is what fedpeft keeps per client: the target is a peak within 10% across c
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,8 @@ def run(clients: int, args: argparse.Namespace, work: Path) -> dict:
     reader.join()
     if proc.returncode != 0:
         raise SystemExit(f"{clients} clients failed:\n" + "".join(lines[-30:]))
-    summary = json.loads((out / "summary.json").read_text())
+    from fedpeft.core.trust.json_reader import read_json  # read bounded, as every JSON fedpeft reads
+    summary = read_json(out / "summary.json")
     return {"clients": clients, "peak_gb": peak / 1e9, "seconds": time.perf_counter() - start,
             "global": summary["global_accuracy"], "reported": summary["clients_reported"]}
 
